@@ -1,0 +1,78 @@
+"""jobrunner: background jobs for Python applications.
+
+Register handlers with :func:`job`, get a runner from :class:`JobRunnerFactory`, and schedule.
+"""
+
+from jobrunner._context import JobContext, SyncJobContext
+from jobrunner._errors import (
+    ConfigurationError,
+    DatabaseError,
+    DuplicateHandlerError,
+    HandlerNotFoundError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    JobRunnerError,
+    JobTimeoutError,
+    NonRetryable,
+    Retry,
+    ScheduleError,
+    UnavailableError,
+)
+from jobrunner._factory import JobRunnerFactory
+from jobrunner._legacy import JobScheduler
+from jobrunner._models import (
+    JobDetails,
+    JobError,
+    JobInfo,
+    JobPage,
+    JobStatus,
+    Metrics,
+    MissedTickPolicy,
+    OverlapPolicy,
+    ScheduledJob,
+    ScheduleInfo,
+    StepInfo,
+)
+from jobrunner._policy import RetryPolicy
+from jobrunner._runner import ALL_TENANTS, JobRunner, JobWorker
+from jobrunner._sync import SyncJobRunner
+from jobrunner._validation import SYSTEM_TENANT
+from jobrunner.registry import JobHandlerRegistry, job
+
+__all__ = [
+    "ALL_TENANTS",
+    "SYSTEM_TENANT",
+    "ConfigurationError",
+    "DatabaseError",
+    "DuplicateHandlerError",
+    "HandlerNotFoundError",
+    "InvalidArgumentError",
+    "JobContext",
+    "JobDetails",
+    "JobError",
+    "JobHandlerRegistry",
+    "JobInfo",
+    "JobNotFoundError",
+    "JobPage",
+    "JobRunner",
+    "JobRunnerError",
+    "JobRunnerFactory",
+    "JobScheduler",
+    "JobStatus",
+    "JobTimeoutError",
+    "JobWorker",
+    "Metrics",
+    "MissedTickPolicy",
+    "NonRetryable",
+    "OverlapPolicy",
+    "Retry",
+    "RetryPolicy",
+    "ScheduleError",
+    "ScheduleInfo",
+    "ScheduledJob",
+    "StepInfo",
+    "SyncJobContext",
+    "SyncJobRunner",
+    "UnavailableError",
+    "job",
+]

@@ -1,0 +1,1 @@
+"""Database plumbing shared by every backend that writes the ``jobs`` tables."""

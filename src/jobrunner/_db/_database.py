@@ -1,0 +1,121 @@
+"""A connection pool bound to one jobrunner schema, with its queries and migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from jobrunner._db._errors import translate_errors
+from jobrunner._db._migrate import migrate
+from jobrunner._db._queries import Queries, queries_for
+from jobrunner._errors import InvalidArgumentError
+
+logger = logging.getLogger("jobrunner.db")
+
+_SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
+
+
+def check_schema(schema: str) -> str:
+    """Schema names are identifiers; restrict them so channel names derived from them are too."""
+    if not isinstance(schema, str) or not _SCHEMA.match(schema):
+        raise InvalidArgumentError(f"invalid schema name {schema!r}")
+    return schema
+
+
+class Database:
+    """A pool of async connections for one schema.
+
+    Args:
+        conninfo: libpq connection string or URL.
+        schema: Schema holding the jobrunner tables.
+        min_size: Connections kept open.
+        max_size: Upper bound on open connections.
+    """
+
+    def __init__(
+        self, conninfo: str, *, schema: str = "jobrunner", min_size: int = 1, max_size: int = 10
+    ) -> None:
+        self.conninfo = conninfo
+        self.schema = check_schema(schema)
+        self.queries: Queries = queries_for(self.schema)
+        self._pool = AsyncConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            open=False,
+            name=f"jobrunner-{schema}",
+            check=AsyncConnectionPool.check_connection,
+        )
+        self._opened = False
+
+    @property
+    def channel_jobs(self) -> str:
+        """NOTIFY channel announcing new due jobs (payload: queue name)."""
+        return f"{self.schema}_jobs"
+
+    @property
+    def channel_cancel(self) -> str:
+        """NOTIFY channel announcing cancellations (payload: job id)."""
+        return f"{self.schema}_cancel"
+
+    async def open(self, *, wait: bool = True, timeout: float = 10.0) -> None:
+        """Open the pool (idempotent)."""
+        if self._opened:
+            return
+        with translate_errors():
+            await self._pool.open(wait=wait, timeout=timeout)
+        self._opened = True
+
+    async def close(self) -> None:
+        """Close the pool (idempotent)."""
+        if self._opened:
+            self._opened = False
+            await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConn]:
+        """A pooled autocommit connection with dict rows; driver errors are translated."""
+        with translate_errors():
+            async with self._pool.connection() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConn]:
+        """A pooled connection inside one transaction."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def migrate(self, *, target: int | None = None) -> list[int]:
+        """Apply pending migrations; returns the versions applied."""
+        with translate_errors():
+            async with await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True
+            ) as conn:
+                return await migrate(conn, self.schema, target=target)
+
+    async def dedicated_connection(self) -> AsyncConn:
+        """A new connection outside the pool (LISTEN needs one it keeps)."""
+        with translate_errors():
+            return await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True, row_factory=dict_row
+            )
+
+    async def ping(self) -> bool:
+        """Whether a trivial query succeeds."""
+        try:
+            async with self.connection() as conn:
+                await conn.execute("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - health checks report, never raise
+            logger.debug("database ping failed", exc_info=True)
+            return False

@@ -1,0 +1,87 @@
+"""The exception hierarchy: one root for everything jobrunner raises, plus handler outcomes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseError",
+    "DuplicateHandlerError",
+    "HandlerNotFoundError",
+    "InvalidArgumentError",
+    "JobNotFoundError",
+    "JobRunnerError",
+    "JobTimeoutError",
+    "NonRetryable",
+    "Retry",
+    "ScheduleError",
+    "UnavailableError",
+]
+
+
+class JobRunnerError(Exception):
+    """Root of every error jobrunner raises at its API boundary."""
+
+
+class InvalidArgumentError(JobRunnerError, ValueError):
+    """An argument was malformed; nothing was written."""
+
+
+class ConfigurationError(JobRunnerError):
+    """The environment or explicit settings do not describe a usable runner."""
+
+
+class HandlerNotFoundError(JobRunnerError, LookupError):
+    """No handler is registered under the job name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No handler registered for job: {name}")
+        self.name = name
+
+
+class JobNotFoundError(JobRunnerError, LookupError):
+    """The tenant has no job with that id."""
+
+
+class DuplicateHandlerError(JobRunnerError):
+    """A job name was registered twice with different handlers."""
+
+
+class ScheduleError(InvalidArgumentError):
+    """A recurring schedule expression or timezone was rejected."""
+
+
+class DatabaseError(JobRunnerError):
+    """The database failed; the driver's exception is chained as ``__cause__``."""
+
+
+class UnavailableError(JobRunnerError):
+    """A backend service (database, Temporal) could not be reached."""
+
+
+class JobTimeoutError(JobRunnerError, TimeoutError):
+    """A handler ran past its timeout; the attempt failed and follows the retry policy."""
+
+
+class Retry(Exception):  # noqa: N818 - named for what the handler asks for
+    """Raised by a handler to run the job again after ``delay``.
+
+    The attempt counts toward ``RetryPolicy.max_attempts``; when none are left the job fails.
+
+    Args:
+        delay: Seconds (or a ``timedelta``) to wait before the next attempt. ``None`` uses the
+            retry policy's backoff.
+        reason: Recorded as the attempt's error message.
+    """
+
+    def __init__(self, delay: float | timedelta | None = None, reason: str = "retry requested"):
+        super().__init__(reason)
+        self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if self.delay is not None and self.delay < 0:
+            raise InvalidArgumentError("Retry delay must not be negative")
+        self.reason = reason
+
+
+class NonRetryable(Exception):  # noqa: N818 - named for the outcome
+    """Raised by a handler (directly or as ``raise NonRetryable(...) from exc``) to fail now."""

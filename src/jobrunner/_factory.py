@@ -1,0 +1,117 @@
+"""JobRunnerFactory: the process-wide runner built from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from jobrunner._config import Settings
+from jobrunner._errors import UnavailableError
+from jobrunner._runner import JobRunner
+from jobrunner.registry import JobHandlerRegistry
+
+if TYPE_CHECKING:
+    from jobrunner._sync import SyncJobRunner
+
+logger = logging.getLogger("jobrunner.factory")
+
+
+class JobRunnerFactory:
+    """Builds runners from :class:`Settings` and keeps one per process.
+
+    ``await JobRunnerFactory.get_instance()`` returns the same started runner on every call.
+    Tests call :meth:`set_instance` to install their own and :meth:`reset` to close it.
+    """
+
+    _instance: JobRunner | None = None
+    _sync_instance: SyncJobRunner | None = None
+    _lock = threading.Lock()
+    _async_lock: asyncio.Lock | None = None
+
+    @classmethod
+    async def get_instance(cls, settings: Settings | None = None) -> JobRunner:
+        """The process-wide runner, built and started on first use."""
+        if cls._instance is not None:
+            return cls._instance
+        if cls._async_lock is None:
+            cls._async_lock = asyncio.Lock()
+        async with cls._async_lock:
+            if cls._instance is None:
+                cls._instance = await cls.create(settings)
+        return cls._instance
+
+    @classmethod
+    def get_sync_instance(cls, settings: Settings | None = None) -> SyncJobRunner:
+        """A blocking twin of :meth:`get_instance` for sync code (Django, Flask, scripts)."""
+        from jobrunner._sync import SyncJobRunner
+
+        with cls._lock:
+            if cls._sync_instance is None:
+                cls._sync_instance = SyncJobRunner.from_factory(settings)
+            return cls._sync_instance
+
+    @classmethod
+    async def create(
+        cls, settings: Settings | None = None, *, registry: JobHandlerRegistry | None = None
+    ) -> JobRunner:
+        """Build and start a new runner (not the singleton) from ``settings`` or the env."""
+        settings = settings or Settings.from_env()
+        if settings.runner_type == "memory":
+            from jobrunner.testing import InMemoryJobRunner
+
+            memory = InMemoryJobRunner(registry=registry)
+            await memory.start()
+            return memory
+        if settings.runner_type == "temporal":
+            try:
+                from jobrunner.backends.temporal import create_from_settings
+            except ImportError as exc:
+                raise UnavailableError(
+                    "JOB_RUNNER_TYPE=temporal needs the extra: pip install 'jobrunner[temporal]'"
+                ) from exc
+            try:
+                return await create_from_settings(settings, registry=registry)
+            except UnavailableError as exc:
+                if not settings.fallback_to_postgres:
+                    raise
+                logger.warning(
+                    "Temporal at %s is unreachable (%s); falling back to the PostgreSQL backend "
+                    "(JOB_RUNNER_FALLBACK_TO_PGBOSS=true)",
+                    settings.temporal_address,
+                    exc,
+                )
+        return await cls._create_postgres(settings, registry)
+
+    @staticmethod
+    async def _create_postgres(
+        settings: Settings, registry: JobHandlerRegistry | None
+    ) -> JobRunner:
+        from jobrunner.backends.postgres import PostgresJobRunner
+
+        runner = PostgresJobRunner(
+            settings.require_database_url(),
+            schema=settings.schema,
+            registry=registry,
+            require_registered=settings.require_registered,
+            auto_migrate=settings.auto_migrate,
+            pool_size=settings.pool_max_size,
+        )
+        await runner.start()
+        return runner
+
+    @classmethod
+    def set_instance(cls, runner: JobRunner | None) -> None:
+        """Install ``runner`` as the singleton (tests, or hosts that build it themselves)."""
+        cls._instance = runner
+
+    @classmethod
+    async def reset(cls) -> None:
+        """Close and forget the singletons."""
+        runner, cls._instance = cls._instance, None
+        sync_runner, cls._sync_instance = cls._sync_instance, None
+        if runner is not None:
+            await runner.close()
+        if sync_runner is not None:
+            await asyncio.to_thread(sync_runner.close)

@@ -1,0 +1,224 @@
+"""Value objects returned by the runner API."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "JobDetails",
+    "JobError",
+    "JobInfo",
+    "JobPage",
+    "JobStatus",
+    "Metrics",
+    "MissedTickPolicy",
+    "OverlapPolicy",
+    "ScheduleInfo",
+    "ScheduledJob",
+    "StepInfo",
+]
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life. See docs/concepts.md for the state diagram."""
+
+    PENDING = "pending"
+    """Waiting for its ``run_at`` (scheduled for later)."""
+    QUEUED = "queued"
+    """Due and waiting for a worker."""
+    PROCESSING = "processing"
+    """A worker holds a lease on it and its handler runs."""
+    RETRYING = "retrying"
+    """An attempt failed and the next one waits for its backoff; not final."""
+    COMPLETED = "completed"
+    """Final: the handler returned."""
+    FAILED = "failed"
+    """Final: no attempts left, a non-retryable error, or no handler."""
+    CANCELLED = "cancelled"
+    """Final: cancelled before or while running."""
+    ACTIVE = "active"
+    """A recurring schedule's tracker row while the schedule is live."""
+
+    @property
+    def is_final(self) -> bool:
+        """Whether nothing will change this status again (short of ``retry_job``)."""
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+LIVE_STATUSES = (
+    JobStatus.PENDING,
+    JobStatus.QUEUED,
+    JobStatus.PROCESSING,
+    JobStatus.RETRYING,
+)
+
+
+class MissedTickPolicy(str, enum.Enum):
+    """What a recurring schedule does about ticks missed while no worker ran."""
+
+    LATEST = "latest"
+    """Run once for the latest missed tick (default)."""
+    SKIP = "skip"
+    """Run none of them; wait for the next tick."""
+    ALL = "all"
+    """Run every missed tick, bounded by ``max_catch_up``."""
+
+
+class OverlapPolicy(str, enum.Enum):
+    """What a recurring schedule does when its previous run is still live at the next tick."""
+
+    ALLOW = "allow"
+    """Start the new run anyway (default)."""
+    SKIP = "skip"
+    """Skip the tick while a previous run is live."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledJob:
+    """What scheduling returns: the job's id and the backend's id for it."""
+
+    job_id: uuid.UUID
+    """Primary key of the job's row in ``jobs`` (with the tenant)."""
+    external_id: str | None
+    """The backend's identifier (Temporal workflow id; the job id on PostgreSQL)."""
+    tenant: uuid.UUID = field(default=uuid.UUID(int=0))
+    """Tenant the job belongs to."""
+    created: bool = True
+    """False when a singleton key matched an existing job, which is returned instead."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """The error of a failed attempt."""
+
+    type: str
+    """Qualified exception type name."""
+    message: str
+    """``str(exception)``."""
+    traceback: str | None = None
+    """Formatted traceback, when one was captured."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Serialise for the ``error`` JSONB column."""
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None) -> JobError | None:
+        """Build from the stored JSON; ``None`` stays ``None``."""
+        if not value:
+            return None
+        return cls(
+            type=str(value.get("type", "")),
+            message=str(value.get("message", "")),
+            traceback=value.get("traceback"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A job as ``get_job_status`` reports it."""
+
+    job_id: uuid.UUID
+    tenant: uuid.UUID
+    name: str
+    status: JobStatus
+    progress: int
+    progress_message: str | None
+    result: Any
+    error: JobError | None
+    attempts: int
+    max_attempts: int
+    metadata: dict[str, Any]
+    runner_type: str
+    queue: str
+    priority: int
+    created_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    run_at: datetime | None
+    """When the job is (or was) due; for a retrying job, when its next attempt runs."""
+    external_id: str | None = None
+    external_run_id: str | None = None
+    user_id: uuid.UUID | None = None
+    singleton_key: str | None = None
+    schedule_id: uuid.UUID | None = None
+    """The recurring schedule this job was fired by, if any."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """A ``job_details`` row: a step of a handler or one attempt of the job."""
+
+    detail_id: uuid.UUID
+    step_name: str
+    status: JobStatus
+    result: Any
+    processed_at: datetime | None
+    retry_count: int
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetails:
+    """A job with everything known about it, for inspection."""
+
+    job: JobInfo
+    data: dict[str, Any]
+    steps: list[StepInfo]
+    """Every ``job_details`` row (attempts and handler steps) in time order."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of ``list_jobs``; pass ``next_cursor`` back to get the next."""
+
+    jobs: list[JobInfo]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A recurring schedule as ``list_schedules`` reports it."""
+
+    job_id: uuid.UUID
+    """The schedule's tracker row in ``jobs``."""
+    tenant: uuid.UUID
+    name: str
+    expression: str
+    timezone: str
+    singleton_key: str
+    data: dict[str, Any]
+    paused: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_run_status: JobStatus | None
+    last_job_id: uuid.UUID | None
+    missed_ticks: MissedTickPolicy
+    overlap: OverlapPolicy
+    runner_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """Counts and rates from ``get_metrics``."""
+
+    by_status: dict[str, int]
+    """Jobs per status (every JobStatus value present, zero when none)."""
+    total: int
+    failed_last_24h: int
+    success_rate: float | None
+    """completed / (completed + failed) over all history; ``None`` when neither exists."""
+    by_runner_type: dict[str, int]
+    throughput_per_minute: list[tuple[datetime, int]]
+    """Completions per minute over the last hour, oldest first."""
+    oldest_queued_age_seconds: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific figures (for example tenant limits in force)."""

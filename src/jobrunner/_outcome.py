@@ -1,0 +1,60 @@
+"""Turning a handler's exception into a decision: retry when, or fail now. Shared by backends."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jobrunner._errors import JobTimeoutError, NonRetryable, Retry
+from jobrunner._models import JobError
+from jobrunner._policy import RetryPolicy
+
+MAX_TRACEBACK_CHARS = 20_000
+
+
+def describe_error(exc: BaseException) -> JobError:
+    """A JSON-friendly description of ``exc`` with its traceback."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    message = str(exc) or (exc.reason if isinstance(exc, Retry) else "")
+    if isinstance(exc, asyncio.CancelledError) and not message:
+        message = "cancelled"
+    tb = "".join(traceback.format_exception(exc))
+    if len(tb) > MAX_TRACEBACK_CHARS:
+        tb = tb[: MAX_TRACEBACK_CHARS // 2] + "\n...\n" + tb[-MAX_TRACEBACK_CHARS // 2 :]
+    return JobError(type=name, message=message, traceback=tb)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureDecision:
+    """What happens after a failed attempt."""
+
+    retry_in: float | None
+    """Seconds until the next attempt, or ``None`` when the job fails for good."""
+    error: JobError
+
+
+def decide_failure(
+    exc: BaseException,
+    *,
+    attempt: int,
+    policy: RetryPolicy,
+    rand: Callable[[], float] | None = None,
+) -> FailureDecision:
+    """Apply ``Retry``, ``NonRetryable``, the policy's non-retryable list and backoff."""
+    error = describe_error(exc)
+    if isinstance(exc, NonRetryable) or policy.is_non_retryable(exc):
+        return FailureDecision(None, error)
+    if not policy.attempts_left(attempt):
+        return FailureDecision(None, error)
+    if isinstance(exc, Retry) and exc.delay is not None:
+        return FailureDecision(exc.delay, error)
+    delay = policy.delay_after(attempt) if rand is None else policy.delay_after(attempt, rand)
+    return FailureDecision(delay, error)
+
+
+def timeout_error(timeout: float) -> JobTimeoutError:
+    """The error recorded for an attempt that ran past its timeout."""
+    return JobTimeoutError(f"handler exceeded its timeout of {timeout:g} s")

@@ -1,0 +1,109 @@
+"""Retry policy: how many attempts a job gets and how long it waits between them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from jobrunner._errors import InvalidArgumentError
+from jobrunner._validation import as_seconds
+
+__all__ = ["DEFAULT_TIMEOUT", "RetryPolicy"]
+
+#: Default handler timeout in seconds (five minutes, as in the seed).
+DEFAULT_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter for a job's attempts.
+
+    The delay before attempt ``n + 1`` (after ``n`` failed attempts) is
+    ``min(initial_interval * backoff_coefficient ** (n - 1), max_interval)``, then scaled by a
+    random factor in ``[1 - jitter, 1 + jitter]`` and capped at ``max_interval`` again.
+    """
+
+    max_attempts: int = 3
+    """Total attempts including the first; ``1`` disables retries."""
+
+    initial_interval: float | timedelta = 1.0
+    """Delay before the second attempt, in seconds or as a timedelta."""
+
+    backoff_coefficient: float = 2.0
+    """Multiplier applied to the delay after each failed attempt (``>= 1``)."""
+
+    max_interval: float | timedelta = 30.0
+    """Upper bound on any single delay, in seconds or as a timedelta."""
+
+    jitter: float = 0.1
+    """Relative random spread applied to each delay, between 0 and 1."""
+
+    non_retryable_errors: Sequence[type[BaseException] | str] = field(default_factory=tuple)
+    """Exception types (or their qualified names) that fail the job without retrying."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool):
+            raise InvalidArgumentError("max_attempts must be an integer")
+        if self.max_attempts < 1:
+            raise InvalidArgumentError("max_attempts must be at least 1")
+        object.__setattr__(
+            self, "initial_interval", as_seconds(self.initial_interval, "initial_interval")
+        )
+        object.__setattr__(self, "max_interval", as_seconds(self.max_interval, "max_interval"))
+        if not isinstance(self.backoff_coefficient, int | float) or self.backoff_coefficient < 1:
+            raise InvalidArgumentError("backoff_coefficient must be a number >= 1")
+        if self.max_interval < self.initial_interval:  # type: ignore[operator]
+            raise InvalidArgumentError("max_interval must be >= initial_interval")
+        if not 0 <= self.jitter <= 1:
+            raise InvalidArgumentError("jitter must be between 0 and 1")
+        for entry in self.non_retryable_errors:
+            if not isinstance(entry, str) and not (
+                isinstance(entry, type) and issubclass(entry, BaseException)
+            ):
+                raise InvalidArgumentError("non_retryable_errors holds exception types or names")
+        object.__setattr__(self, "non_retryable_errors", tuple(self.non_retryable_errors))
+
+    @property
+    def initial_seconds(self) -> float:
+        """``initial_interval`` in seconds."""
+        return float(self.initial_interval)  # type: ignore[arg-type]
+
+    @property
+    def max_seconds(self) -> float:
+        """``max_interval`` in seconds."""
+        return float(self.max_interval)  # type: ignore[arg-type]
+
+    def delay_after(self, failed_attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed.
+
+        Args:
+            failed_attempt: The attempt that just failed, 1 for the first run.
+            rand: Source of uniform ``[0, 1)`` numbers; inject one for deterministic tests.
+        """
+        exponent = max(failed_attempt - 1, 0)
+        try:
+            base = self.initial_seconds * self.backoff_coefficient**exponent
+        except OverflowError:
+            base = self.max_seconds
+        base = min(base, self.max_seconds)
+        spread = 1 + self.jitter * (2 * rand() - 1)
+        return min(base * spread, self.max_seconds)
+
+    def is_non_retryable(self, error: BaseException) -> bool:
+        """Whether ``error`` matches one of ``non_retryable_errors`` (by type or name)."""
+        names = {f"{t.__module__}.{t.__qualname__}" for t in type(error).__mro__} | {
+            t.__qualname__ for t in type(error).__mro__
+        }
+        for entry in self.non_retryable_errors:
+            if isinstance(entry, str):
+                if entry in names:
+                    return True
+            elif isinstance(error, entry):
+                return True
+        return False
+
+    def attempts_left(self, attempt: int) -> bool:
+        """Whether another attempt may follow attempt number ``attempt``."""
+        return attempt < self.max_attempts

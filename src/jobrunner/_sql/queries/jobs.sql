@@ -1,0 +1,135 @@
+-- Queries on the shared jobs / job_details tables, used by every backend.
+-- {schema} is the quoted schema identifier; every value is a bound parameter.
+
+-- name: insert_job
+WITH inserted AS (
+    INSERT INTO {schema}.jobs (
+        tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
+        external_id, queue, priority, run_at, data, max_attempts, singleton_key, schedule_id
+    )
+    VALUES (
+        %(tenant)s, %(job_id)s, %(name)s, %(metadata)s,
+        (CASE WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
+              THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
+        timezone('utc', now()), timezone('utc', now()), %(user_id)s, %(runner_type)s,
+        %(external_id)s, %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()),
+        %(data)s, %(max_attempts)s, %(singleton_key)s, %(schedule_id)s
+    )
+    ON CONFLICT (tenant, singleton_key)
+        WHERE singleton_key IS NOT NULL
+          AND status IN ('pending', 'queued', 'processing', 'retrying')
+        DO NOTHING
+    RETURNING job_id, status, queue
+)
+SELECT job_id,
+       status,
+       CASE WHEN %(notify)s::boolean THEN pg_notify(%(channel)s, queue) END AS notified
+FROM inserted
+
+-- name: insert_jobs_bulk
+WITH rows AS (
+    SELECT * FROM unnest(%(job_ids)s::uuid[], %(datas)s::jsonb[]) AS r(job_id, data)
+), inserted AS (
+    INSERT INTO {schema}.jobs (
+        tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
+        queue, priority, run_at, data, max_attempts
+    )
+    SELECT %(tenant)s, r.job_id, %(name)s, %(metadata)s,
+           (CASE WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
+                 THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
+           timezone('utc', now()), timezone('utc', now()), %(user_id)s, %(runner_type)s,
+           %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()), r.data,
+           %(max_attempts)s
+    FROM rows r
+    RETURNING job_id
+)
+SELECT count(*) AS inserted,
+       CASE WHEN count(*) > 0 AND %(notify)s::boolean
+            THEN pg_notify(%(channel)s, %(queue)s) END AS notified
+FROM inserted
+
+-- name: find_singleton
+SELECT job_id, status FROM {schema}.jobs
+WHERE tenant = %(tenant)s AND singleton_key = %(singleton_key)s
+  AND status IN ('pending', 'queued', 'processing', 'retrying')
+
+-- name: get_job
+SELECT tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
+       external_id, external_run_id, queue, priority, run_at, result, error, progress,
+       progress_message, attempts, max_attempts, started_at, completed_at, singleton_key,
+       schedule_id
+FROM {schema}.jobs
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s
+
+-- name: cancel_job
+WITH prev AS (
+    SELECT tenant, job_id, status, attempts FROM {schema}.jobs
+    WHERE tenant = %(tenant)s AND job_id = %(job_id)s
+      AND status IN ('pending', 'queued', 'processing', 'retrying')
+      AND runner_type = %(runner_type)s
+    FOR UPDATE
+), cancelled AS (
+    UPDATE {schema}.jobs j
+    SET status = 'cancelled',
+        completed_at = now(),
+        updated_at = timezone('utc', now()),
+        lease_expires_at = NULL,
+        worker_id = NULL,
+        error = jsonb_build_object('type', 'cancelled', 'message',
+                                   coalesce(%(reason)s::text, 'cancelled'), 'traceback', NULL),
+        metadata = coalesce(j.metadata, '{{}}'::jsonb)
+                   || jsonb_strip_nulls(jsonb_build_object('cancel_reason', %(reason)s::text,
+                                                           'cancelled_by', %(cancelled_by)s::text))
+    FROM prev
+    WHERE j.tenant = prev.tenant AND j.job_id = prev.job_id
+    RETURNING j.tenant, j.job_id, prev.status AS previous_status, j.attempts
+), attempt_row AS (
+    INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at,
+                                      retry_count, metadata)
+    SELECT tenant, job_id, 'attempt', 'cancelled', timezone('utc', now()), attempts,
+           jsonb_strip_nulls(jsonb_build_object('reason', %(reason)s::text,
+                                                'cancelled_by', %(cancelled_by)s::text))
+    FROM cancelled WHERE previous_status = 'processing'
+)
+SELECT job_id, previous_status, pg_notify(%(channel)s, job_id::text) AS notified
+FROM cancelled
+
+-- name: save_progress
+UPDATE {schema}.jobs
+SET progress = %(progress)s, progress_message = %(message)s, updated_at = timezone('utc', now())
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
+  AND status = 'processing'
+
+-- name: start_step
+INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at, retry_count,
+                                  metadata)
+VALUES (%(tenant)s, %(job_id)s, %(step_name)s, 'processing', timezone('utc', now()),
+        %(attempt)s, jsonb_build_object('started_at', now()))
+RETURNING detail_id
+
+-- name: finish_step
+UPDATE {schema}.job_details
+SET status = %(status)s::{schema}.job_status,
+    result = %(result)s,
+    processed_at = timezone('utc', now()),
+    metadata = coalesce(metadata, '{{}}'::jsonb)
+               || jsonb_build_object('finished_at', now(),
+                                     'duration_ms', round(extract(epoch FROM
+                                        now() - (metadata ->> 'started_at')::timestamptz) * 1000))
+WHERE tenant = %(tenant)s AND detail_id = %(detail_id)s
+
+-- name: insert_detail
+INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
+                                  retry_count, metadata)
+VALUES (%(tenant)s, %(job_id)s, %(step_name)s, %(status)s::{schema}.job_status, %(result)s,
+        timezone('utc', now()), %(retry_count)s, %(metadata)s)
+RETURNING detail_id
+
+-- name: list_details
+SELECT detail_id, step_name, status, result, processed_at, retry_count, metadata
+FROM {schema}.job_details
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s
+ORDER BY processed_at, detail_id
+
+-- name: get_job_data
+SELECT data FROM {schema}.jobs WHERE tenant = %(tenant)s AND job_id = %(job_id)s

@@ -1,0 +1,140 @@
+-- The PostgreSQL backend's worker: claim, heartbeat, finish, rescue, release.
+-- Every outcome is fenced by (tenant, job_id, lease_token, status = 'processing'): a worker that
+-- lost its lease can change nothing.
+
+-- name: claim_jobs
+WITH picked AS (
+    SELECT tenant, job_id FROM {schema}.jobs
+    WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
+      AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
+    ORDER BY priority DESC, run_at, job_id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.jobs j
+SET status = 'processing',
+    attempts = j.attempts + 1,
+    lease_token = j.lease_token + 1,
+    worker_id = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+    started_at = now(),
+    updated_at = timezone('utc', now())
+FROM picked
+WHERE j.tenant = picked.tenant AND j.job_id = picked.job_id
+RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
+          j.queue, j.metadata, j.schedule_id, j.started_at
+
+-- name: next_due_in
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM {schema}.jobs
+WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
+  AND queue = ANY(%(queues)s::text[])
+
+-- name: complete_jobs
+WITH done AS (
+    SELECT * FROM unnest(%(tenants)s::uuid[], %(job_ids)s::uuid[], %(tokens)s::bigint[],
+                         %(results)s::text[], %(started)s::timestamptz[],
+                         %(durations)s::float8[])
+        AS d(tenant, job_id, token, result, started_at, duration_ms)
+), updated AS (
+    UPDATE {schema}.jobs j
+    SET status = 'completed', result = d.result::jsonb, error = NULL, progress = 100,
+        completed_at = now(), updated_at = timezone('utc', now()),
+        lease_expires_at = NULL, worker_id = NULL
+    FROM done d
+    WHERE j.tenant = d.tenant AND j.job_id = d.job_id AND j.lease_token = d.token
+      AND j.status = 'processing'
+    RETURNING j.tenant, j.job_id, j.attempts, d.started_at, d.duration_ms
+)
+INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at, retry_count,
+                                  metadata)
+SELECT tenant, job_id, 'attempt', 'completed', timezone('utc', now()), attempts,
+       jsonb_build_object('started_at', started_at, 'duration_ms', duration_ms,
+                          'worker_id', %(worker_id)s::text)
+FROM updated
+RETURNING job_id
+
+-- name: fail_jobs
+WITH failed AS (
+    SELECT * FROM unnest(%(tenants)s::uuid[], %(job_ids)s::uuid[], %(tokens)s::bigint[],
+                         %(errors)s::text[], %(retry_in)s::float8[],
+                         %(started)s::timestamptz[], %(durations)s::float8[])
+        AS f(tenant, job_id, token, error, retry_in, started_at, duration_ms)
+), updated AS (
+    UPDATE {schema}.jobs j
+    SET status = (CASE WHEN f.retry_in IS NULL THEN 'failed' ELSE 'retrying' END)
+                 ::{schema}.job_status,
+        error = f.error::jsonb,
+        run_at = CASE WHEN f.retry_in IS NULL THEN j.run_at
+                      ELSE now() + make_interval(secs => f.retry_in) END,
+        completed_at = CASE WHEN f.retry_in IS NULL THEN now() END,
+        updated_at = timezone('utc', now()),
+        lease_expires_at = NULL, worker_id = NULL
+    FROM failed f
+    WHERE j.tenant = f.tenant AND j.job_id = f.job_id AND j.lease_token = f.token
+      AND j.status = 'processing'
+    RETURNING j.tenant, j.job_id, j.attempts, j.run_at, f.retry_in, f.error::jsonb AS error, f.started_at,
+              f.duration_ms
+)
+INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
+                                  retry_count, metadata)
+SELECT tenant, job_id, 'attempt', 'failed', error, timezone('utc', now()), attempts,
+       jsonb_build_object('started_at', started_at, 'duration_ms', duration_ms,
+                          'worker_id', %(worker_id)s::text,
+                          'next_run_at', CASE WHEN retry_in IS NULL THEN NULL ELSE run_at END)
+FROM updated
+RETURNING job_id
+
+-- name: heartbeat
+UPDATE {schema}.jobs
+SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+WHERE worker_id = %(worker_id)s AND status = 'processing'
+RETURNING job_id, lease_token
+
+-- name: rescue_expired
+WITH expired AS (
+    SELECT tenant, job_id FROM {schema}.jobs
+    WHERE status = 'processing' AND lease_expires_at < now() AND runner_type = 'postgres'
+    ORDER BY lease_expires_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE {schema}.jobs j
+    SET status = (CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'retrying' END)
+                 ::{schema}.job_status,
+        run_at = now(),
+        completed_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        error = jsonb_build_object(
+            'type', 'jobrunner.LeaseExpired',
+            'message', 'the worker running this attempt stopped heartbeating (crashed, killed '
+                       'or disconnected); its lease expired',
+            'traceback', NULL),
+        updated_at = timezone('utc', now()),
+        lease_expires_at = NULL, worker_id = NULL
+    FROM expired e
+    WHERE j.tenant = e.tenant AND j.job_id = e.job_id
+    RETURNING j.tenant, j.job_id, j.attempts, j.status, j.queue, j.error
+), attempt_rows AS (
+    INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
+                                      retry_count, metadata)
+    SELECT tenant, job_id, 'attempt', 'failed', error, timezone('utc', now()), attempts,
+           jsonb_build_object('lease_expired', true)
+    FROM rescued
+)
+SELECT job_id, status, queue FROM rescued
+
+-- name: release_jobs
+-- Graceful shutdown: hand unfinished attempts back without counting them against the policy.
+WITH released AS (
+    UPDATE {schema}.jobs j
+    SET status = 'queued', attempts = greatest(j.attempts - 1, 0), run_at = now(),
+        lease_expires_at = NULL, worker_id = NULL, updated_at = timezone('utc', now())
+    FROM unnest(%(tenants)s::uuid[], %(job_ids)s::uuid[], %(tokens)s::bigint[])
+        AS r(tenant, job_id, token)
+    WHERE j.tenant = r.tenant AND j.job_id = r.job_id AND j.lease_token = r.token
+      AND j.status = 'processing'
+    RETURNING j.job_id, j.queue
+)
+SELECT job_id, pg_notify(%(channel)s, queue) AS notified FROM released
+
+-- name: notify_jobs
+SELECT pg_notify(%(channel)s, %(payload)s)

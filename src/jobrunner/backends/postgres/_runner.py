@@ -1,0 +1,500 @@
+"""PostgresJobRunner: the JobRunner API over the jobs table."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from jobrunner._db._database import Database
+from jobrunner._db._errors import translate_errors
+from jobrunner._db._store import JobStore, json_param
+from jobrunner._errors import InvalidArgumentError
+from jobrunner._models import (
+    JobDetails,
+    JobInfo,
+    JobPage,
+    JobStatus,
+    Metrics,
+    MissedTickPolicy,
+    OverlapPolicy,
+    ScheduledJob,
+    ScheduleInfo,
+)
+from jobrunner._runner import AllTenants, HistoryScope, JobRunner, TenantArg
+from jobrunner._validation import (
+    SYSTEM_USER,
+    as_aware_datetime,
+    as_data,
+    as_job_name,
+    as_optional_key,
+    as_priority,
+    as_queue,
+    as_tenant,
+    as_uuid,
+)
+from jobrunner.registry import DEFAULT_QUEUE, JobHandlerRegistry
+
+logger = logging.getLogger("jobrunner.postgres")
+
+BULK_BATCH = 1000
+
+
+class PostgresJobRunner(JobRunner):
+    """The default backend: jobs live in PostgreSQL and workers claim them with SKIP LOCKED.
+
+    Args:
+        dsn: libpq connection string or URL (ignored when ``database`` is given).
+        schema: Schema of the jobrunner tables.
+        registry: Handler registry (default: the process-wide one).
+        require_registered: Refuse to schedule names without a handler in ``registry``; turn
+            off in producer-only processes that do not import the handlers.
+        auto_migrate: Apply pending migrations in :meth:`start`.
+        pool_size: Maximum pooled connections.
+        database: An existing :class:`Database` to share.
+    """
+
+    runner_type = "postgres"
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str = "jobrunner",
+        registry: JobHandlerRegistry | None = None,
+        require_registered: bool = True,
+        auto_migrate: bool = True,
+        pool_size: int = 10,
+        database: Database | None = None,
+    ) -> None:
+        super().__init__(registry)
+        if database is None:
+            if not dsn:
+                raise InvalidArgumentError("PostgresJobRunner needs a dsn or a database")
+            database = Database(dsn, schema=schema, max_size=pool_size)
+        self.db = database
+        self.store = JobStore(database)
+        self.require_registered = require_registered
+        self.auto_migrate = auto_migrate
+        self._started = False
+
+    @property
+    def schema(self) -> str:
+        """Schema of the jobrunner tables."""
+        return self.db.schema
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the pool and apply migrations (unless ``auto_migrate`` is off)."""
+        if self._started:
+            return
+        if self.auto_migrate:
+            await self.db.migrate()
+        await self.db.open()
+        self._started = True
+
+    async def close(self) -> None:
+        """Close the pool."""
+        self._started = False
+        await self.db.close()
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.start()
+
+    async def is_healthy(self) -> bool:
+        """Whether the database answers."""
+        try:
+            await self._ensure_started()
+        except Exception:  # noqa: BLE001 - health checks report, never raise
+            return False
+        return await self.db.ping()
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations now; returns the versions applied."""
+        return await self.db.migrate()
+
+    # -- scheduling -------------------------------------------------------------------------
+    def prepare_insert(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        *,
+        tenant: TenantArg,
+        priority: int,
+        singleton_key: str | None,
+        user_id: uuid.UUID | str | None,
+        metadata: Mapping[str, Any] | None,
+        queue: str | None,
+        schedule_id: uuid.UUID | None = None,
+    ) -> dict[str, Any]:
+        """Validate scheduling arguments and build the ``insert_job`` parameters.
+
+        Raises before anything is written; shared by the async runner and its sync twin.
+        """
+        name = as_job_name(name)
+        spec = self.registry.find(name)
+        if spec is None and self.require_registered:
+            from jobrunner._errors import HandlerNotFoundError
+
+            raise HandlerNotFoundError(name)
+        payload = as_data(data)
+        meta = as_data(metadata, "metadata")
+        when = None if run_at is None else as_aware_datetime(run_at)
+        return {
+            "tenant": as_tenant(tenant),
+            "job_id": uuid.uuid4(),
+            "name": name,
+            "metadata": Jsonb(meta),
+            "run_at": when,
+            "user_id": SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id"),
+            "runner_type": self.runner_type,
+            "external_id": None,
+            "queue": as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE),
+            "priority": as_priority(priority),
+            "data": Jsonb(payload),
+            "max_attempts": spec.retry.max_attempts if spec else 3,
+            "singleton_key": as_optional_key(singleton_key, "singleton_key"),
+            "schedule_id": schedule_id,
+            "notify": True,
+            "channel": self.db.channel_jobs,
+        }
+
+    async def _insert(self, params: dict[str, Any], connection: Any) -> ScheduledJob:
+        if connection is not None:
+            if not isinstance(connection, psycopg.AsyncConnection):
+                raise InvalidArgumentError(
+                    "connection must be an open psycopg.AsyncConnection (use the sync runner "
+                    "with a sync connection)"
+                )
+            with translate_errors():
+                cur = connection.cursor()
+                await cur.execute(self.db.queries.insert_job, params)
+                row = await cur.fetchone()
+                if row is None and params["singleton_key"] is not None:
+                    await cur.execute(self.db.queries.find_singleton, params)
+                    existing = await cur.fetchone()
+                    if existing is not None:
+                        return _handle(existing[0], params["tenant"], created=False)
+        else:
+            await self._ensure_started()
+            async with self.db.connection() as conn:
+                cur2 = await conn.execute(self.db.queries.insert_job, params)
+                found = await cur2.fetchone()
+                row = None if found is None else (found["job_id"],)
+                if row is None and params["singleton_key"] is not None:
+                    cur2 = await conn.execute(self.db.queries.find_singleton, params)
+                    existing2 = await cur2.fetchone()
+                    if existing2 is not None:
+                        return _handle(existing2["job_id"], params["tenant"], created=False)
+        if row is None:
+            # The singleton's holder finished between the two statements: try once more.
+            return await self._insert(params, connection)
+        return _handle(row[0], params["tenant"], created=True)
+
+    async def schedule_job(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        singleton_key: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        connection: Any = None,
+    ) -> ScheduledJob:
+        """Enqueue a job now; see :meth:`JobRunner.schedule_job`."""
+        params = self.prepare_insert(
+            name, data, None, tenant=tenant, priority=priority, singleton_key=singleton_key,
+            user_id=user_id, metadata=metadata, queue=queue,
+        )
+        return await self._insert(params, connection)
+
+    async def schedule_job_at(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime,
+        *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        singleton_key: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        connection: Any = None,
+    ) -> ScheduledJob:
+        """Enqueue a job due at ``run_at``; see :meth:`JobRunner.schedule_job_at`."""
+        as_aware_datetime(run_at)
+        params = self.prepare_insert(
+            name, data, run_at, tenant=tenant, priority=priority, singleton_key=singleton_key,
+            user_id=user_id, metadata=metadata, queue=queue,
+        )
+        return await self._insert(params, connection)
+
+    def prepare_bulk(
+        self,
+        name: str,
+        data: Iterable[Mapping[str, Any] | None],
+        *,
+        tenant: TenantArg,
+        priority: int,
+        run_at: datetime | None,
+        user_id: uuid.UUID | str | None,
+        metadata: Mapping[str, Any] | None,
+        queue: str | None,
+    ) -> tuple[dict[str, Any], list[uuid.UUID], list[Jsonb]]:
+        """Validate a bulk enqueue; returns shared parameters, ids and payloads."""
+        if isinstance(data, Mapping | str | bytes):
+            raise InvalidArgumentError("data must be an iterable of mappings")
+        try:
+            items = list(data)
+        except TypeError:
+            raise InvalidArgumentError("data must be an iterable of mappings") from None
+        payloads = [Jsonb(as_data(item, f"data[{i}]")) for i, item in enumerate(items)]
+        base = self.prepare_insert(
+            name, None, run_at, tenant=tenant, priority=priority, singleton_key=None,
+            user_id=user_id, metadata=metadata, queue=queue,
+        )
+        ids = [uuid.uuid4() for _ in payloads]
+        return base, ids, payloads
+
+    async def schedule_jobs(
+        self,
+        name: str,
+        data: Iterable[Mapping[str, Any] | None],
+        *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        connection: Any = None,
+    ) -> list[ScheduledJob]:
+        """Enqueue many jobs, one statement per batch of 1,000, all in one transaction."""
+        base, ids, payloads = self.prepare_bulk(
+            name, data, tenant=tenant, priority=priority, run_at=run_at, user_id=user_id,
+            metadata=metadata, queue=queue,
+        )
+        if not ids:
+            return []
+        if connection is not None and not isinstance(connection, psycopg.AsyncConnection):
+            raise InvalidArgumentError("connection must be an open psycopg.AsyncConnection")
+
+        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+            cur = conn.cursor()
+            for start in range(0, len(ids), BULK_BATCH):
+                params = dict(base)
+                params["job_ids"] = ids[start : start + BULK_BATCH]
+                params["datas"] = payloads[start : start + BULK_BATCH]
+                await cur.execute(self.db.queries.insert_jobs_bulk, params)
+
+        if connection is not None:
+            with translate_errors():
+                await write(connection)
+        else:
+            await self._ensure_started()
+            async with self.db.transaction() as conn:
+                await write(conn)
+        tenant_id = base["tenant"]
+        return [_handle(i, tenant_id, created=True) for i in ids]
+
+    # -- inspection and control -------------------------------------------------------------
+    async def get_job_status(
+        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+    ) -> JobInfo | None:
+        """The job's state, or ``None`` when this tenant has no such job."""
+        key = as_uuid(job_id, "job_id")
+        tenant_id = as_tenant(tenant)
+        await self._ensure_started()
+        return await self.store.get_job(tenant_id, key)
+
+    async def cancel_job(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        tenant: TenantArg = None,
+        reason: str | None = None,
+        cancelled_by: str | None = None,
+    ) -> bool:
+        """Cancel a live job (a running handler is stopped via NOTIFY) or remove a schedule."""
+        key = as_uuid(job_id, "job_id")
+        tenant_id = as_tenant(tenant)
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidArgumentError("reason must be a string")
+        if cancelled_by is not None and not isinstance(cancelled_by, str):
+            raise InvalidArgumentError("cancelled_by must be a string")
+        await self._ensure_started()
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.db.queries.cancel_job,
+                {
+                    "tenant": tenant_id,
+                    "job_id": key,
+                    "reason": reason,
+                    "cancelled_by": cancelled_by,
+                    "runner_type": self.runner_type,
+                    "channel": self.db.channel_cancel,
+                },
+            )
+            row = await cur.fetchone()
+        if row is not None:
+            return True
+        return await self._cancel_schedule(tenant_id, key)
+
+    async def _cancel_schedule(self, tenant: uuid.UUID, job_id: uuid.UUID) -> bool:
+        """Remove a recurring schedule whose tracker row is ``job_id``; see _schedules."""
+        from jobrunner.backends.postgres import _schedules
+
+        return await _schedules.cancel_schedule(self, tenant, job_id)
+
+    async def retry_job(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
+        """Run a failed or cancelled job again."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.retry_job(
+            self.db, as_tenant(tenant), as_uuid(job_id, "job_id"), runner_type=self.runner_type
+        )
+
+    async def get_job_details(
+        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+    ) -> JobDetails | None:
+        """The job with data, attempts, steps and errors."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.get_job_details(
+            self.db, as_tenant(tenant), as_uuid(job_id, "job_id")
+        )
+
+    async def list_jobs(
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
+        name: str | None = None,
+        runner_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first with keyset pagination."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.list_jobs(
+            self.db, tenant=tenant, status=status, name=name, runner_type=runner_type,
+            created_after=created_after, created_before=created_before, search=search,
+            limit=limit, cursor=cursor,
+        )
+
+    async def get_metrics(self, *, tenant: TenantArg | AllTenants = None) -> Metrics:
+        """Counts, rates, throughput and queue age."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.get_metrics(self.db, tenant=tenant)
+
+    async def clear_history(
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        scope: HistoryScope = "finished",
+        older_than: timedelta | float | None = None,
+    ) -> int:
+        """Delete finished jobs (never a live job or a live schedule)."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.clear_history(
+            self.db, tenant=tenant, scope=scope, older_than=older_than
+        )
+
+    # -- recurring --------------------------------------------------------------------------
+    async def schedule_recurring_job(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        expression: str,
+        *,
+        tenant: TenantArg = None,
+        timezone: str = "UTC",
+        singleton_key: str | None = None,
+        missed_ticks: MissedTickPolicy | str = MissedTickPolicy.LATEST,
+        overlap: OverlapPolicy | str = OverlapPolicy.ALLOW,
+        max_catch_up: int = 10,
+        priority: int = 0,
+        queue: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ScheduledJob:
+        """Create or update a recurring schedule; see :mod:`._schedules`."""
+        from jobrunner.backends.postgres import _schedules
+
+        await self._ensure_started()
+        return await _schedules.upsert_schedule(
+            self, name, data, expression, tenant=tenant, timezone=timezone,
+            singleton_key=singleton_key, missed_ticks=missed_ticks, overlap=overlap,
+            max_catch_up=max_catch_up, priority=priority, queue=queue, user_id=user_id,
+            metadata=metadata,
+        )
+
+    async def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:
+        """The tenant's schedules."""
+        from jobrunner.backends.postgres import _schedules
+
+        await self._ensure_started()
+        return await _schedules.list_schedules(self, as_tenant(tenant))
+
+    async def pause_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
+        """Pause a schedule."""
+        from jobrunner.backends.postgres import _schedules
+
+        await self._ensure_started()
+        return await _schedules.set_paused(
+            self, as_tenant(tenant), as_uuid(job_id, "job_id"), paused=True
+        )
+
+    async def resume_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
+        """Resume a paused schedule."""
+        from jobrunner.backends.postgres import _schedules
+
+        await self._ensure_started()
+        return await _schedules.set_paused(
+            self, as_tenant(tenant), as_uuid(job_id, "job_id"), paused=False
+        )
+
+    # -- workers ----------------------------------------------------------------------------
+    def create_worker(
+        self,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        **options: Any,
+    ) -> PostgresWorker:
+        """A worker for this runner's registry and database (see :class:`WorkerSettings`)."""
+        from jobrunner.backends.postgres._worker import PostgresWorker, WorkerSettings
+
+        settings = WorkerSettings.build(concurrency=concurrency, queues=queues, **options)
+        return PostgresWorker(self, settings)
+
+
+def _handle(job_id: Any, tenant: uuid.UUID, *, created: bool) -> ScheduledJob:
+    key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    return ScheduledJob(job_id=key, external_id=str(key), tenant=tenant, created=created)
+
+
+# Imported late for the type annotation above without a cycle at import time.
+from jobrunner.backends.postgres._worker import PostgresWorker  # noqa: E402

@@ -1,0 +1,644 @@
+"""PostgresWorker: claims due jobs in batches, runs their handlers, records outcomes in batches.
+
+Liveness model: every claim takes a lease (``lease_expires_at``) and bumps the job's
+``lease_token``. The worker extends the leases of all its jobs with one heartbeat statement;
+any worker rescues jobs whose lease expired. Every outcome statement is fenced by the token,
+so an attempt that lost its lease can change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from jobrunner._context import JobContext, SyncJobContext
+from jobrunner._errors import HandlerNotFoundError, InvalidArgumentError, JobRunnerError
+from jobrunner._outcome import decide_failure, describe_error, timeout_error
+from jobrunner._runner import JobWorker
+from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec
+
+if TYPE_CHECKING:
+    from jobrunner.backends.postgres._runner import PostgresJobRunner
+
+logger = logging.getLogger("jobrunner.worker")
+
+_PROBE_PREFIX = "probe:"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker claims, runs and reports jobs."""
+
+    concurrency: int = 20
+    """Handlers running at once in this process."""
+    queues: tuple[str, ...] = ()
+    """Queues to claim from; empty means every queue of the registered handlers."""
+    lease_seconds: float = 30.0
+    """A job whose worker stops heartbeating is re-queued this long after the last beat."""
+    heartbeat_interval: float | None = None
+    """Seconds between heartbeats (default: a third of ``lease_seconds``)."""
+    rescue_interval: float | None = None
+    """Seconds between scans for expired leases (default: a sixth of ``lease_seconds``)."""
+    poll_interval: float = 5.0
+    """Safety-net poll when no notification arrives."""
+    claim_batch: int | None = None
+    """Most jobs claimed per statement (default: ``concurrency``)."""
+    flush_interval: float = 0.002
+    """Outcomes are written at most this many seconds after the first one is buffered."""
+    flush_max: int = 1000
+    """Outcomes written per statement at most."""
+    shutdown_grace: float = 30.0
+    """Seconds running jobs get to finish after a stop request before they are re-queued."""
+    listen_probe_interval: float = 15.0
+    """Seconds of silence after which the LISTEN connection is probed with a self-NOTIFY."""
+    sync_threads: int | None = None
+    """Threads for plain ``def`` handlers (default: ``concurrency``)."""
+    worker_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    """Identity written to ``jobs.worker_id`` of claimed jobs."""
+    rand: Callable[[], float] = random.random
+    """Source of jitter for retry delays; inject for deterministic tests."""
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        **options: Any,
+    ) -> WorkerSettings:
+        """Validate and build settings; unknown options are a clear error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(options) - known
+        if unknown:
+            raise InvalidArgumentError(f"unknown worker options: {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = dict(options)
+        if concurrency is not None:
+            values["concurrency"] = concurrency
+        if queues is not None:
+            if isinstance(queues, str):
+                raise InvalidArgumentError("queues must be a sequence of names, not a string")
+            values["queues"] = tuple(queues)
+        settings = cls(**values)
+        if not isinstance(settings.concurrency, int) or settings.concurrency < 1:
+            raise InvalidArgumentError("concurrency must be a positive integer")
+        if settings.lease_seconds <= 0 or settings.poll_interval <= 0:
+            raise InvalidArgumentError("lease_seconds and poll_interval must be positive")
+        return settings
+
+    @property
+    def heartbeat_every(self) -> float:
+        """Effective heartbeat interval."""
+        return self.heartbeat_interval or self.lease_seconds / 3
+
+    @property
+    def rescue_every(self) -> float:
+        """Effective rescue interval."""
+        return self.rescue_interval or max(self.lease_seconds / 6, 0.05)
+
+
+@dataclass(eq=False)
+class _Running:
+    tenant: uuid.UUID
+    job_id: uuid.UUID
+    token: int
+    ctx: JobContext
+    claimed_at: float
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Outcomes:
+    done: list[tuple[uuid.UUID, uuid.UUID, int, str | None, Any, float]] = field(
+        default_factory=list
+    )
+    failed: list[tuple[uuid.UUID, uuid.UUID, int, str, float | None, Any, float]] = field(
+        default_factory=list
+    )
+
+    def __len__(self) -> int:
+        return len(self.done) + len(self.failed)
+
+
+class PostgresWorker(JobWorker):
+    """Runs jobs for a :class:`PostgresJobRunner`.
+
+    Embed it: ``worker = runner.create_worker(concurrency=10)`` then ``await worker.run()`` in a
+    task, and ``await worker.stop()`` to shut down gracefully.
+    """
+
+    def __init__(self, runner: PostgresJobRunner, settings: WorkerSettings) -> None:
+        self.runner = runner
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self._started = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._flush_now = asyncio.Event()
+        self._running: dict[uuid.UUID, _Running] = {}
+        self._outcomes = _Outcomes()
+        self._grace: float | None = None
+        self._force = asyncio.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._probe_seen = asyncio.Event()
+        self._listen_conn: psycopg.AsyncConnection[Any] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._next_timer: float | None = None
+        self.claimed_total = 0
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def started(self) -> asyncio.Event:
+        """Set once listening and ready to claim."""
+        return self._started
+
+    @property
+    def queues(self) -> tuple[str, ...]:
+        """Queues this worker claims from."""
+        if self.settings.queues:
+            return self.settings.queues
+        found = {spec.queue for spec in self.runner.registry} | {DEFAULT_QUEUE}
+        return tuple(sorted(found))
+
+    @property
+    def running_jobs(self) -> int:
+        """Handlers running right now."""
+        return len(self._running)
+
+    async def stop(self, *, grace: float | None = None) -> None:
+        """Stop claiming; running jobs get ``grace`` seconds, then are re-queued."""
+        if self._stopping.is_set() and grace is not None and grace <= 0:
+            self._force.set()
+        self._grace = self.settings.shutdown_grace if grace is None else grace
+        if self._grace <= 0:
+            self._force.set()
+        self._stopping.set()
+        self._wake.set()
+        self._slot_free.set()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; then drain, release leftovers and return."""
+        await self.runner.start()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.settings.sync_threads or self.settings.concurrency,
+            thread_name_prefix="jobrunner-sync",
+        )
+        self._log_banner()
+        self._tasks = [
+            asyncio.create_task(self._listen_loop(), name="jobrunner-listen"),
+            asyncio.create_task(self._heartbeat_loop(), name="jobrunner-heartbeat"),
+            asyncio.create_task(self._rescue_loop(), name="jobrunner-rescue"),
+            asyncio.create_task(self._flush_loop(), name="jobrunner-flush"),
+        ]
+        try:
+            await self._claim_loop()
+        finally:
+            await self._shutdown()
+
+    # -- claiming -------------------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        # Claim once straight away even before LISTEN is up: jobs may be waiting already.
+        while not self._stopping.is_set():
+            free = self.settings.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            limit = min(free, self.settings.claim_batch or self.settings.concurrency)
+            self._wake.clear()
+            try:
+                claimed = await self._claim(limit)
+                backoff = 0.1
+            except (JobRunnerError, psycopg.Error, OSError) as exc:
+                logger.warning("claim failed (%s); retrying in %.1f s", exc, backoff)
+                await self._sleep_or_wake(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if claimed >= limit:
+                await asyncio.sleep(0)
+                continue
+            if claimed:
+                continue
+            await self._sleep_or_wake(await self._idle_delay())
+
+    async def _idle_delay(self) -> float:
+        delay = self.settings.poll_interval
+        try:
+            async with self.runner.db.connection() as conn:
+                cur = await conn.execute(
+                    self.runner.db.queries.next_due_in, {"queues": list(self.queues)}
+                )
+                row = await cur.fetchone()
+        except (JobRunnerError, psycopg.Error):
+            return min(delay, 1.0)
+        if row and row["seconds"] is not None:
+            delay = min(delay, max(float(row["seconds"]), 0.0))
+        return delay
+
+    async def _sleep_or_wake(self, delay: float) -> None:
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _claim(self, limit: int) -> int:
+        async with self.runner.db.connection() as conn:
+            cur = await conn.execute(
+                self.runner.db.queries.claim_jobs,
+                {
+                    "queues": list(self.queues),
+                    "limit": limit,
+                    "worker_id": self.worker_id,
+                    "lease_seconds": float(self.settings.lease_seconds),
+                },
+            )
+            rows = await cur.fetchall()
+        now = time.monotonic()
+        for row in rows:
+            self._start_job(row, now)
+        self.claimed_total += len(rows)
+        return len(rows)
+
+    def _start_job(self, row: dict[str, Any], now: float) -> None:
+        ctx = JobContext(
+            job_id=row["job_id"],
+            name=row["type"],
+            tenant=row["tenant"],
+            attempt=row["attempts"],
+            max_attempts=row["max_attempts"],
+            queue=row["queue"],
+            metadata=dict(row["metadata"] or {}),
+            schedule_id=row["schedule_id"],
+            lease_token=row["lease_token"],
+            _sink=self.runner.store,
+        )
+        running = _Running(row["tenant"], row["job_id"], row["lease_token"], ctx, now)
+        self._running[row["job_id"]] = running
+        running.task = asyncio.create_task(self._execute(running, row["data"] or {}))
+
+    # -- execution ------------------------------------------------------------------------
+    async def _execute(self, job: _Running, data: dict[str, Any]) -> None:
+        started_wall = time.time()
+        started = time.monotonic()
+        ctx = job.ctx
+        try:
+            spec = self.runner.registry.find(ctx.name)
+            if spec is None:
+                error = describe_error(HandlerNotFoundError(ctx.name))
+                self._record_failure(job, error.to_json(), None, started_wall, started)
+                return
+            try:
+                result = await self._invoke(spec, ctx, data)
+                text = None if result is None else json.dumps(result, allow_nan=False)
+            except asyncio.CancelledError:
+                if ctx.is_cancelled():
+                    return  # cancelled job or lost lease: the database already says so
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every handler failure is recorded
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                decision = decide_failure(
+                    exc, attempt=ctx.attempt, policy=spec.retry, rand=self.settings.rand
+                )
+                self._record_failure(
+                    job, decision.error.to_json(), decision.retry_in, started_wall, started
+                )
+                return
+            await ctx.flush_progress()
+            self._outcomes.done.append(
+                (job.tenant, job.job_id, job.token, text, started_wall,
+                 (time.monotonic() - started) * 1000)
+            )
+            self._schedule_flush()
+        finally:
+            ctx.cancel_pending_flush()
+            self._running.pop(job.job_id, None)
+            self._slot_free.set()
+
+    async def _invoke(self, spec: HandlerSpec, ctx: JobContext, data: dict[str, Any]) -> Any:
+        if spec.is_async:
+            try:
+                async with asyncio.timeout(spec.timeout) as scope:
+                    return await spec.handler(ctx, data)
+            except TimeoutError:
+                if scope.expired():
+                    raise timeout_error(spec.timeout) from None
+                raise
+        loop = asyncio.get_running_loop()
+        sync_ctx = SyncJobContext(ctx, loop)
+        future = loop.run_in_executor(self._executor, spec.handler, sync_ctx, data)
+        try:
+            async with asyncio.timeout(spec.timeout) as scope:
+                return await asyncio.shield(future)
+        except TimeoutError:
+            if scope.expired():
+                # The thread cannot be killed: flag it and discard whatever it returns later.
+                ctx.mark_cancelled()
+                raise timeout_error(spec.timeout) from None
+            raise
+        except asyncio.CancelledError:
+            ctx.mark_cancelled()
+            raise
+
+    def _record_failure(
+        self,
+        job: _Running,
+        error: dict[str, Any],
+        retry_in: float | None,
+        started_wall: float,
+        started: float,
+    ) -> None:
+        self._outcomes.failed.append(
+            (job.tenant, job.job_id, job.token, json.dumps(error), retry_in, started_wall,
+             (time.monotonic() - started) * 1000)
+        )
+        self._schedule_flush()
+        if retry_in is not None and retry_in < self.settings.poll_interval:
+            self._arm_timer(retry_in)
+
+    def _arm_timer(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay + 0.001, self._wake.set)
+
+    # -- outcomes -------------------------------------------------------------------------
+    def _schedule_flush(self) -> None:
+        if len(self._outcomes) >= self.settings.flush_max:
+            self._flush_now.set()
+        elif len(self._outcomes) == 1:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.settings.flush_interval, self._flush_now.set)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_now.wait()
+            self._flush_now.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._outcomes = self._outcomes, _Outcomes()
+        if not batch:
+            return
+        backoff = 0.05
+        while True:
+            try:
+                await self._write_outcomes(batch)
+                return
+            except (JobRunnerError, psycopg.Error, OSError) as exc:
+                if self._stopped.is_set():
+                    logger.error("dropping %d outcomes at exit: %s", len(batch), exc)
+                    return
+                logger.warning("writing outcomes failed (%s); retrying in %.2f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _write_outcomes(self, batch: _Outcomes) -> None:
+        q = self.runner.db.queries
+        async with self.runner.db.connection() as conn:
+            for start in range(0, len(batch.done), self.settings.flush_max):
+                part = batch.done[start : start + self.settings.flush_max]
+                await conn.execute(
+                    q.complete_jobs,
+                    {
+                        "tenants": [d[0] for d in part],
+                        "job_ids": [d[1] for d in part],
+                        "tokens": [d[2] for d in part],
+                        "results": [d[3] for d in part],
+                        "started": [_ts(d[4]) for d in part],
+                        "durations": [d[5] for d in part],
+                        "worker_id": str(self.worker_id),
+                    },
+                )
+            for start in range(0, len(batch.failed), self.settings.flush_max):
+                fpart = batch.failed[start : start + self.settings.flush_max]
+                await conn.execute(
+                    q.fail_jobs,
+                    {
+                        "tenants": [f[0] for f in fpart],
+                        "job_ids": [f[1] for f in fpart],
+                        "tokens": [f[2] for f in fpart],
+                        "errors": [f[3] for f in fpart],
+                        "retry_in": [f[4] for f in fpart],
+                        "started": [_ts(f[5]) for f in fpart],
+                        "durations": [f[6] for f in fpart],
+                        "worker_id": str(self.worker_id),
+                    },
+                )
+            if any(f[4] is not None for f in batch.failed):
+                await conn.execute(
+                    q.notify_jobs,
+                    {"channel": self.runner.db.channel_jobs, "payload": "retry"},
+                )
+
+    # -- heartbeats and rescue ------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        q = self.runner.db.queries
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_every)
+            sent_at = time.monotonic()
+            try:
+                async with self.runner.db.connection() as conn:
+                    cur = await conn.execute(
+                        q.heartbeat,
+                        {
+                            "worker_id": self.worker_id,
+                            "lease_seconds": float(self.settings.lease_seconds),
+                        },
+                    )
+                    held = {(r["job_id"], r["lease_token"]) for r in await cur.fetchall()}
+            except (JobRunnerError, psycopg.Error, OSError) as exc:
+                logger.warning("heartbeat failed: %s", exc)
+                continue
+            pending = {(d[1], d[2]) for d in self._outcomes.done} | {
+                (f[1], f[2]) for f in self._outcomes.failed
+            }
+            for job in list(self._running.values()):
+                key = (job.job_id, job.token)
+                if job.claimed_at < sent_at and key not in held and key not in pending:
+                    logger.warning("job %s lost its lease; stopping its handler", job.job_id)
+                    self._abort(job)
+
+    async def _rescue_loop(self) -> None:
+        q = self.runner.db.queries
+        while True:
+            await asyncio.sleep(self.settings.rescue_every)
+            try:
+                async with self.runner.db.connection() as conn:
+                    cur = await conn.execute(q.rescue_expired)
+                    rows = await cur.fetchall()
+                    if rows:
+                        logger.warning("re-queued %d jobs whose lease expired", len(rows))
+                        await conn.execute(
+                            q.notify_jobs,
+                            {"channel": self.runner.db.channel_jobs, "payload": "rescued"},
+                        )
+            except (JobRunnerError, psycopg.Error, OSError) as exc:
+                logger.debug("rescue scan failed: %s", exc)
+
+    def _abort(self, job: _Running) -> None:
+        job.ctx.mark_cancelled()
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+
+    # -- notifications --------------------------------------------------------------------
+    async def _listen_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._listen_once()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect on any listener failure
+                logger.warning("listener lost (%s); reconnecting in %.1f s", exc, backoff)
+            finally:
+                conn, self._listen_conn = self._listen_conn, None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            self._wake.set()  # we may have missed notifications: look for work now
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _listen_once(self) -> None:
+        db = self.runner.db
+        conn = await db.dedicated_connection()
+        self._listen_conn = conn
+        for channel in (db.channel_jobs, db.channel_cancel):
+            await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        self._started.set()
+        self._wake.set()
+        probe_token = f"{_PROBE_PREFIX}{self.worker_id}"
+        probe_sent: float | None = None
+        while True:
+            received = False
+            gen = conn.notifies(timeout=1.0)
+            try:
+                async for note in gen:
+                    received = True
+                    if note.channel == db.channel_cancel:
+                        self._on_cancel(note.payload)
+                    elif note.payload == probe_token:
+                        probe_sent = None
+                    elif not note.payload.startswith(_PROBE_PREFIX):
+                        self._wake.set()
+            finally:
+                await gen.aclose()
+            now = time.monotonic()
+            if probe_sent is not None and now - probe_sent > 5.0:
+                raise JobRunnerError("LISTEN connection did not deliver our probe in 5 s")
+            if not received and probe_sent is None:
+                last = getattr(self, "_last_probe", 0.0)
+                if now - last >= self.settings.listen_probe_interval:
+                    self._last_probe = now
+                    probe_sent = now
+                    async with db.connection() as pconn:
+                        await pconn.execute(
+                            db.queries.notify_jobs,
+                            {"channel": db.channel_jobs, "payload": probe_token},
+                        )
+
+    def _on_cancel(self, payload: str) -> None:
+        try:
+            job_id = uuid.UUID(payload)
+        except ValueError:
+            return
+        job = self._running.get(job_id)
+        if job is not None:
+            logger.info("job %s cancelled; stopping its handler", job_id)
+            self._abort(job)
+
+    # -- shutdown -------------------------------------------------------------------------
+    async def _shutdown(self) -> None:
+        grace = self.settings.shutdown_grace if self._grace is None else self._grace
+        tasks = [j.task for j in self._running.values() if j.task is not None]
+        pending: set[asyncio.Task[None]] = set(tasks)
+        if tasks and not self._force.is_set():
+            logger.info("waiting up to %.1f s for %d running jobs", grace, len(tasks))
+            forced = asyncio.create_task(self._force.wait())
+            deadline = time.monotonic() + grace
+            while pending and not self._force.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                _done, pending_any = await asyncio.wait(
+                    {*pending, forced}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending = {t for t in pending_any if t is not forced}
+            forced.cancel()
+        leftovers = [j for j in self._running.values() if j.task in pending]
+        for job in leftovers:
+            self._abort(job)
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        await self._flush()
+        if leftovers:
+            await self._release(leftovers)
+        self._stopped.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("worker %s stopped", self.worker_id)
+
+    async def _release(self, jobs: list[_Running]) -> None:
+        try:
+            async with self.runner.db.connection() as conn:
+                await conn.execute(
+                    self.runner.db.queries.release_jobs,
+                    {
+                        "tenants": [j.tenant for j in jobs],
+                        "job_ids": [j.job_id for j in jobs],
+                        "tokens": [j.token for j in jobs],
+                        "channel": self.runner.db.channel_jobs,
+                    },
+                )
+            logger.info("re-queued %d unfinished jobs", len(jobs))
+        except (JobRunnerError, psycopg.Error, OSError) as exc:
+            logger.error("could not re-queue %d jobs (their leases will expire): %s",
+                         len(jobs), exc)
+
+    def _log_banner(self) -> None:
+        handlers = ", ".join(self.runner.registry.names()) or "(none)"
+        logger.info(
+            "jobrunner worker %s starting: backend=postgres database=%s schema=%s queues=%s "
+            "concurrency=%d lease=%.0fs handlers=[%s]",
+            self.worker_id,
+            _redact(self.runner.db.conninfo),
+            self.runner.db.schema,
+            ",".join(self.queues),
+            self.settings.concurrency,
+            self.settings.lease_seconds,
+            handlers,
+        )
+
+
+def _ts(epoch: float) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _redact(conninfo: str) -> str:
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "(unparsable)"
+    host = params.get("host", "local socket")
+    return f"{params.get('dbname', '?')}@{host}:{params.get('port', 5432)}"

@@ -1,0 +1,65 @@
+"""The ``jobrunner`` command line (and ``jobrunner-worker``).
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the module list
+below is the only place that names them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+_COMMAND_MODULES = ("_migrate", "_worker", "_schedules", "_jobs", "_dashboard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(prog="jobrunner", description="Background jobs: CLI.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"jobrunner.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"jobrunner.cli.{module_name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``jobrunner``."""
+    from jobrunner._errors import JobRunnerError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        code: int = args.handler(args)
+    except JobRunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``jobrunner-worker`` (the same as ``jobrunner worker``)."""
+    return main(["worker", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""Options and helpers shared by CLI subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from typing import Any
+
+from jobrunner._config import Settings
+from jobrunner._errors import ConfigurationError
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """``--database-url`` and ``--schema`` (defaults from the environment)."""
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: JOBRUNNER_DATABASE_URL)")
+    parser.add_argument("--schema", help="schema of the jobrunner tables (default: jobrunner)")
+
+
+def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Environment settings with the command line's overrides applied."""
+    settings = Settings.from_env()
+    changes: dict[str, Any] = dict(overrides)
+    if getattr(args, "database_url", None):
+        changes["database_url"] = args.database_url
+    if getattr(args, "schema", None):
+        changes["schema"] = args.schema
+    return dataclasses.replace(settings, **changes)
+
+
+def import_apps(modules: list[str]) -> None:
+    """Import the modules that register handlers (``--app``)."""
+    for name in modules:
+        for part in name.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                importlib.import_module(part)
+            except ImportError as exc:
+                raise ConfigurationError(f"cannot import app module {part!r}: {exc}") from exc
+
+
+def print_json(value: Any) -> None:
+    """Print ``value`` as JSON (dataclasses, UUIDs and datetimes included)."""
+    json.dump(_plain(value), sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A plain aligned text table."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))

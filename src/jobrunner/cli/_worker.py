@@ -1,0 +1,70 @@
+"""``jobrunner worker`` / ``jobrunner-worker``: run a worker until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from jobrunner.cli._common import add_database_options, import_apps, settings_from
+
+logger = logging.getLogger("jobrunner.cli")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the subcommand."""
+    parser = sub.add_parser("worker", help="run a worker for the registered handlers")
+    parser.add_argument("--app", action="append", default=[], required=True,
+                        help="module(s) that register handlers; repeat or comma-separate")
+    parser.add_argument("--concurrency", type=int, default=None, help="handlers run at once")
+    parser.add_argument("--queues", default=None, help="comma-separated queues (default: all)")
+    parser.add_argument("--lease", type=float, default=None, help="lease seconds (default 30)")
+    parser.add_argument("--grace", type=float, default=None,
+                        help="seconds running jobs get on shutdown (default 30)")
+    add_database_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the runner from the environment and run its worker."""
+    import_apps(args.app)
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from jobrunner._factory import JobRunnerFactory
+
+    settings = settings_from(args)
+    runner = await JobRunnerFactory.create(settings)
+    options: dict[str, object] = {}
+    if args.lease is not None:
+        options["lease_seconds"] = args.lease
+    if args.grace is not None:
+        options["shutdown_grace"] = args.grace
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    worker = runner.create_worker(concurrency=args.concurrency, queues=queues, **options)
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            logger.info("received %s: finishing running jobs (send again to force)",
+                        signal.Signals(signum).name)
+            loop.create_task(worker.stop())
+        else:
+            logger.warning("received %s again: stopping now, re-queueing running jobs",
+                           signal.Signals(signum).name)
+            loop.create_task(worker.stop(grace=0))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await worker.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.close()
+    return 0

@@ -17,9 +17,15 @@ def _install(session: nox.Session, extras: str = "dev") -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole test suite against real PostgreSQL, Temporal and Chromium."""
+    """The whole test suite against real PostgreSQL, Temporal and Chromium, then lint and types.
+
+    This is the README's test command and what CI runs.
+    """
     _install(session)
     session.run("pytest", *(session.posargs or ["-q"]))
+    if not session.posargs:
+        session.notify("lint")
+        session.notify("typecheck")
 
 
 @nox.session(python=PYTHON)
@@ -40,5 +46,5 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job: a worker on a private PostgreSQL runs the example app's jobs."""
-    _install(session, "embedded" if False else "dev")
+    _install(session)
     session.run("python", "-m", "jobrunner.demo", *session.posargs)

@@ -69,7 +69,8 @@ class Settings:
             runner_type = RUNNER_ALIASES[raw_type]
         except KeyError:
             raise ConfigurationError(
-                f"JOB_RUNNER_TYPE must be one of postgres, pgboss, temporal, memory; got {raw_type!r}"
+                "JOB_RUNNER_TYPE must be one of postgres, pgboss, temporal, memory; "
+                f"got {raw_type!r}"
             ) from None
         fallback_name = (
             "JOB_RUNNER_FALLBACK_TO_POSTGRES"

@@ -191,7 +191,10 @@ class SyncJobContext:
         try:
             yield handle
         except BaseException as exc:
-            suppress = self._call(lambda: manager.__aexit__(type(exc), exc, exc.__traceback__))
+            error = exc
+            suppress = self._call(
+                lambda: manager.__aexit__(type(error), error, error.__traceback__)
+            )
             if not suppress:
                 raise
         else:

@@ -64,7 +64,7 @@ class JobTimeoutError(JobRunnerError, TimeoutError):
     """A handler ran past its timeout; the attempt failed and follows the retry policy."""
 
 
-class Retry(Exception):  # noqa: N818 - named for what the handler asks for
+class Retry(Exception):  # named for what the handler asks for, not an error
     """Raised by a handler to run the job again after ``delay``.
 
     The attempt counts toward ``RetryPolicy.max_attempts``; when none are left the job fails.
@@ -83,5 +83,5 @@ class Retry(Exception):  # noqa: N818 - named for what the handler asks for
         self.reason = reason
 
 
-class NonRetryable(Exception):  # noqa: N818 - named for the outcome
+class NonRetryable(Exception):  # named for the outcome
     """Raised by a handler (directly or as ``raise NonRetryable(...) from exc``) to fail now."""

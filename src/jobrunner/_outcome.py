@@ -17,7 +17,11 @@ MAX_TRACEBACK_CHARS = 20_000
 def describe_error(exc: BaseException) -> JobError:
     """A JSON-friendly description of ``exc`` with its traceback."""
     kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
     message = str(exc) or (exc.reason if isinstance(exc, Retry) else "")
     if isinstance(exc, asyncio.CancelledError) and not message:
         message = "cancelled"

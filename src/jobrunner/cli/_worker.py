@@ -46,6 +46,7 @@ async def _serve(args: argparse.Namespace) -> int:
     worker = runner.create_worker(concurrency=args.concurrency, queues=queues, **options)
     loop = asyncio.get_running_loop()
     signals_seen = 0
+    stop_tasks: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
         nonlocal signals_seen
@@ -53,11 +54,11 @@ async def _serve(args: argparse.Namespace) -> int:
         if signals_seen == 1:
             logger.info("received %s: finishing running jobs (send again to force)",
                         signal.Signals(signum).name)
-            loop.create_task(worker.stop())
+            stop_tasks.append(loop.create_task(worker.stop()))
         else:
             logger.warning("received %s again: stopping now, re-queueing running jobs",
                            signal.Signals(signum).name)
-            loop.create_task(worker.stop(grace=0))
+            stop_tasks.append(loop.create_task(worker.stop(grace=0)))
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)

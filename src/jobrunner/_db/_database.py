@@ -6,7 +6,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.rows import dict_row
@@ -87,7 +87,7 @@ class Database:
         """A pooled autocommit connection with dict rows; driver errors are translated."""
         with translate_errors():
             async with self._pool.connection() as conn:
-                yield conn
+                yield cast(AsyncConn, conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConn]:

@@ -6,6 +6,7 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -46,7 +47,7 @@ def _lock_key(schema: str) -> str:
 
 
 async def migrate(
-    conn: psycopg.AsyncConnection[object], schema: str, *, target: int | None = None
+    conn: psycopg.AsyncConnection[Any], schema: str, *, target: int | None = None
 ) -> list[int]:
     """Apply pending migrations to ``schema``; safe when several processes run it at once.
 
@@ -96,7 +97,7 @@ async def migrate(
     return applied
 
 
-async def current_version(conn: psycopg.AsyncConnection[object], schema: str) -> int:
+async def current_version(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
     """The highest applied migration version, 0 when none."""
     cur = await conn.execute(
         "SELECT to_regclass(%s) IS NOT NULL",

@@ -340,7 +340,8 @@ class PostgresWorker(JobWorker):
                 raise
         loop = asyncio.get_running_loop()
         sync_ctx = SyncJobContext(ctx, loop)
-        future = loop.run_in_executor(self._executor, spec.handler, sync_ctx, data)
+        handler: Callable[[SyncJobContext, dict[str, Any]], Any] = spec.handler  # type: ignore[assignment]
+        future = loop.run_in_executor(self._executor, handler, sync_ctx, data)
         try:
             async with asyncio.timeout(spec.timeout) as scope:
                 return await asyncio.shield(future)
@@ -574,10 +575,11 @@ class PostgresWorker(JobWorker):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                waiting: set[asyncio.Future[Any]] = {*pending, forced}
                 _done, pending_any = await asyncio.wait(
-                    {*pending, forced}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
-                pending = {t for t in pending_any if t is not forced}
+                pending = {t for t in pending if t in pending_any}
             forced.cancel()
         leftovers = [j for j in self._running.values() if j.task in pending]
         for job in leftovers:

@@ -208,13 +208,14 @@ def job(
         ... async def generate_invoice(ctx, data):
         ...     return {"ok": True}
     """
+    # ``is None``, not ``or``: an empty registry is falsy (it has ``__len__``).
     if callable(name):
         func = name
-        (registry or _DEFAULT).add(func.__name__, func)
+        (_DEFAULT if registry is None else registry).add(func.__name__, func)
         return func
 
     def decorate(func: H) -> H:
-        (registry or _DEFAULT).add(
+        (_DEFAULT if registry is None else registry).add(
             name if name is not None else func.__name__,
             func,
             retry=retry,

@@ -1,0 +1,111 @@
+"""The public API: the exact ``__all__`` and the names issue #2 fixes."""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+
+import jobrunner
+
+EXPECTED_ALL = sorted(
+    [
+        "ALL_TENANTS",
+        "SYSTEM_TENANT",
+        "ConfigurationError",
+        "DatabaseError",
+        "DuplicateHandlerError",
+        "HandlerNotFoundError",
+        "InvalidArgumentError",
+        "JobContext",
+        "JobDetails",
+        "JobError",
+        "JobHandlerRegistry",
+        "JobInfo",
+        "JobNotFoundError",
+        "JobPage",
+        "JobRunner",
+        "JobRunnerError",
+        "JobRunnerFactory",
+        "JobScheduler",
+        "JobStatus",
+        "JobTimeoutError",
+        "JobWorker",
+        "Metrics",
+        "MissedTickPolicy",
+        "NonRetryable",
+        "OverlapPolicy",
+        "Retry",
+        "RetryPolicy",
+        "ScheduleError",
+        "ScheduleInfo",
+        "ScheduledJob",
+        "StepInfo",
+        "SyncJobContext",
+        "SyncJobRunner",
+        "UnavailableError",
+        "job",
+    ]
+)
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(jobrunner.__all__) == EXPECTED_ALL
+    assert len(set(jobrunner.__all__)) == len(jobrunner.__all__)
+    for name in jobrunner.__all__:
+        assert hasattr(jobrunner, name), name
+
+
+def test_issue_names_importable() -> None:
+    from jobrunner import (  # noqa: F401 - importability is the test
+        JobContext,
+        JobHandlerRegistry,
+        JobRunner,
+        JobRunnerError,
+        JobRunnerFactory,
+        JobScheduler,
+        JobStatus,
+        NonRetryable,
+        Retry,
+        RetryPolicy,
+        ScheduledJob,
+        job,
+    )
+
+    assert inspect.isabstract(JobRunner)
+    for method in ("schedule_job", "schedule_job_at", "schedule_jobs", "get_job_status",
+                   "cancel_job", "is_healthy", "create_worker"):
+        assert callable(getattr(JobRunner, method)), method
+
+
+def test_error_hierarchy_has_one_root() -> None:
+    for name in jobrunner.__all__:
+        obj = getattr(jobrunner, name)
+        if isinstance(obj, type) and issubclass(obj, Exception) and obj not in (
+            jobrunner.Retry,
+            jobrunner.NonRetryable,
+        ):
+            assert issubclass(obj, jobrunner.JobRunnerError), name
+
+
+def test_status_values_and_system_tenant() -> None:
+    values = {s.value for s in jobrunner.JobStatus}
+    assert {"pending", "queued", "processing", "completed", "failed", "cancelled"} <= values
+    assert isinstance(jobrunner.JobStatus.COMPLETED, str)
+    assert jobrunner.JobStatus("completed") is jobrunner.JobStatus.COMPLETED
+    assert jobrunner.SYSTEM_TENANT == uuid.UUID("00000000-0000-0000-0000-000000000000")
+
+
+def test_job_context_fields() -> None:
+    ctx = jobrunner.JobContext(job_id=uuid.uuid4(), name="n", tenant=uuid.uuid4(), attempt=1)
+    for attr in ("job_id", "name", "tenant", "attempt"):
+        assert hasattr(ctx, attr)
+    assert ctx.attempt == 1
+    assert ctx.is_cancelled() is False
+    ctx.mark_cancelled()
+    assert ctx.is_cancelled() is True
+
+
+def test_scheduled_job_fields() -> None:
+    job_id = uuid.uuid4()
+    handle = jobrunner.ScheduledJob(job_id=job_id, external_id=str(job_id))
+    assert handle.job_id == job_id and handle.external_id == str(job_id)

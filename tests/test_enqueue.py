@@ -1,0 +1,262 @@
+"""Scheduling: handles, stored columns, delayed jobs, priorities, singletons, bulk, health."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from apps.helpers import count_jobs, fetch, job_row
+from jobrunner import (
+    HandlerNotFoundError,
+    JobContext,
+    JobHandlerRegistry,
+    JobStatus,
+    ScheduledJob,
+)
+from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.testing import running_worker
+
+TENANT = uuid.UUID("22222222-2222-2222-2222-222222222222")
+
+
+async def noop(ctx: JobContext, data: dict[str, Any]) -> dict[str, Any]:
+    return {"echo": data}
+
+
+async def test_schedule_job_handle_and_row(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    registry.add("generate-invoice", noop, queue="billing")
+    user = uuid.uuid4()
+    handle = await runner.schedule_job(
+        "generate-invoice", {"cycle": "c-1"}, tenant=str(TENANT), priority=5, user_id=user,
+        metadata={"source": "test"},
+    )
+    assert isinstance(handle, ScheduledJob)
+    assert isinstance(handle.job_id, uuid.UUID)
+    assert handle.external_id == str(handle.job_id)
+    assert handle.tenant == TENANT and handle.created is True
+
+    info = await runner.get_job_status(handle.job_id, tenant=TENANT)
+    assert info is not None
+    assert info.status is JobStatus.QUEUED
+    assert info.name == "generate-invoice"
+    assert info.progress == 0 and info.progress_message is None
+    assert info.result is None and info.error is None
+    assert info.attempts == 0 and info.max_attempts == 3
+    assert info.metadata == {"source": "test"}
+    assert info.runner_type == "postgres"
+    assert info.queue == "billing" and info.priority == 5
+    assert info.user_id == user
+    assert info.created_at is not None and info.created_at.tzinfo is not None
+    assert abs(info.created_at - datetime.now(UTC)) < timedelta(minutes=5)
+    assert info.started_at is None and info.completed_at is None
+
+    row = await job_row(runner, handle.job_id)
+    assert row["data"] == {"cycle": "c-1"}
+    assert row["type"] == "generate-invoice"
+    assert row["tenant"] == TENANT
+
+
+async def test_explicit_queue_and_system_tenant(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    registry.add("q", noop)
+    handle = await runner.schedule_job("q", None, queue="special")
+    info = await runner.get_job_status(handle.job_id)
+    assert info is not None
+    assert info.queue == "special"
+    assert info.tenant == uuid.UUID(int=0)
+    assert info.user_id == uuid.UUID(int=0)
+    assert (await job_row(runner, handle.job_id))["data"] == {}
+
+
+async def test_schedule_job_at_future_and_past(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    registry.add("later", noop)
+    run_at = datetime.now(UTC) + timedelta(hours=2)
+    future = await runner.schedule_job_at("later", {"u": 1}, run_at, tenant=TENANT)
+    info = await runner.get_job_status(future.job_id, tenant=TENANT)
+    assert info is not None and info.status is JobStatus.PENDING
+    assert info.run_at == run_at
+    # another timezone, same instant
+    tz = datetime.now(UTC).astimezone().tzinfo
+    past = await runner.schedule_job_at(
+        "later", {}, (datetime.now(UTC) - timedelta(minutes=1)).astimezone(tz), tenant=TENANT
+    )
+    info2 = await runner.get_job_status(past.job_id, tenant=TENANT)
+    assert info2 is not None and info2.status is JobStatus.QUEUED
+
+
+async def test_delayed_job_starts_on_time_by_timer(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """With a 60 s safety poll, only the timer on the next due job can start it in time."""
+    ran = asyncio.Event()
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> None:
+        ran.set()
+
+    registry.add("delayed", handler)
+    async with running_worker(runner, poll_interval=60.0):
+        run_at = datetime.now(UTC) + timedelta(seconds=0.8)
+        handle = await runner.schedule_job_at("delayed", {}, run_at)
+        info = await runner.wait_for_job(handle.job_id, timeout=30)
+    assert ran.is_set()
+    assert info.status is JobStatus.COMPLETED
+    assert info.started_at is not None and info.started_at >= run_at
+
+
+async def test_priority_higher_first(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    order: list[int] = []
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> None:
+        order.append(data["p"])
+
+    registry.add("prio", handler)
+    for p in (0, 10, -5, 3, 100):
+        await runner.schedule_job("prio", {"p": p}, priority=p)
+    async with running_worker(runner, concurrency=1):
+        last = await runner.schedule_job("prio", {"p": -100}, priority=-100)
+        await runner.wait_for_job(last.job_id, timeout=30)
+    assert order == [100, 10, 3, 0, -5, -100]
+
+
+async def test_singleton_key(runner: PostgresJobRunner, registry: JobHandlerRegistry) -> None:
+    gate = asyncio.Event()
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> int:
+        await gate.wait()
+        return int(data["n"])
+
+    registry.add("single", handler)
+    first = await runner.schedule_job("single", {"n": 1}, singleton_key="k", tenant=TENANT)
+    second = await runner.schedule_job("single", {"n": 2}, singleton_key="k", tenant=TENANT)
+    assert first.created is True
+    assert second.created is False
+    assert second.job_id == first.job_id
+    # another key, and the same key in another tenant, are separate jobs
+    other_key = await runner.schedule_job("single", {"n": 3}, singleton_key="k2", tenant=TENANT)
+    other_tenant = await runner.schedule_job("single", {"n": 4}, singleton_key="k")
+    assert other_key.created and other_tenant.created
+    assert len({first.job_id, other_key.job_id, other_tenant.job_id}) == 3
+    # a future (pending) job also holds the key
+    pending = await runner.schedule_job_at(
+        "single", {"n": 5}, datetime.now(UTC) + timedelta(hours=1), singleton_key="k3"
+    )
+    again = await runner.schedule_job("single", {"n": 6}, singleton_key="k3")
+    assert again.created is False and again.job_id == pending.job_id
+
+    async with running_worker(runner, concurrency=4):
+        # while it runs, the key is still taken
+        async def running() -> bool:
+            info = await runner.get_job_status(first.job_id, tenant=TENANT)
+            return info is not None and info.status is JobStatus.PROCESSING
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await running():
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        during = await runner.schedule_job("single", {"n": 7}, singleton_key="k", tenant=TENANT)
+        assert during.created is False and during.job_id == first.job_id
+        gate.set()
+        done = await runner.wait_for_job(first.job_id, tenant=TENANT, timeout=30)
+        assert done.status is JobStatus.COMPLETED and done.result == 1
+        third = await runner.schedule_job("single", {"n": 8}, singleton_key="k", tenant=TENANT)
+        assert third.created is True and third.job_id != first.job_id
+        info = await runner.wait_for_job(third.job_id, tenant=TENANT, timeout=30)
+        assert info.result == 8
+    rows = await fetch(
+        runner, "SELECT count(*) AS n FROM {schema}.jobs WHERE singleton_key = 'k'"
+    )
+    assert rows[0]["n"] == 3  # first, other tenant's, third
+
+
+async def test_bulk_schedule_in_order_across_batches(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    registry.add("bulk", noop)
+    handles = await runner.schedule_jobs(
+        "bulk", ({"i": i} for i in range(2500)), tenant=TENANT, priority=2,
+        metadata={"batch": "b1"},
+    )
+    assert len(handles) == 2500
+    assert len({h.job_id for h in handles}) == 2500
+    assert all(h.tenant == TENANT and h.external_id == str(h.job_id) for h in handles)
+    rows = await fetch(
+        runner,
+        "SELECT job_id, (data->>'i')::int AS i, status::text AS status, priority, metadata "
+        "FROM {schema}.jobs WHERE tenant = %s",
+        TENANT,
+    )
+    by_id = {r["job_id"]: r for r in rows}
+    assert len(by_id) == 2500
+    assert [by_id[h.job_id]["i"] for h in handles] == list(range(2500))
+    assert {r["status"] for r in rows} == {"queued"}
+    assert {r["priority"] for r in rows} == {2}
+    assert all(r["metadata"] == {"batch": "b1"} for r in rows)
+    assert await runner.schedule_jobs("bulk", []) == []
+
+
+async def test_bulk_runs(runner: PostgresJobRunner, registry: JobHandlerRegistry) -> None:
+    registry.add("bulk-run", noop)
+    handles = await runner.schedule_jobs("bulk-run", [{"i": i} for i in range(50)])
+    async with running_worker(runner, concurrency=10):
+        infos = await asyncio.gather(
+            *(runner.wait_for_job(h.job_id, timeout=60) for h in handles)
+        )
+    assert [i.result for i in infos] == [{"echo": {"i": i}} for i in range(50)]
+
+
+async def test_delayed_bulk_is_pending(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    registry.add("bulk-later", noop)
+    handles = await runner.schedule_jobs(
+        "bulk-later", [{}, {}], run_at=datetime.now(UTC) + timedelta(hours=1)
+    )
+    for h in handles:
+        info = await runner.get_job_status(h.job_id)
+        assert info is not None and info.status is JobStatus.PENDING
+
+
+async def test_unknown_handler_rejected(runner: PostgresJobRunner) -> None:
+    with pytest.raises(HandlerNotFoundError, match="^No handler registered for job: ghost$"):
+        await runner.schedule_job("ghost", {})
+    with pytest.raises(HandlerNotFoundError):
+        await runner.schedule_job_at("ghost", {}, datetime.now(UTC))
+    with pytest.raises(HandlerNotFoundError):
+        await runner.schedule_jobs("ghost", [{}])
+    assert await count_jobs(runner) == 0
+
+
+async def test_unknown_handler_allowed_then_failed_by_worker_without_retry(
+    make_runner: Any, registry: JobHandlerRegistry
+) -> None:
+    producer = await make_runner(require_registered=False)
+    handle = await producer.schedule_job("ghost", {"x": 1})
+    assert (await producer.get_job_status(handle.job_id)) is not None
+    registry.add("known", noop)
+    async with running_worker(producer, rand=lambda: 0.5):
+        info = await producer.wait_for_job(handle.job_id, timeout=30)
+    assert info.status is JobStatus.FAILED
+    assert info.attempts == 1
+    assert info.error is not None
+    assert info.error.message == "No handler registered for job: ghost"
+    assert info.error.type.endswith("HandlerNotFoundError")
+
+
+async def test_is_healthy(runner: PostgresJobRunner) -> None:
+    assert await runner.is_healthy() is True
+    dead = PostgresJobRunner("postgresql://postgres@127.0.0.1:1/none", pool_size=1)
+    try:
+        assert await dead.is_healthy() is False
+    finally:
+        await dead.close()

@@ -1,0 +1,102 @@
+"""RetryPolicy arithmetic (deterministic via an injected random source) and validation."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from jobrunner import InvalidArgumentError, NonRetryable, Retry, RetryPolicy
+from jobrunner._outcome import decide_failure
+
+
+class CustomError(Exception):
+    pass
+
+
+def test_exponential_backoff_without_jitter() -> None:
+    policy = RetryPolicy(max_attempts=10, initial_interval=1.0, backoff_coefficient=2.0,
+                         max_interval=60.0, jitter=0.0)
+    assert [policy.delay_after(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_jitter_uses_injected_rand() -> None:
+    policy = RetryPolicy(initial_interval=10.0, max_interval=100.0, jitter=0.1)
+    assert policy.delay_after(1, rand=lambda: 0.5) == pytest.approx(10.0)
+    assert policy.delay_after(1, rand=lambda: 0.0) == pytest.approx(9.0)
+    assert policy.delay_after(1, rand=lambda: 0.999999) == pytest.approx(11.0, abs=1e-4)
+    assert policy.delay_after(2, rand=lambda: 0.5) == pytest.approx(20.0)
+    # jitter never pushes a delay above max_interval
+    capped = RetryPolicy(initial_interval=10.0, max_interval=10.0, jitter=0.5)
+    assert capped.delay_after(3, rand=lambda: 0.99) == 10.0
+
+
+def test_huge_exponent_caps_at_max() -> None:
+    policy = RetryPolicy(max_attempts=5000, backoff_coefficient=10.0, max_interval=30.0)
+    assert policy.delay_after(4000, rand=lambda: 0.5) == 30.0
+
+
+def test_timedelta_intervals() -> None:
+    policy = RetryPolicy(initial_interval=timedelta(seconds=2), max_interval=timedelta(minutes=1))
+    assert policy.initial_interval == 2.0 and policy.max_interval == 60.0
+
+
+def test_non_retryable_by_type_and_name() -> None:
+    by_type = RetryPolicy(non_retryable_errors=[KeyError])
+    assert by_type.is_non_retryable(KeyError("k"))
+    assert not by_type.is_non_retryable(ValueError("v"))
+    by_name = RetryPolicy(non_retryable_errors=["CustomError", "builtins.ZeroDivisionError"])
+    assert by_name.is_non_retryable(CustomError())
+    assert by_name.is_non_retryable(ZeroDivisionError())
+    assert not by_name.is_non_retryable(ValueError())
+    qualified = RetryPolicy(non_retryable_errors=[f"{__name__}.CustomError"])
+    assert qualified.is_non_retryable(CustomError())
+
+
+def test_decide_failure() -> None:
+    policy = RetryPolicy(max_attempts=3, initial_interval=1.0, jitter=0.1,
+                         non_retryable_errors=[KeyError])
+    half = lambda: 0.5  # noqa: E731
+    assert decide_failure(ValueError("x"), attempt=1, policy=policy, rand=half).retry_in == 1.0
+    assert decide_failure(ValueError("x"), attempt=2, policy=policy, rand=half).retry_in == 2.0
+    final = decide_failure(ValueError("boom"), attempt=3, policy=policy, rand=half)
+    assert final.retry_in is None
+    assert final.error.type == "ValueError" and final.error.message == "boom"
+    assert decide_failure(KeyError("k"), attempt=1, policy=policy).retry_in is None
+    assert decide_failure(NonRetryable("n"), attempt=1, policy=policy).retry_in is None
+    assert decide_failure(Retry(delay=7.5), attempt=1, policy=policy).retry_in == 7.5
+    assert decide_failure(Retry(delay=timedelta(seconds=3)), attempt=2,
+                          policy=policy).retry_in == 3.0
+    assert decide_failure(Retry(), attempt=1, policy=policy, rand=half).retry_in == 1.0
+    assert decide_failure(Retry(delay=1), attempt=3, policy=policy).retry_in is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_attempts": 0},
+        {"max_attempts": 1.5},
+        {"max_attempts": True},
+        {"initial_interval": 0},
+        {"initial_interval": -1},
+        {"initial_interval": float("nan")},
+        {"initial_interval": "1"},
+        {"max_interval": float("inf")},
+        {"backoff_coefficient": 0.5},
+        {"backoff_coefficient": "2"},
+        {"initial_interval": 10, "max_interval": 5},
+        {"jitter": -0.1},
+        {"jitter": 1.5},
+        {"non_retryable_errors": [42]},
+        {"non_retryable_errors": [int]},
+    ],
+)
+def test_invalid_policies(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgumentError):
+        RetryPolicy(**kwargs)
+
+
+def test_retry_rejects_negative_delay() -> None:
+    with pytest.raises(InvalidArgumentError):
+        Retry(delay=-1)

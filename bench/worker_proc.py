@@ -1,0 +1,136 @@
+"""One benchmark worker process: a PostgresWorker with a no-op handler that records its start.
+
+Protocol with bench/run.py (one JSON object per line):
+
+    child  -> {"event": "ready", "pid": ...}        runner started, pool open
+    parent -> "go"                                   start consuming
+    child  -> {"event": "started", "t": mono}        just before the worker starts claiming
+    child  -> {"event": "committed", "n": k, "t": mono}   after every committed outcome flush
+    parent -> "exit"                                 stop gracefully
+    child  -> {"event": "result", ...}               handler calls, samples, peak RSS
+
+Times are ``time.monotonic()`` (CLOCK_MONOTONIC is system-wide on Linux, so the parent can
+compare them with its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+from jobrunner import JobHandlerRegistry
+from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.postgres._worker import PostgresWorker
+
+JOB_NAME = "bench.noop"
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (VmHWM), in MiB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class CountingWorker(PostgresWorker):
+    """Reports every committed outcome flush on stdout (the drain's end is the last one)."""
+
+    committed = 0
+
+    async def _write_outcomes(self, batch: Any) -> None:
+        await super()._write_outcomes(batch)
+        self.committed += len(batch)
+        emit("committed", n=len(batch), total=self.committed, t=time.monotonic(),
+             cpu=time.process_time())
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--schema", default="jobrunner")
+    parser.add_argument("--mode", choices=["drain", "latency", "scheduled"], default="drain")
+    parser.add_argument("--settings", default="{}", help="WorkerSettings options as JSON")
+    args = parser.parse_args()
+    options: dict[str, Any] = json.loads(args.settings)
+    pool_size = int(options.pop("pool_size", 4))
+
+    samples: list[float] = []
+    registry = JobHandlerRegistry()
+    mode = args.mode
+
+    async def noop(ctx: Any, data: dict[str, Any]) -> None:
+        # Record the start: monotonic for the drain, lag vs the enqueue call or the due time.
+        if mode == "drain":
+            samples.append(time.monotonic())
+        elif mode == "latency":
+            samples.append(time.monotonic() - data["t"])
+        else:
+            samples.append(time.time() - data["due"])
+
+    registry.add(JOB_NAME, noop)
+    runner = PostgresJobRunner(
+        args.dsn, schema=args.schema, registry=registry, auto_migrate=False, pool_size=pool_size
+    )
+    await runner.start()
+    worker = CountingWorker(runner, _settings(options))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    emit("ready", pid=_pid())
+    await _expect(reader, "go")
+    emit("started", t=time.monotonic(), cpu=time.process_time())
+    task = asyncio.create_task(worker.run())
+    await _expect(reader, "exit")
+    await worker.stop(grace=10)
+    await task
+    await runner.close()
+    emit(
+        "result",
+        calls=len(samples),
+        samples=samples if mode != "drain" else [],
+        first_start=min(samples) if samples and mode == "drain" else None,
+        committed=worker.committed,
+        claimed=worker.claimed_total,
+        peak_rss_mb=peak_rss_mb(),
+        cpu_s=sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+    )
+
+
+def _settings(options: dict[str, Any]) -> Any:
+    from jobrunner.backends.postgres._worker import WorkerSettings
+
+    return WorkerSettings.build(**options)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+async def _expect(reader: asyncio.StreamReader, word: str) -> None:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise SystemExit(f"parent went away while waiting for {word!r}")
+        if line.decode().strip() == word:
+            return
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

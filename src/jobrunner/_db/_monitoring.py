@@ -1,46 +1,383 @@
-"""Monitoring reads and history maintenance over the shared tables (owned by the monitoring work)."""
+"""Monitoring reads and history maintenance over the shared ``jobs`` / ``job_details`` tables.
+
+Every backend calls these functions (the PostgreSQL runner directly, the Temporal runner for
+the rows it writes), so the dashboard, the CLI and the Python API see the same figures.
+
+Query shape rules kept here:
+
+* one statement per call (metrics, a page of jobs) or two for a job's details (the job, then
+  its steps): no query per row;
+* a tenant-scoped view and the ``ALL_TENANTS`` admin view are different SQL texts (the tenant
+  clause is present or absent), so each gets a plan on its own index instead of a generic plan
+  with ``tenant = $1 OR $2``;
+* user input only ever reaches SQL as bound parameters; the fragments spliced into the named
+  queries come from constants in this module.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from psycopg import sql
 
 from jobrunner._db._database import Database
-from jobrunner._db._store import JobStore
-from jobrunner._models import JobDetails, JobPage, JobStatus, Metrics
+from jobrunner._db._store import JobStore, row_to_info, utc
+from jobrunner._errors import InvalidArgumentError
+from jobrunner._models import LIVE_STATUSES, JobDetails, JobPage, JobStatus, Metrics
+from jobrunner._runner import AllTenants
+from jobrunner._validation import as_seconds, as_tenant
+
+__all__ = [
+    "CLEAR_SCOPES",
+    "MAX_LIST_LIMIT",
+    "clear_history",
+    "decode_cursor",
+    "encode_cursor",
+    "get_job_details",
+    "get_metrics",
+    "list_jobs",
+    "retry_job",
+]
+
+MAX_LIST_LIMIT: Final = 500
+MAX_SEARCH_LENGTH: Final = 200
+CLEAR_BATCH: Final = 5000
+THROUGHPUT_MINUTES: Final = 60
+
+#: Statuses each ``clear_history`` scope removes. Live jobs (pending, queued, processing,
+#: retrying) and ``active`` schedule tracker rows are in neither, by construction.
+CLEAR_SCOPES: Final[dict[str, tuple[str, ...]]] = {
+    "finished": ("completed",),
+    "all": ("completed", "failed", "cancelled"),
+}
+
+_TENANT_CLAUSE = "AND tenant = %(tenant)s"
+_AGE_CLAUSE = (
+    "AND (completed_at < %(cutoff)s"
+    " OR (completed_at IS NULL AND created_at < %(cutoff_utc)s))"
+)
 
 
-async def get_job_details(db: Database, tenant: uuid.UUID, job_id: uuid.UUID) -> JobDetails | None:
-    """The job with data and every ``job_details`` row."""
-    store = JobStore(db)
-    info = await store.get_job(tenant, job_id)
-    if info is None:
+def _tenant_scope(tenant: object) -> uuid.UUID | None:
+    """``None`` for the explicit admin view, else the validated tenant."""
+    if isinstance(tenant, AllTenants):
         return None
+    return as_tenant(tenant)
+
+
+def _with_tenant(query: str, tenant: uuid.UUID | None) -> str:
+    return query.replace("/*tenant*/", _TENANT_CLAUSE if tenant is not None else "")
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """``jobs.created_at`` is a UTC ``TIMESTAMP`` without zone: compare in naive UTC."""
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+# -- details ------------------------------------------------------------------------------------
+async def get_job_details(db: Database, tenant: uuid.UUID, job_id: uuid.UUID) -> JobDetails | None:
+    """The job with data and every ``job_details`` row (two queries, whatever the step count)."""
+    store = JobStore(db)
     async with db.connection() as conn:
-        cur = await conn.execute(db.queries.get_job_data, {"tenant": tenant, "job_id": job_id})
+        cur = await conn.execute(db.queries.get_job, {"tenant": tenant, "job_id": job_id})
         row = await cur.fetchone()
+        if row is None:
+            return None
+        cur = await conn.execute(db.queries.get_job_data, {"tenant": tenant, "job_id": job_id})
+        data_row = await cur.fetchone()
     steps = await store.list_steps(tenant, job_id)
-    return JobDetails(job=info, data=dict((row or {}).get("data") or {}), steps=steps)
+    return JobDetails(
+        job=row_to_info(row), data=dict((data_row or {}).get("data") or {}), steps=steps
+    )
 
 
-async def retry_job(db: Database, tenant: uuid.UUID, job_id: uuid.UUID, *, runner_type: str) -> bool:
-    raise NotImplementedError
+# -- retry --------------------------------------------------------------------------------------
+async def retry_job(
+    db: Database,
+    tenant: uuid.UUID,
+    job_id: uuid.UUID,
+    *,
+    runner_type: str,
+    requested_by: str | None = None,
+) -> bool:
+    """Queue a failed or cancelled job of ``runner_type`` again and wake a worker.
+
+    Attempts start over, ``run_at`` is now, and the previous error is kept in a ``retry``
+    ``job_details`` row. Rows of another backend are left alone (that backend restarts its own
+    jobs). Returns ``False`` when the tenant has no such job, it is not failed or cancelled, or
+    another live job holds its singleton key.
+    """
+    if not isinstance(runner_type, str) or not runner_type:
+        raise InvalidArgumentError("runner_type must be a non-empty string")
+    if requested_by is not None and not isinstance(requested_by, str):
+        raise InvalidArgumentError("requested_by must be a string")
+    async with db.transaction() as conn:
+        cur = await conn.execute(
+            db.queries.monitoring_retry_job,
+            {
+                "tenant": tenant,
+                "job_id": job_id,
+                "runner_type": runner_type,
+                "requested_by": requested_by,
+                "channel": db.channel_jobs,
+            },
+        )
+        row = await cur.fetchone()
+    return row is not None
 
 
-async def list_jobs(db: Database, **filters: Any) -> JobPage:
-    raise NotImplementedError
+# -- list ---------------------------------------------------------------------------------------
+def encode_cursor(created_at: datetime | None, job_id: uuid.UUID) -> str:
+    """An opaque keyset cursor for the row after which the next page starts."""
+    stamp = None if created_at is None else _naive_utc(created_at).isoformat()
+    raw = json.dumps([stamp, str(job_id)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-async def get_metrics(db: Database, *, tenant: Any) -> Metrics:
-    raise NotImplementedError
+def decode_cursor(cursor: str) -> tuple[datetime | None, uuid.UUID]:
+    """Inverse of :func:`encode_cursor`; anything else is an :class:`InvalidArgumentError`."""
+    if not isinstance(cursor, str) or not cursor or len(cursor) > 200:
+        raise InvalidArgumentError("cursor is malformed")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, key = json.loads(raw)
+        created = None if stamp is None else datetime.fromisoformat(stamp)
+        job_id = uuid.UUID(key)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidArgumentError("cursor is malformed") from None
+    if created is not None and created.tzinfo is not None:
+        raise InvalidArgumentError("cursor is malformed")
+    return created, job_id
 
 
+def _statuses(status: object) -> list[str] | None:
+    if status is None:
+        return None
+    items: Sequence[object]
+    if isinstance(status, JobStatus | str):
+        items = [status]
+    elif isinstance(status, Sequence | set | frozenset):
+        items = list(status)
+    else:
+        raise InvalidArgumentError("status must be a JobStatus, a string or a sequence of them")
+    if not items:
+        raise InvalidArgumentError("status must name at least one status")
+    out: list[str] = []
+    for item in items:
+        try:
+            value = JobStatus(item).value
+        except ValueError:
+            allowed = ", ".join(s.value for s in JobStatus)
+            raise InvalidArgumentError(
+                f"unknown status {item!r:.40}; expected one of {allowed}"
+            ) from None
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def _short_text(value: object, what: str, *, limit: int = 200) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit or "\x00" in value:
+        raise InvalidArgumentError(f"{what} must be a non-empty string of at most {limit} chars")
+    return value
+
+
+def _bound(value: object, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidArgumentError(f"{what} must be a datetime")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgumentError(f"{what} must be timezone-aware (naive datetimes are ambiguous)")
+    return _naive_utc(value)
+
+
+def escape_like(text: str) -> str:
+    """Escape ``\\``, ``%`` and ``_`` so user text matches literally in ``ILIKE ... ESCAPE``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def list_jobs(
+    db: Database,
+    *,
+    tenant: object = None,
+    status: object = None,
+    name: object = None,
+    runner_type: object = None,
+    created_after: object = None,
+    created_before: object = None,
+    search: object = None,
+    limit: object = 50,
+    cursor: object = None,
+) -> JobPage:
+    """Jobs newest first (``created_at``, then ``job_id``), one statement per page.
+
+    Raises:
+        InvalidArgumentError: a filter, the limit or the cursor is malformed.
+    """
+    scope = _tenant_scope(tenant)
+    statuses = _statuses(status)
+    name_v = _short_text(name, "name")
+    runner_v = _short_text(runner_type, "runner_type", limit=50)
+    after = _bound(created_after, "created_after")
+    before = _bound(created_before, "created_before")
+    search_v = _short_text(search, "search", limit=MAX_SEARCH_LENGTH)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+    position = None if cursor is None else decode_cursor(cursor)  # type: ignore[arg-type]
+
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": limit + 1}
+    if scope is not None:
+        clauses.append(_TENANT_CLAUSE)
+        params["tenant"] = scope
+    if statuses is not None:
+        enum_array = sql.SQL("{}.job_status[]").format(sql.Identifier(db.schema)).as_string(None)
+        clauses.append(f"AND status = ANY(%(statuses)s::{enum_array})")
+        params["statuses"] = statuses
+    if name_v is not None:
+        clauses.append("AND type = %(name)s")
+        params["name"] = name_v
+    if runner_v is not None:
+        clauses.append("AND runner_type = %(runner_type)s")
+        params["runner_type"] = runner_v
+    if after is not None:
+        clauses.append("AND created_at >= %(created_after)s")
+        params["created_after"] = after
+    if before is not None:
+        clauses.append("AND created_at < %(created_before)s")
+        params["created_before"] = before
+    if search_v is not None:
+        clauses.append(
+            "AND (type ILIKE %(pattern)s ESCAPE '\\' OR job_id::text ILIKE %(pattern)s ESCAPE '\\'"
+            " OR (error ->> 'message') ILIKE %(pattern)s ESCAPE '\\'"
+            " OR (error ->> 'type') ILIKE %(pattern)s ESCAPE '\\')"
+        )
+        params["pattern"] = f"%{escape_like(search_v)}%"
+    if position is not None:
+        created, last_id = position
+        params["cursor_id"] = last_id
+        if created is None:
+            # Rows without created_at sort last (NULLS LAST); only those remain.
+            clauses.append("AND created_at IS NULL AND job_id < %(cursor_id)s")
+        else:
+            # A row comparison keeps the keyset one index range (created_at has a default and
+            # every writer sets it, so rows without one are not paged into here).
+            clauses.append("AND (created_at, job_id) < (%(cursor_at)s, %(cursor_id)s)")
+            params["cursor_at"] = created
+    query = db.queries.monitoring_list_jobs.replace("/*filters*/", " ".join(clauses))
+    async with db.connection() as conn:
+        cur = await conn.execute(query.encode(), params)
+        rows = await cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    jobs = [row_to_info(r) for r in rows]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = encode_cursor(utc(last["created_at"]), last["job_id"])
+    return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+async def get_metrics(db: Database, *, tenant: object) -> Metrics:
+    """Counts by status and runner type, failures of the last 24 h, throughput, queue age.
+
+    One statement; see ``monitoring_metrics`` in ``monitoring.sql`` and the indexes of
+    migration 0003.
+    """
+    scope = _tenant_scope(tenant)
+    query = _with_tenant(db.queries.monitoring_metrics, scope)
+    params: dict[str, Any] = {} if scope is None else {"tenant": scope}
+    async with db.connection() as conn:
+        cur = await conn.execute(query.encode(), params)
+        row = await cur.fetchone()
+    assert row is not None
+    by_status = {s.value: 0 for s in JobStatus}
+    by_runner: dict[str, int] = {}
+    for status_name, runner, count in row["counts"]:
+        by_status[status_name] = by_status.get(status_name, 0) + int(count)
+        by_runner[runner] = by_runner.get(runner, 0) + int(count)
+    completed = by_status[JobStatus.COMPLETED.value]
+    failed = by_status[JobStatus.FAILED.value]
+    rate = None if completed + failed == 0 else completed / (completed + failed)
+    now_minute = int(row["now_minute"])
+    first = now_minute - 60 * (THROUGHPUT_MINUTES - 1)
+    completions = dict.fromkeys(range(first, now_minute + 1, 60), 0)
+    failures = dict(completions)
+    for minute, status_name, count in row["per_minute"]:
+        target = completions if status_name == "completed" else failures
+        if int(minute) in target:
+            target[int(minute)] += int(count)
+    oldest = row["oldest_waiting_seconds"]
+    return Metrics(
+        by_status=by_status,
+        total=sum(by_status.values()),
+        failed_last_24h=int(row["failed_24h"]),
+        success_rate=rate,
+        by_runner_type=dict(sorted(by_runner.items())),
+        throughput_per_minute=[(stamp(m), n) for m, n in completions.items()],
+        oldest_queued_age_seconds=None if oldest is None else max(float(oldest), 0.0),
+        extra={
+            "failed_per_minute": [(stamp(m), n) for m, n in failures.items()],
+            "running": by_status[JobStatus.PROCESSING.value],
+            "live": sum(by_status[s.value] for s in LIVE_STATUSES),
+        },
+    )
+
+
+def stamp(epoch: int) -> datetime:
+    """An aware UTC datetime from epoch seconds."""
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+# -- history ------------------------------------------------------------------------------------
 async def clear_history(
-    db: Database, *, tenant: Any, scope: str, older_than: timedelta | float | None
+    db: Database, *, tenant: object, scope: object, older_than: timedelta | float | None
 ) -> int:
-    raise NotImplementedError
+    """Delete history rows in batches; returns how many jobs were removed.
 
+    ``scope="finished"`` removes completed jobs; ``scope="all"`` every non-live job (completed,
+    failed, cancelled). Live jobs and ``active`` schedule tracker rows are never removed. With
+    ``older_than`` only jobs that finished at least that long ago go. ``job_details`` rows go
+    with their job (``ON DELETE CASCADE``).
 
-_unused: tuple[Any, ...] = (Sequence, datetime, JobStatus)
+    Raises:
+        InvalidArgumentError: unknown scope, or ``older_than`` is not a non-negative duration.
+    """
+    if not isinstance(scope, str) or scope not in CLEAR_SCOPES:
+        raise InvalidArgumentError(f"scope must be one of {', '.join(CLEAR_SCOPES)}")
+    tenant_scope = _tenant_scope(tenant)
+    seconds = None if older_than is None else as_seconds(older_than, "older_than", allow_zero=True)
+    statuses = ", ".join(f"'{s}'" for s in CLEAR_SCOPES[scope])  # constants above, not input
+    query = _with_tenant(db.queries.monitoring_clear_batch, tenant_scope)
+    query = query.replace("/*statuses*/", statuses)
+    query = query.replace("/*age*/", _AGE_CLAUSE if seconds is not None else "")
+    params: dict[str, Any] = {"batch": CLEAR_BATCH}
+    if tenant_scope is not None:
+        params["tenant"] = tenant_scope
+    if seconds is not None:
+        try:
+            cutoff = datetime.now(UTC) - timedelta(seconds=seconds)
+        except OverflowError:
+            raise InvalidArgumentError("older_than is too large") from None
+        params["cutoff"] = cutoff
+        params["cutoff_utc"] = _naive_utc(cutoff)
+    removed = 0
+    encoded = query.encode()
+    while True:
+        # One short transaction per batch: no long lock on a big history.
+        async with db.connection() as conn:
+            cur = await conn.execute(encoded, params)
+            count = cur.rowcount
+        removed += max(count, 0)
+        if count < CLEAR_BATCH:
+            return removed

@@ -100,8 +100,12 @@ async def test_metrics_counts_temporal_rows(
     runner: PostgresJobRunner, handlers: JobHandlerRegistry
 ) -> None:
     job = await runner.schedule_job("idle", {}, tenant=T1)
-    await _sql(runner, "UPDATE {schema}.jobs SET runner_type = 'temporal', status = 'processing'"
-                       " WHERE job_id = %s", job.job_id)
+    await _sql(
+        runner,
+        "UPDATE {schema}.jobs SET runner_type = 'temporal', status = 'processing'"
+        " WHERE job_id = %s",
+        job.job_id,
+    )
     await runner.schedule_job("idle", {}, tenant=T1)
     m = await runner.get_metrics(tenant=T1)
     assert m.by_runner_type == {"postgres": 1, "temporal": 1}
@@ -236,9 +240,7 @@ async def test_retry_failed_job_requeues_and_notifies(
     bad = (await runner.schedule_job("boom", {"n": 9}, tenant=T1)).job_id
     await _run_all(runner, [bad], T1)
     async with await psycopg.AsyncConnection.connect(jobrunner_dsn, autocommit=True) as listener:
-        await listener.execute(
-            sql.SQL("LISTEN {}").format(sql.Identifier(runner.db.channel_jobs))
-        )
+        await listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(runner.db.channel_jobs)))
         assert await runner.retry_job(bad, tenant=T1) is True
         gen = listener.notifies(timeout=10)
         try:
@@ -276,11 +278,13 @@ async def test_retry_refusals(runner: PostgresJobRunner, handlers: JobHandlerReg
     assert await runner.retry_job(queued, tenant=T2) is False  # another tenant's
     assert await runner.retry_job(uuid.uuid4(), tenant=T1) is False
     # a row of another backend is left to that backend
-    await _sql(runner, "UPDATE {schema}.jobs SET runner_type = 'temporal' WHERE job_id = %s",
-               queued)
+    await _sql(
+        runner, "UPDATE {schema}.jobs SET runner_type = 'temporal' WHERE job_id = %s", queued
+    )
     assert await runner.retry_job(queued, tenant=T1) is False
-    await _sql(runner, "UPDATE {schema}.jobs SET runner_type = 'postgres' WHERE job_id = %s",
-               queued)
+    await _sql(
+        runner, "UPDATE {schema}.jobs SET runner_type = 'postgres' WHERE job_id = %s", queued
+    )
     assert await runner.retry_job(queued, tenant=T1) is True  # cancelled -> queued
     with pytest.raises(InvalidArgumentError):
         await runner.retry_job("zzz", tenant=T1)
@@ -319,8 +323,9 @@ async def test_clear_history_scopes_and_live_rows(
     assert await runner.get_job_status(ok, tenant=T1) is None
     assert await runner.get_job_status(bad, tenant=T1) is not None
     # job_details rows went with their job
-    left = await _sql(runner, "SELECT count(*) AS n FROM {schema}.job_details WHERE job_id = %s",
-                      ok)
+    left = await _sql(
+        runner, "SELECT count(*) AS n FROM {schema}.job_details WHERE job_id = %s", ok
+    )
     assert left[0]["n"] == 0
     assert await runner.clear_history(tenant=T1, scope="all", older_than=timedelta(0)) == 2
     for gone in (bad, cancelled):
@@ -337,8 +342,11 @@ async def test_clear_history_older_than_uses_completion_time(
 ) -> None:
     ids = [(await runner.schedule_job("ok", {}, tenant=T1)).job_id for _ in range(3)]
     await _run_all(runner, ids, T1)
-    await _sql(runner, "UPDATE {schema}.jobs SET completed_at = now() - interval '10 days'"
-                       " WHERE job_id = %s", ids[0])
+    await _sql(
+        runner,
+        "UPDATE {schema}.jobs SET completed_at = now() - interval '10 days' WHERE job_id = %s",
+        ids[0],
+    )
     assert await runner.clear_history(tenant=T1, older_than=timedelta(days=7)) == 1
     assert await runner.get_job_status(ids[0], tenant=T1) is None
     assert await runner.get_job_status(ids[1], tenant=T1) is not None

@@ -59,8 +59,7 @@ CLEAR_SCOPES: Final[dict[str, tuple[str, ...]]] = {
 
 _TENANT_CLAUSE = "AND tenant = %(tenant)s"
 _AGE_CLAUSE = (
-    "AND (completed_at < %(cutoff)s"
-    " OR (completed_at IS NULL AND created_at < %(cutoff_utc)s))"
+    "AND (completed_at < %(cutoff)s OR (completed_at IS NULL AND created_at < %(cutoff_utc)s))"
 )
 
 

@@ -69,6 +69,8 @@ class WorkerSettings:
     """Identity written to ``jobs.worker_id`` of claimed jobs."""
     rand: Callable[[], float] = random.random
     """Source of jitter for retry delays; inject for deterministic tests."""
+    run_scheduler: bool = True
+    """Also fire due ticks of recurring schedules (safe in every worker: one job per tick)."""
 
     @classmethod
     def build(
@@ -203,6 +205,11 @@ class PostgresWorker(JobWorker):
             asyncio.create_task(self._rescue_loop(), name="jobrunner-rescue"),
             asyncio.create_task(self._flush_loop(), name="jobrunner-flush"),
         ]
+        if self.settings.run_scheduler:
+            from jobrunner.backends.postgres._scheduler import Scheduler
+
+            self._tasks.append(asyncio.create_task(Scheduler(self.runner.db).run(),
+                                                   name="jobrunner-scheduler"))
         try:
             await self._claim_loop()
         finally:

@@ -1,0 +1,211 @@
+-- The Temporal backend's writes to the shared jobs / job_details tables.
+-- Rows have runner_type = 'temporal'; external_id is the workflow id (or the Temporal
+-- Schedule id for a schedule's tracker row). Attempt writes are fenced by lease_token.
+
+-- name: temporal_insert_jobs_bulk
+WITH rows AS (
+    SELECT * FROM unnest(%(job_ids)s::uuid[], %(datas)s::jsonb[]) AS r(job_id, data)
+)
+INSERT INTO {schema}.jobs (
+    tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
+    external_id, queue, priority, run_at, data, max_attempts
+)
+SELECT %(tenant)s, r.job_id, %(name)s, %(metadata)s,
+       (CASE WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
+             THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
+       timezone('utc', now()), timezone('utc', now()), %(user_id)s, 'temporal',
+       'job-' || %(name)s || '-' || r.job_id::text,
+       %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()), r.data,
+       %(max_attempts)s
+FROM rows r
+RETURNING job_id
+
+-- name: temporal_set_run_id
+UPDATE {schema}.jobs
+SET external_run_id = %(run_id)s
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND external_run_id IS DISTINCT FROM %(run_id)s
+
+-- name: temporal_start_failed
+UPDATE {schema}.jobs
+SET status = 'failed', completed_at = now(), updated_at = timezone('utc', now()),
+    error = jsonb_build_object('type', 'jobrunner.UnavailableError',
+                               'message', %(message)s::text, 'traceback', NULL)
+WHERE tenant = %(tenant)s AND job_id = ANY(%(job_ids)s::uuid[]) AND runner_type = 'temporal'
+  AND status IN ('pending', 'queued')
+
+-- name: temporal_begin_attempt
+-- A new attempt takes over even from a 'processing' row: that attempt's worker is gone (Temporal
+-- timed it out); bumping the token fences whatever it might still write.
+UPDATE {schema}.jobs
+SET status = 'processing',
+    attempts = %(attempt)s,
+    max_attempts = %(max_attempts)s,
+    lease_token = lease_token + 1,
+    worker_id = %(worker_id)s,
+    started_at = now(),
+    external_id = coalesce(external_id, %(workflow_id)s),
+    external_run_id = %(run_id)s,
+    updated_at = timezone('utc', now())
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND status IN ('pending', 'queued', 'retrying', 'processing')
+RETURNING lease_token, queue, metadata, schedule_id
+
+-- name: temporal_complete
+WITH updated AS (
+    UPDATE {schema}.jobs
+    SET status = 'completed', result = %(result)s::jsonb, error = NULL, progress = 100,
+        completed_at = now(), updated_at = timezone('utc', now()), worker_id = NULL
+    WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
+      AND status = 'processing'
+    RETURNING tenant, job_id, attempts
+)
+INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at, retry_count,
+                                  metadata)
+SELECT tenant, job_id, 'attempt', 'completed', timezone('utc', now()), attempts,
+       jsonb_build_object('started_at', %(started_at)s::timestamptz,
+                          'duration_ms', %(duration_ms)s::float8,
+                          'worker_id', %(worker_id)s::text)
+FROM updated
+RETURNING job_id
+
+-- name: temporal_fail
+WITH updated AS (
+    UPDATE {schema}.jobs
+    SET status = (CASE WHEN %(retry_in)s::float8 IS NULL THEN 'failed' ELSE 'retrying' END)
+                 ::{schema}.job_status,
+        error = %(error)s,
+        run_at = CASE WHEN %(retry_in)s::float8 IS NULL THEN run_at
+                      ELSE now() + make_interval(secs => %(retry_in)s::float8) END,
+        completed_at = CASE WHEN %(retry_in)s::float8 IS NULL THEN now() END,
+        updated_at = timezone('utc', now()),
+        worker_id = NULL
+    WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
+      AND status = 'processing'
+    RETURNING tenant, job_id, attempts, run_at, error
+)
+INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
+                                  retry_count, metadata)
+SELECT tenant, job_id, 'attempt', 'failed', error, timezone('utc', now()), attempts,
+       jsonb_build_object('started_at', %(started_at)s::timestamptz,
+                          'duration_ms', %(duration_ms)s::float8,
+                          'worker_id', %(worker_id)s::text,
+                          'next_run_at', CASE WHEN %(retry_in)s::float8 IS NULL THEN NULL
+                                              ELSE run_at END)
+FROM updated
+RETURNING job_id
+
+-- name: temporal_finish_failed
+-- The workflow's last word when the activity could not record the outcome itself (server-side
+-- timeout, dead worker): fail the job unless it is final already.
+WITH prev AS (
+    SELECT tenant, job_id, status FROM {schema}.jobs
+    WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+      AND status IN ('pending', 'queued', 'processing', 'retrying')
+    FOR UPDATE
+), updated AS (
+    UPDATE {schema}.jobs j
+    SET status = 'failed', error = %(error)s, completed_at = now(),
+        updated_at = timezone('utc', now()), worker_id = NULL,
+        lease_token = j.lease_token + 1
+    FROM prev
+    WHERE j.tenant = prev.tenant AND j.job_id = prev.job_id
+    RETURNING j.tenant, j.job_id, j.attempts, j.error, prev.status AS previous_status
+), attempt_row AS (
+    INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
+                                      retry_count, metadata)
+    SELECT tenant, job_id, 'attempt', 'failed', error, timezone('utc', now()), attempts,
+           '{{}}'::jsonb
+    FROM updated WHERE previous_status = 'processing'
+)
+SELECT job_id FROM updated
+
+-- name: temporal_signal_progress
+UPDATE {schema}.jobs
+SET progress = %(progress)s, progress_message = %(message)s, updated_at = timezone('utc', now())
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND status IN ('pending', 'queued', 'processing', 'retrying')
+
+-- name: temporal_insert_run
+INSERT INTO {schema}.jobs (
+    tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
+    external_id, external_run_id, queue, priority, run_at, data, max_attempts, schedule_id
+)
+VALUES (
+    %(tenant)s, %(job_id)s, %(name)s, %(metadata)s, 'queued', timezone('utc', now()),
+    timezone('utc', now()), %(user_id)s, 'temporal', %(external_id)s, %(external_run_id)s,
+    %(queue)s, %(priority)s, now(), %(data)s, %(max_attempts)s, %(schedule_id)s
+)
+ON CONFLICT DO NOTHING
+
+-- name: temporal_reset_for_retry
+UPDATE {schema}.jobs
+SET status = 'queued', attempts = 0, error = NULL, result = NULL, progress = 0,
+    progress_message = NULL, completed_at = NULL, started_at = NULL, run_at = now(),
+    updated_at = timezone('utc', now()), lease_token = lease_token + 1
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND status IN ('failed', 'cancelled')
+RETURNING job_id, type, data, queue, priority, user_id, metadata, external_id, schedule_id
+
+-- name: temporal_get_tracker
+SELECT job_id, tenant, type, data, metadata, external_id, singleton_key, queue, priority,
+       user_id, status, created_at
+FROM {schema}.jobs
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND status = 'active'
+
+-- name: temporal_find_tracker
+SELECT job_id, tenant, external_id FROM {schema}.jobs
+WHERE external_id = %(schedule_id)s AND runner_type = 'temporal' AND status = 'active'
+
+-- name: temporal_insert_tracker
+INSERT INTO {schema}.jobs (
+    tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
+    external_id, queue, priority, run_at, data, max_attempts, singleton_key, started_at
+)
+VALUES (
+    %(tenant)s, %(job_id)s, %(name)s, %(metadata)s, 'active', timezone('utc', now()),
+    timezone('utc', now()), %(user_id)s, 'temporal', %(schedule_id)s, %(queue)s, %(priority)s,
+    now(), %(data)s, %(max_attempts)s, %(singleton_key)s, now()
+)
+ON CONFLICT DO NOTHING
+RETURNING job_id
+
+-- name: temporal_update_tracker
+UPDATE {schema}.jobs
+SET type = %(name)s, metadata = %(metadata)s, data = %(data)s, queue = %(queue)s,
+    priority = %(priority)s, user_id = %(user_id)s, max_attempts = %(max_attempts)s,
+    updated_at = timezone('utc', now())
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND status = 'active'
+RETURNING job_id
+
+-- name: temporal_set_tracker_paused
+UPDATE {schema}.jobs
+SET metadata = coalesce(metadata, '{{}}'::jsonb) || jsonb_build_object('paused', %(paused)s::boolean),
+    updated_at = timezone('utc', now())
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND status = 'active'
+
+-- name: temporal_cancel_tracker
+UPDATE {schema}.jobs
+SET status = 'cancelled', completed_at = now(), updated_at = timezone('utc', now()),
+    metadata = coalesce(metadata, '{{}}'::jsonb)
+               || jsonb_strip_nulls(jsonb_build_object('cancel_reason', %(reason)s::text,
+                                                       'cancelled_by', %(cancelled_by)s::text))
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND status = 'active'
+RETURNING job_id, external_id
+
+-- name: temporal_list_trackers
+SELECT job_id, tenant, type, data, metadata, external_id, singleton_key, created_at
+FROM {schema}.jobs
+WHERE tenant = %(tenant)s AND runner_type = 'temporal' AND status = 'active'
+  AND metadata ->> 'kind' = 'temporal_schedule'
+ORDER BY created_at, job_id
+
+-- name: temporal_last_runs
+SELECT DISTINCT ON (schedule_id) schedule_id, job_id, status, created_at
+FROM {schema}.jobs
+WHERE tenant = %(tenant)s AND schedule_id = ANY(%(schedule_ids)s::uuid[])
+ORDER BY schedule_id, created_at DESC, job_id

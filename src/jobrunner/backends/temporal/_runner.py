@@ -1,0 +1,1027 @@
+"""TemporalJobRunner: the JobRunner API on durable Temporal workflows.
+
+Jobs still have their row in the shared PostgreSQL ``jobs`` table (``runner_type =
+'temporal'``, ``external_id`` = workflow id ``job-<name>-<job_id>``, ``external_run_id`` = run
+id); the workflow's activities keep that row current, so status reads and monitoring are the
+same queries as on the PostgreSQL backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from psycopg.types.json import Jsonb
+from temporalio.client import (
+    Client,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+    TLSConfig,
+    WorkflowHandle,
+)
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from jobrunner._db._database import Database
+from jobrunner._db._store import JobStore
+from jobrunner._errors import (
+    HandlerNotFoundError,
+    InvalidArgumentError,
+    ScheduleError,
+    UnavailableError,
+)
+from jobrunner._models import (
+    JobDetails,
+    JobInfo,
+    JobPage,
+    JobStatus,
+    Metrics,
+    MissedTickPolicy,
+    OverlapPolicy,
+    ScheduledJob,
+    ScheduleInfo,
+)
+from jobrunner._runner import AllTenants, HistoryScope, JobRunner, TenantArg
+from jobrunner._validation import (
+    SYSTEM_USER,
+    as_aware_datetime,
+    as_data,
+    as_job_name,
+    as_optional_key,
+    as_priority,
+    as_queue,
+    as_tenant,
+    as_uuid,
+)
+from jobrunner.backends.temporal import _schedules
+from jobrunner.backends.temporal._activities import policy_input
+from jobrunner.backends.temporal._client import DEFAULT_CONNECT_TIMEOUT, connect
+from jobrunner.backends.temporal._types import (
+    QUERY_STATE,
+    SIGNAL_CANCEL,
+    SIGNAL_PROGRESS,
+    WORKFLOW_NAME,
+    JobInput,
+)
+from jobrunner.registry import DEFAULT_QUEUE, JobHandlerRegistry
+
+if TYPE_CHECKING:
+    from jobrunner.backends.temporal._worker import TemporalWorker
+
+logger = logging.getLogger("jobrunner.temporal")
+
+#: Workflow starts in flight at once in ``schedule_jobs``.
+START_CONCURRENCY = 32
+BULK_BATCH = 1000
+
+
+class TemporalJobRunner(JobRunner):
+    """Jobs as Temporal workflows, with their state in the shared PostgreSQL tables.
+
+    Args:
+        dsn: PostgreSQL connection string for the ``jobs`` tables (ignored with ``database``).
+        address: Temporal frontend ``host:port``.
+        namespace: Temporal namespace.
+        task_queue: Task queue of the job workflows and activities.
+        client: An already connected Temporal client (``address``/``namespace``/``tls`` unused).
+        tls: TLS settings for the Temporal connection.
+        schema: Schema of the jobrunner tables.
+        registry: Handler registry (default: the process-wide one).
+        require_registered: Refuse to schedule names without a local handler.
+        auto_migrate: Apply pending migrations in :meth:`start`.
+        pool_size: Maximum pooled database connections.
+        database: An existing :class:`Database` to share.
+        heartbeat_timeout: Seconds without a heartbeat after which Temporal considers an
+            attempt's worker dead and retries the attempt elsewhere.
+        connect_timeout: Seconds to wait for Temporal in :meth:`start`.
+    """
+
+    runner_type = "temporal"
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        address: str = "localhost:7233",
+        namespace: str = "default",
+        task_queue: str = "jobrunner-jobs",
+        client: Client | None = None,
+        tls: TLSConfig | None = None,
+        schema: str = "jobrunner",
+        registry: JobHandlerRegistry | None = None,
+        require_registered: bool = True,
+        auto_migrate: bool = True,
+        pool_size: int = 10,
+        database: Database | None = None,
+        heartbeat_timeout: float = 30.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        super().__init__(registry)
+        if database is None:
+            if not dsn:
+                raise InvalidArgumentError("TemporalJobRunner needs a dsn or a database")
+            database = Database(dsn, schema=schema, max_size=pool_size)
+        if not isinstance(task_queue, str) or not task_queue:
+            raise InvalidArgumentError("task_queue must be a non-empty string")
+        if heartbeat_timeout <= 0 or connect_timeout <= 0:
+            raise InvalidArgumentError("heartbeat_timeout and connect_timeout must be positive")
+        self.db = database
+        self.store = JobStore(database)
+        self.address = address
+        self.namespace = namespace
+        self.task_queue = task_queue
+        self.tls = tls
+        self.require_registered = require_registered
+        self.auto_migrate = auto_migrate
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self._client = client
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def client(self) -> Client:
+        """The Temporal client (after :meth:`start`)."""
+        if self._client is None:
+            raise UnavailableError("TemporalJobRunner is not started: call await runner.start()")
+        return self._client
+
+    async def start(self) -> None:
+        """Connect to Temporal (short timeout), apply migrations and open the pool.
+
+        Raises:
+            UnavailableError: Temporal did not answer; the message names the address.
+        """
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._client is None:
+                self._client = await connect(
+                    self.address,
+                    namespace=self.namespace,
+                    tls=self.tls,
+                    timeout=self.connect_timeout,
+                )
+            if self.auto_migrate:
+                await self.db.migrate()
+            await self.db.open()
+            self._started = True
+
+    async def close(self) -> None:
+        """Close the database pool (the Temporal client holds no resources to release)."""
+        self._started = False
+        await self.db.close()
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            await self.start()
+
+    async def is_healthy(self) -> bool:
+        """Whether both Temporal and the database answer."""
+        try:
+            await self._ensure_started()
+            ok = await asyncio.wait_for(self.client.service_client.check_health(), 5.0)
+        except Exception:
+            logger.debug("Temporal health check failed", exc_info=True)
+            return False
+        return bool(ok) and await self.db.ping()
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations now; returns the versions applied."""
+        return await self.db.migrate()
+
+    # -- scheduling -------------------------------------------------------------------------
+    def _prepare(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        *,
+        tenant: TenantArg,
+        priority: int,
+        singleton_key: str | None,
+        user_id: uuid.UUID | str | None,
+        metadata: Mapping[str, Any] | None,
+        queue: str | None,
+        connection: Any,
+    ) -> tuple[dict[str, Any], JobInput]:
+        if connection is not None:
+            raise InvalidArgumentError(
+                "connection= is not supported by the Temporal backend: a job cannot join your "
+                "database transaction and a Temporal workflow start atomically (see "
+                "docs/backends.md); schedule after your transaction commits"
+            )
+        name = as_job_name(name)
+        spec = self.registry.find(name)
+        if spec is None and self.require_registered:
+            raise HandlerNotFoundError(name)
+        payload = as_data(data)
+        meta = as_data(metadata, "metadata")
+        when = None if run_at is None else as_aware_datetime(run_at)
+        tenant_id = as_tenant(tenant)
+        job_id = uuid.uuid4()
+        policy = policy_input(spec) if spec is not None else None
+        queue_name = (
+            as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE)
+        )
+        prio = as_priority(priority)
+        params: dict[str, Any] = {
+            "tenant": tenant_id,
+            "job_id": job_id,
+            "name": name,
+            "metadata": Jsonb(meta),
+            "run_at": when,
+            "user_id": SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id"),
+            "runner_type": self.runner_type,
+            "external_id": workflow_id(name, job_id),
+            "queue": queue_name,
+            "priority": prio,
+            "data": Jsonb(payload),
+            "max_attempts": policy.max_attempts if policy else 3,
+            "singleton_key": as_optional_key(singleton_key, "singleton_key"),
+            "schedule_id": None,
+            "notify": False,
+            "channel": self.db.channel_jobs,
+        }
+        job = JobInput(
+            job_id=str(job_id),
+            tenant=str(tenant_id),
+            name=name,
+            data=payload,
+            policy=policy,
+            heartbeat_timeout=self.heartbeat_timeout,
+            queue=queue_name,
+            priority=prio,
+            user_id=str(params["user_id"]),
+            metadata=meta,
+        )
+        return params, job
+
+    async def _start_workflow(
+        self,
+        job: JobInput,
+        run_at: datetime | None,
+        *,
+        conflict: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.FAIL,
+    ) -> WorkflowHandle[Any, Any]:
+        assert job.job_id is not None
+        delay = None
+        if run_at is not None:
+            seconds = (run_at - datetime.now(UTC)).total_seconds()
+            if seconds > 0:
+                delay = timedelta(seconds=seconds)
+        return await self.client.start_workflow(
+            WORKFLOW_NAME,
+            job,
+            id=workflow_id(job.name, uuid.UUID(job.job_id)),
+            task_queue=self.task_queue,
+            memo={"tenant": job.tenant, "job_id": job.job_id, "name": job.name},
+            start_delay=delay,
+            id_conflict_policy=conflict,
+        )
+
+    async def _launch(
+        self, params: dict[str, Any], job: JobInput, run_at: datetime | None
+    ) -> ScheduledJob:
+        await self._ensure_started()
+        async with self.db.connection() as conn:
+            cur = await conn.execute(self.db.queries.insert_job, params)
+            row = await cur.fetchone()
+            if row is None and params["singleton_key"] is not None:
+                cur = await conn.execute(self.db.queries.find_singleton, params)
+                existing = await cur.fetchone()
+                if existing is not None:
+                    info = await self.store.get_job(params["tenant"], existing["job_id"])
+                    return ScheduledJob(
+                        job_id=existing["job_id"],
+                        external_id=info.external_id if info else None,
+                        tenant=params["tenant"],
+                        created=False,
+                    )
+        if row is None:
+            # The singleton's holder finished between the two statements: try once more.
+            return await self._launch(params, job, run_at)
+        try:
+            handle = await self._start_workflow(job, run_at)
+        except Exception as exc:
+            await self._mark_start_failed(params["tenant"], [params["job_id"]], exc)
+            raise UnavailableError(
+                f"could not start the workflow of job {params['job_id']} on Temporal at "
+                f"{self.address}: {exc}"
+            ) from exc
+        await self._save_run_id(params["tenant"], params["job_id"], handle)
+        return ScheduledJob(
+            job_id=params["job_id"], external_id=params["external_id"], tenant=params["tenant"]
+        )
+
+    async def _save_run_id(
+        self, tenant: uuid.UUID, job_id: uuid.UUID, handle: WorkflowHandle[Any, Any]
+    ) -> None:
+        run_id = handle.first_execution_run_id or handle.result_run_id
+        if run_id:
+            async with self.db.connection() as conn:
+                await conn.execute(
+                    self.db.queries.temporal_set_run_id,
+                    {"tenant": tenant, "job_id": job_id, "run_id": run_id},
+                )
+
+    async def _mark_start_failed(
+        self, tenant: uuid.UUID, job_ids: list[uuid.UUID], exc: BaseException
+    ) -> None:
+        try:
+            async with self.db.connection() as conn:
+                await conn.execute(
+                    self.db.queries.temporal_start_failed,
+                    {
+                        "tenant": tenant,
+                        "job_ids": job_ids,
+                        "message": f"could not start the Temporal workflow: {exc}"[:2000],
+                    },
+                )
+        except Exception:
+            logger.exception("could not mark %d unstarted jobs failed", len(job_ids))
+
+    async def schedule_job(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        singleton_key: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        connection: Any = None,
+    ) -> ScheduledJob:
+        """Insert the job's row and start its workflow; see :meth:`JobRunner.schedule_job`.
+
+        Raises:
+            InvalidArgumentError: also when ``connection`` is given (not supported here).
+            UnavailableError: Temporal refused the workflow start (the row is marked failed).
+        """
+        params, job = self._prepare(
+            name,
+            data,
+            None,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=singleton_key,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
+            connection=connection,
+        )
+        return await self._launch(params, job, None)
+
+    async def schedule_job_at(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime,
+        *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        singleton_key: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        connection: Any = None,
+    ) -> ScheduledJob:
+        """Like :meth:`schedule_job`, with the workflow's start delayed until ``run_at``."""
+        when = as_aware_datetime(run_at)
+        params, job = self._prepare(
+            name,
+            data,
+            when,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=singleton_key,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
+            connection=connection,
+        )
+        return await self._launch(params, job, when)
+
+    async def schedule_jobs(
+        self,
+        name: str,
+        data: Iterable[Mapping[str, Any] | None],
+        *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        connection: Any = None,
+    ) -> list[ScheduledJob]:
+        """Insert all rows in one transaction, then start their workflows concurrently."""
+        if isinstance(data, Mapping | str | bytes):
+            raise InvalidArgumentError("data must be an iterable of mappings")
+        try:
+            items = list(data)
+        except TypeError:
+            raise InvalidArgumentError("data must be an iterable of mappings") from None
+        payloads = [as_data(item, f"data[{i}]") for i, item in enumerate(items)]
+        when = None if run_at is None else as_aware_datetime(run_at)
+        base, template = self._prepare(
+            name,
+            None,
+            when,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=None,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
+            connection=connection,
+        )
+        if not payloads:
+            return []
+        ids = [uuid.uuid4() for _ in payloads]
+        await self._ensure_started()
+        async with self.db.transaction() as conn:
+            for start in range(0, len(ids), BULK_BATCH):
+                params = dict(base)
+                params["job_ids"] = ids[start : start + BULK_BATCH]
+                params["datas"] = [Jsonb(p) for p in payloads[start : start + BULK_BATCH]]
+                await conn.execute(self.db.queries.temporal_insert_jobs_bulk, params)
+        gate = asyncio.Semaphore(START_CONCURRENCY)
+        failed: list[uuid.UUID] = []
+        first_error: list[BaseException] = []
+
+        async def start_one(job_id: uuid.UUID, payload: dict[str, Any]) -> None:
+            job = JobInput(**{**template.__dict__, "job_id": str(job_id), "data": payload})
+            async with gate:
+                try:
+                    handle = await self._start_workflow(job, when)
+                except Exception as exc:  # noqa: BLE001 - collected and reported below
+                    failed.append(job_id)
+                    first_error.append(exc)
+                    return
+            await self._save_run_id(base["tenant"], job_id, handle)
+
+        await asyncio.gather(*(start_one(i, p) for i, p in zip(ids, payloads, strict=True)))
+        if failed:
+            await self._mark_start_failed(base["tenant"], failed, first_error[0])
+            raise UnavailableError(
+                f"{len(failed)} of {len(ids)} workflows could not be started on Temporal at "
+                f"{self.address}: {first_error[0]}"
+            ) from first_error[0]
+        return [
+            ScheduledJob(job_id=i, external_id=workflow_id(base["name"], i), tenant=base["tenant"])
+            for i in ids
+        ]
+
+    # -- inspection and control -------------------------------------------------------------
+    async def get_job_status(
+        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+    ) -> JobInfo | None:
+        """The job's row (kept current by the workflow's activities)."""
+        key = as_uuid(job_id, "job_id")
+        tenant_id = as_tenant(tenant)
+        await self._ensure_started()
+        return await self.store.get_job(tenant_id, key)
+
+    async def cancel_job(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        tenant: TenantArg = None,
+        reason: str | None = None,
+        cancelled_by: str | None = None,
+    ) -> bool:
+        """Mark the job cancelled and cancel its workflow (a running handler is stopped on its
+        next heartbeat), or delete a recurring schedule given its tracker row id."""
+        key = as_uuid(job_id, "job_id")
+        tenant_id = as_tenant(tenant)
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidArgumentError("reason must be a string")
+        if cancelled_by is not None and not isinstance(cancelled_by, str):
+            raise InvalidArgumentError("cancelled_by must be a string")
+        await self._ensure_started()
+        async with self.db.connection() as conn:
+            cur = await conn.execute(self.db.queries.get_job, {"tenant": tenant_id, "job_id": key})
+            row = await cur.fetchone()
+            if row is None or row["runner_type"] != self.runner_type:
+                return False
+            if row["status"] == JobStatus.ACTIVE.value:
+                return await self._cancel_schedule(tenant_id, key, reason, cancelled_by)
+            cur = await conn.execute(
+                self.db.queries.cancel_job,
+                {
+                    "tenant": tenant_id,
+                    "job_id": key,
+                    "reason": reason,
+                    "cancelled_by": cancelled_by,
+                    "runner_type": self.runner_type,
+                    "channel": self.db.channel_cancel,
+                },
+            )
+            cancelled = await cur.fetchone()
+        if cancelled is None:
+            return False
+        if row["external_id"]:
+            await self._cancel_workflow(row["external_id"], reason, cancelled_by)
+        return True
+
+    async def _cancel_workflow(
+        self, wf_id: str, reason: str | None, cancelled_by: str | None
+    ) -> None:
+        handle = self.client.get_workflow_handle(wf_id)
+        try:
+            # The signal carries reason and canceller into the workflow's state; the cancel
+            # request also reaches a workflow whose delayed start has not happened yet.
+            await handle.signal(SIGNAL_CANCEL, {"reason": reason, "cancelled_by": cancelled_by})
+            await handle.cancel()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                logger.warning("could not cancel workflow %s: %s", wf_id, exc)
+
+    async def retry_job(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
+        """Run a failed or cancelled job again in a new workflow run (attempts start over)."""
+        key = as_uuid(job_id, "job_id")
+        tenant_id = as_tenant(tenant)
+        await self._ensure_started()
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.db.queries.temporal_reset_for_retry, {"tenant": tenant_id, "job_id": key}
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        spec = self.registry.find(row["type"])
+        job = JobInput(
+            job_id=str(key),
+            tenant=str(tenant_id),
+            name=row["type"],
+            data=dict(row["data"] or {}),
+            policy=policy_input(spec) if spec is not None else None,
+            heartbeat_timeout=self.heartbeat_timeout,
+            queue=row["queue"],
+            priority=int(row["priority"] or 0),
+            user_id=str(row["user_id"]),
+            metadata=dict(row["metadata"] or {}),
+        )
+        try:
+            handle = await self._start_workflow(
+                job, None, conflict=WorkflowIDConflictPolicy.TERMINATE_EXISTING
+            )
+        except Exception as exc:
+            await self._mark_start_failed(tenant_id, [key], exc)
+            raise UnavailableError(f"could not restart job {key} on Temporal: {exc}") from exc
+        await self._save_run_id(tenant_id, key, handle)
+        return True
+
+    async def get_job_details(
+        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+    ) -> JobDetails | None:
+        """The job with data, attempts, steps and errors."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.get_job_details(
+            self.db, as_tenant(tenant), as_uuid(job_id, "job_id")
+        )
+
+    async def list_jobs(
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
+        name: str | None = None,
+        runner_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first with keyset pagination (both backends' rows)."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.list_jobs(
+            self.db,
+            tenant=tenant,
+            status=status,
+            name=name,
+            runner_type=runner_type,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def get_metrics(self, *, tenant: TenantArg | AllTenants = None) -> Metrics:
+        """Counts, rates, throughput and queue age."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.get_metrics(self.db, tenant=tenant)
+
+    async def clear_history(
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        scope: HistoryScope = "finished",
+        older_than: timedelta | float | None = None,
+    ) -> int:
+        """Delete finished jobs (never a live job or a live schedule)."""
+        from jobrunner._db import _monitoring
+
+        await self._ensure_started()
+        return await _monitoring.clear_history(
+            self.db, tenant=tenant, scope=scope, older_than=older_than
+        )
+
+    # -- Temporal-specific ------------------------------------------------------------------
+    async def _workflow_of(self, job_id: uuid.UUID | str, tenant: TenantArg) -> str | None:
+        info = await self.get_job_status(job_id, tenant=tenant)
+        if info is None or info.runner_type != self.runner_type or not info.external_id:
+            return None
+        return info.external_id
+
+    async def get_job_state(
+        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+    ) -> dict[str, Any] | None:
+        """The workflow's ``getJobState`` query; ``None`` when the tenant has no such job."""
+        wf_id = await self._workflow_of(job_id, tenant)
+        if wf_id is None:
+            return None
+        state: dict[str, Any] = await self.client.get_workflow_handle(wf_id).query(QUERY_STATE)
+        return state
+
+    async def update_progress(
+        self,
+        job_id: uuid.UUID | str,
+        progress: int,
+        message: str | None = None,
+        *,
+        tenant: TenantArg = None,
+    ) -> bool:
+        """Send the ``updateProgress`` signal (progress reported from outside the handler)."""
+        if (
+            not isinstance(progress, int | float)
+            or isinstance(progress, bool)
+            or not (0 <= progress <= 100)
+        ):
+            raise InvalidArgumentError("progress must be a number between 0 and 100")
+        if message is not None and not isinstance(message, str):
+            raise InvalidArgumentError("message must be a string")
+        wf_id = await self._workflow_of(job_id, tenant)
+        if wf_id is None:
+            return False
+        await self.client.get_workflow_handle(wf_id).signal(
+            SIGNAL_PROGRESS, {"progress": progress, "message": message}
+        )
+        return True
+
+    # -- recurring --------------------------------------------------------------------------
+    async def schedule_recurring_job(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        expression: str,
+        *,
+        tenant: TenantArg = None,
+        timezone: str = "UTC",
+        singleton_key: str | None = None,
+        missed_ticks: MissedTickPolicy | str = MissedTickPolicy.LATEST,
+        overlap: OverlapPolicy | str = OverlapPolicy.ALLOW,
+        max_catch_up: int = 10,
+        priority: int = 0,
+        queue: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ScheduledJob:
+        """Create or update (in place, data included) a Temporal Schedule for ``name``.
+
+        The schedule id is ``singleton_key`` or ``recurring-<name>-<tenant>``; Temporal
+        schedule ids are unique per namespace, so a key another tenant uses is refused.
+        """
+        name = as_job_name(name)
+        spec = self.registry.find(name)
+        if spec is None and self.require_registered:
+            raise HandlerNotFoundError(name)
+        payload = as_data(data)
+        meta = as_data(metadata, "metadata")
+        recurrence = _schedules.parse_expression(expression)
+        tz = _schedules.check_timezone(timezone)
+        try:
+            missed = MissedTickPolicy(missed_ticks)
+            overlap_policy = OverlapPolicy(overlap)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        if not isinstance(max_catch_up, int) or isinstance(max_catch_up, bool) or max_catch_up < 1:
+            raise InvalidArgumentError("max_catch_up must be a positive integer")
+        tenant_id = as_tenant(tenant)
+        key = as_optional_key(singleton_key, "singleton_key")
+        schedule_id = _schedules.schedule_id_for(name, tenant_id, key)
+        prio = as_priority(priority)
+        queue_name = (
+            as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE)
+        )
+        user = SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id")
+        policy = policy_input(spec) if spec is not None else None
+        await self._ensure_started()
+
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.db.queries.temporal_find_tracker, {"schedule_id": schedule_id}
+            )
+            existing = await cur.fetchone()
+        if existing is not None and existing["tenant"] != tenant_id:
+            raise ScheduleError(
+                f"schedule id {schedule_id!r} is already used in this Temporal namespace; "
+                "choose another singleton_key"
+            )
+        tracker_id = existing["job_id"] if existing is not None else uuid.uuid4()
+        paused = False
+        if existing is not None:
+            tracker = await self._tracker(tenant_id, tracker_id)
+            paused = bool(tracker and (tracker["metadata"] or {}).get("paused"))
+        row_meta = _schedules.describe_metadata(
+            recurrence=recurrence,
+            timezone=tz,
+            missed_ticks=missed,
+            overlap=overlap_policy,
+            max_catch_up=max_catch_up,
+            extra=meta,
+            paused=paused,
+        )
+        job = JobInput(
+            job_id=None,
+            tenant=str(tenant_id),
+            name=name,
+            data=payload,
+            policy=policy,
+            heartbeat_timeout=self.heartbeat_timeout,
+            schedule_id=str(tracker_id),
+            queue=queue_name,
+            priority=prio,
+            user_id=str(user),
+            metadata=meta,
+        )
+        schedule = _schedules.build_schedule(
+            recurrence=recurrence,
+            timezone=tz,
+            job=job,
+            workflow_id=f"job-{name}-{schedule_id}",
+            task_queue=self.task_queue,
+            missed_ticks=missed,
+            overlap=overlap_policy,
+            max_catch_up=max_catch_up,
+            paused=paused,
+        )
+        params = {
+            "tenant": tenant_id,
+            "job_id": tracker_id,
+            "name": name,
+            "metadata": Jsonb(row_meta),
+            "user_id": user,
+            "schedule_id": schedule_id,
+            "queue": queue_name,
+            "priority": prio,
+            "data": Jsonb(payload),
+            "max_attempts": policy.max_attempts if policy else 3,
+            "singleton_key": key or schedule_id,
+        }
+        if existing is None:
+            async with self.db.connection() as conn:
+                cur = await conn.execute(self.db.queries.temporal_insert_tracker, params)
+                inserted = await cur.fetchone()
+            if inserted is None:
+                # Another call created the tracker first: update that one instead.
+                return await self.schedule_recurring_job(
+                    name,
+                    data,
+                    expression,
+                    tenant=tenant,
+                    timezone=timezone,
+                    singleton_key=singleton_key,
+                    missed_ticks=missed_ticks,
+                    overlap=overlap,
+                    max_catch_up=max_catch_up,
+                    priority=priority,
+                    queue=queue,
+                    user_id=user_id,
+                    metadata=metadata,
+                )
+            try:
+                await self.client.create_schedule(
+                    schedule_id,
+                    schedule,
+                    memo={
+                        "tenant": str(tenant_id),
+                        "tracker_job_id": str(tracker_id),
+                        "name": name,
+                    },
+                )
+            except Exception as exc:
+                if _already_exists(exc):
+                    await self._update_schedule(schedule_id, schedule)
+                else:
+                    async with self.db.connection() as conn:
+                        await conn.execute(
+                            self.db.queries.temporal_cancel_tracker,
+                            {
+                                "tenant": tenant_id,
+                                "job_id": tracker_id,
+                                "reason": f"schedule creation failed: {exc}"[:500],
+                                "cancelled_by": "jobrunner",
+                            },
+                        )
+                    raise UnavailableError(
+                        f"could not create Temporal schedule {schedule_id}: {exc}"
+                    ) from exc
+            return ScheduledJob(job_id=tracker_id, external_id=schedule_id, tenant=tenant_id)
+        await self._update_schedule(schedule_id, schedule)
+        async with self.db.connection() as conn:
+            await conn.execute(self.db.queries.temporal_update_tracker, params)
+        return ScheduledJob(
+            job_id=tracker_id, external_id=schedule_id, tenant=tenant_id, created=False
+        )
+
+    async def _update_schedule(self, schedule_id: str, schedule: Any) -> None:
+        async def updater(current: ScheduleUpdateInput) -> ScheduleUpdate:
+            # Keep the paused state Temporal has (pause/resume may have changed it).
+            schedule.state = current.description.schedule.state
+            return ScheduleUpdate(schedule=schedule)
+
+        handle = self.client.get_schedule_handle(schedule_id)
+        try:
+            await handle.update(updater)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                # Deleted behind our back (for example in the Temporal UI): recreate it.
+                await self.client.create_schedule(schedule_id, schedule)
+                return
+            raise UnavailableError(
+                f"could not update Temporal schedule {schedule_id}: {exc}"
+            ) from exc
+
+    async def _tracker(self, tenant: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any] | None:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.db.queries.temporal_get_tracker, {"tenant": tenant, "job_id": job_id}
+            )
+            return await cur.fetchone()
+
+    async def _cancel_schedule(
+        self,
+        tenant: uuid.UUID,
+        job_id: uuid.UUID,
+        reason: str | None = None,
+        cancelled_by: str | None = None,
+    ) -> bool:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.db.queries.temporal_cancel_tracker,
+                {
+                    "tenant": tenant,
+                    "job_id": job_id,
+                    "reason": reason,
+                    "cancelled_by": cancelled_by,
+                },
+            )
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        try:
+            await self.client.get_schedule_handle(row["external_id"]).delete()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise UnavailableError(
+                    f"could not delete Temporal schedule {row['external_id']}: {exc}"
+                ) from exc
+        return True
+
+    async def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:
+        """The tenant's schedules, with next run from Temporal and last run from the table."""
+        tenant_id = as_tenant(tenant)
+        await self._ensure_started()
+        async with self.db.connection() as conn:
+            cur = await conn.execute(self.db.queries.temporal_list_trackers, {"tenant": tenant_id})
+            trackers = await cur.fetchall()
+            cur = await conn.execute(
+                self.db.queries.temporal_last_runs,
+                {"tenant": tenant_id, "schedule_ids": [t["job_id"] for t in trackers]},
+            )
+            last = {r["schedule_id"]: r for r in await cur.fetchall()}
+
+        async def describe(t: dict[str, Any]) -> ScheduleInfo:
+            meta = dict(t["metadata"] or {})
+            paused = bool(meta.get("paused"))
+            next_run: datetime | None = None
+            try:
+                desc = await self.client.get_schedule_handle(t["external_id"]).describe()
+                paused = desc.schedule.state.paused
+                if desc.info.next_action_times:
+                    next_run = desc.info.next_action_times[0]
+            except RPCError as exc:
+                logger.warning("could not describe Temporal schedule %s: %s", t["external_id"], exc)
+            run = last.get(t["job_id"])
+            return ScheduleInfo(
+                job_id=t["job_id"],
+                tenant=t["tenant"],
+                name=t["type"],
+                expression=str(meta.get("expression", "")),
+                timezone=str(meta.get("timezone", "UTC")),
+                singleton_key=t["singleton_key"] or t["external_id"],
+                data=dict(t["data"] or {}),
+                paused=paused,
+                next_run_at=next_run,
+                last_run_at=_aware(run["created_at"]) if run else None,
+                last_run_status=JobStatus(run["status"]) if run else None,
+                last_job_id=run["job_id"] if run else None,
+                missed_ticks=MissedTickPolicy(meta.get("missed_ticks", "latest")),
+                overlap=OverlapPolicy(meta.get("overlap", "allow")),
+                runner_type=self.runner_type,
+            )
+
+        return list(await asyncio.gather(*(describe(t) for t in trackers)))
+
+    async def pause_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
+        """Pause the Temporal Schedule whose tracker row is ``job_id``."""
+        return await self._set_paused(job_id, tenant, paused=True)
+
+    async def resume_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
+        """Unpause the Temporal Schedule whose tracker row is ``job_id``."""
+        return await self._set_paused(job_id, tenant, paused=False)
+
+    async def _set_paused(
+        self, job_id: uuid.UUID | str, tenant: TenantArg, *, paused: bool
+    ) -> bool:
+        key = as_uuid(job_id, "job_id")
+        tenant_id = as_tenant(tenant)
+        await self._ensure_started()
+        tracker = await self._tracker(tenant_id, key)
+        if tracker is None:
+            return False
+        handle = self.client.get_schedule_handle(tracker["external_id"])
+        try:
+            if paused:
+                await handle.pause(note="paused by jobrunner")
+            else:
+                await handle.unpause(note="resumed by jobrunner")
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise UnavailableError(
+                f"could not {'pause' if paused else 'resume'} schedule: {exc}"
+            ) from exc
+        async with self.db.connection() as conn:
+            await conn.execute(
+                self.db.queries.temporal_set_tracker_paused,
+                {"tenant": tenant_id, "job_id": key, "paused": paused},
+            )
+        return True
+
+    # -- workers ----------------------------------------------------------------------------
+    def create_worker(
+        self,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        **options: Any,
+    ) -> TemporalWorker:
+        """A Temporal worker for this runner's task queue and registered handlers.
+
+        Options: ``shutdown_grace`` (seconds running activities get on stop, default 30),
+        ``heartbeat_interval`` (seconds between heartbeats sent to the server, default 1);
+        PostgreSQL-only options such as ``lease_seconds`` are accepted and ignored.
+        """
+        from jobrunner.backends.temporal._worker import TemporalWorker, TemporalWorkerSettings
+
+        settings = TemporalWorkerSettings.build(concurrency=concurrency, queues=queues, **options)
+        return TemporalWorker(self, settings)
+
+
+def workflow_id(name: str, job_id: uuid.UUID) -> str:
+    """The workflow id of a job: ``job-<name>-<job_id>``."""
+    return f"job-{name}-{job_id}"
+
+
+def _already_exists(exc: BaseException) -> bool:
+    from temporalio.client import ScheduleAlreadyRunningError
+
+    return isinstance(exc, ScheduleAlreadyRunningError) or (
+        isinstance(exc, RPCError) and exc.status == RPCStatusCode.ALREADY_EXISTS
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

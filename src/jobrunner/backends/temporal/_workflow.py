@@ -1,0 +1,268 @@
+"""The generic job workflow: one workflow per job, the handler runs as its activity.
+
+Deterministic code only: every side effect (database writes, the handler) happens in
+activities (see ``_activities``), which are referred to by name so this module imports
+nothing heavy into the workflow sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy as TemporalRetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+)
+from temporalio.exceptions import (
+    TimeoutError as TemporalTimeoutError,
+)
+from temporalio.workflow import ActivityCancellationType
+
+from jobrunner.backends.temporal._types import (
+    FINISH_ACTIVITY,
+    PROGRESS_ACTIVITY,
+    QUERY_STATE,
+    REGISTER_RUN_ACTIVITY,
+    RESOLVE_POLICY_ACTIVITY,
+    RUN_ACTIVITY,
+    SIGNAL_CANCEL,
+    SIGNAL_PROGRESS,
+    WORKFLOW_NAME,
+    FinishInput,
+    JobInput,
+    PolicyInput,
+    ProgressInput,
+    RegisterRunInput,
+    RunInput,
+)
+
+#: Seconds the activity may run past the handler's own timeout: the activity enforces the
+#: handler timeout itself (so it can record a precise error); the server-side start-to-close
+#: timeout is the backstop for a worker that hangs or dies.
+TIMEOUT_MARGIN = 1.0
+
+#: Retries of the short bookkeeping activities (database writes).
+_BOOKKEEPING_RETRY = TemporalRetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=0,
+)
+_BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
+
+
+def temporal_retry_policy(policy: PolicyInput) -> TemporalRetryPolicy:
+    """Map jobrunner's RetryPolicy onto Temporal's (jitter has no Temporal equivalent)."""
+    return TemporalRetryPolicy(
+        initial_interval=timedelta(seconds=policy.initial_interval),
+        backoff_coefficient=policy.backoff_coefficient,
+        maximum_interval=timedelta(seconds=policy.max_interval),
+        maximum_attempts=policy.max_attempts,
+        non_retryable_error_types=list(policy.non_retryable_error_types),
+    )
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class JobWorkflow:
+    """Runs one job: its handler as an activity with the handler's retry policy and timeout.
+
+    Signals: ``cancelJob {reason, cancelled_by}`` and ``updateProgress {progress, message}``.
+    Query: ``getJobState -> {step, progress, error, started_at, completed_at}``.
+    """
+
+    def __init__(self) -> None:
+        self._job_id: str | None = None
+        self._tenant: str | None = None
+        self._step = "queued"
+        self._progress = 0
+        self._message: str | None = None
+        self._error: dict[str, Any] | None = None
+        self._started_at: str | None = None
+        self._completed_at: str | None = None
+        self._cancel: dict[str, Any] | None = None
+        self._activity: workflow.ActivityHandle[Any] | None = None
+
+    @workflow.run
+    async def run(self, job: JobInput) -> Any:
+        """Create the row of a scheduled run if needed, run the handler, record the end."""
+        self._tenant = job.tenant
+        if job.job_id is None:
+            # A Temporal Schedule fired: this run's row does not exist yet.
+            self._job_id = str(workflow.uuid4())
+            await workflow.execute_activity(
+                REGISTER_RUN_ACTIVITY,
+                RegisterRunInput(job_id=self._job_id, job=job),
+                start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
+                retry_policy=_BOOKKEEPING_RETRY,
+            )
+        else:
+            self._job_id = job.job_id
+        try:
+            return await self._run(job)
+        finally:
+            # Signal handlers may still be writing progress; let them finish first.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+
+    async def _run(self, job: JobInput) -> Any:
+        assert self._job_id is not None
+        policy = job.policy
+        if policy is None:
+            # The producer had no handler registered: the worker's registry decides.
+            policy = await workflow.execute_local_activity(
+                RESOLVE_POLICY_ACTIVITY,
+                job.name,
+                result_type=PolicyInput,
+                start_to_close_timeout=timedelta(seconds=10),
+            )
+        if self._cancel is not None:
+            return await self._finish_cancelled(job)
+        self._step = "running"
+        self._started_at = workflow.now().isoformat()
+        self._activity = workflow.start_activity(
+            RUN_ACTIVITY,
+            RunInput(
+                job_id=self._job_id,
+                tenant=job.tenant,
+                name=job.name,
+                data=job.data,
+                policy=policy,
+            ),
+            start_to_close_timeout=timedelta(seconds=policy.timeout + TIMEOUT_MARGIN),
+            heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout),
+            retry_policy=temporal_retry_policy(policy),
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        try:
+            result = await self._activity
+        except asyncio.CancelledError:
+            # The workflow itself was cancelled (JobRunner.cancel_job): the activity has been
+            # asked to stop; record the cancellation and end as cancelled.
+            if self._cancel is None:
+                self._cancel = {"reason": "workflow cancelled", "cancelled_by": None}
+            await self._finish_cancelled(job)
+            raise
+        except ActivityError as err:
+            if self._cancel is not None or isinstance(err.cause, CancelledError):
+                return await self._finish_cancelled(job)
+            cause = err.cause
+            kind, message = _describe(cause)
+            self._step = "failed"
+            self._error = {"type": kind, "message": message}
+            self._completed_at = workflow.now().isoformat()
+            # The activity recorded handler failures itself; this covers what it could not:
+            # server-side timeouts and workers that died mid-attempt.
+            await workflow.execute_activity(
+                FINISH_ACTIVITY,
+                FinishInput(
+                    job_id=self._job_id,
+                    tenant=job.tenant,
+                    status="failed",
+                    error_type=kind,
+                    message=message,
+                ),
+                start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
+                retry_policy=_BOOKKEEPING_RETRY,
+            )
+            raise ApplicationError(
+                f"job {job.name} {self._job_id} failed: {message}",
+                type=kind.rsplit(".", 1)[-1] or "JobFailed",
+                non_retryable=True,
+            ) from err
+        self._step = "completed"
+        self._progress = 100
+        self._completed_at = workflow.now().isoformat()
+        return result
+
+    async def _finish_cancelled(self, job: JobInput) -> Any:
+        assert self._job_id is not None
+        cancel = self._cancel or {}
+        self._step = "cancelled"
+        self._completed_at = workflow.now().isoformat()
+        self._error = {"type": "cancelled", "message": cancel.get("reason") or "cancelled"}
+        await asyncio.shield(
+            workflow.execute_activity(
+                FINISH_ACTIVITY,
+                FinishInput(
+                    job_id=self._job_id,
+                    tenant=job.tenant,
+                    status="cancelled",
+                    error_type="cancelled",
+                    message=cancel.get("reason") or "cancelled",
+                    reason=cancel.get("reason"),
+                    cancelled_by=cancel.get("cancelled_by"),
+                ),
+                start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
+                retry_policy=_BOOKKEEPING_RETRY,
+            )
+        )
+        return {"cancelled": True, "reason": cancel.get("reason")}
+
+    # -- signals and query ------------------------------------------------------------------
+    @workflow.signal(name=SIGNAL_CANCEL)
+    async def cancel_job(self, payload: dict[str, Any] | None = None) -> None:
+        """Stop the job: the running activity is cancelled (its next heartbeat delivers it)."""
+        payload = payload or {}
+        if self._cancel is not None or self._step in ("completed", "failed", "cancelled"):
+            return
+        self._cancel = {
+            "reason": _text(payload.get("reason")),
+            "cancelled_by": _text(payload.get("cancelled_by", payload.get("cancelledBy"))),
+        }
+        if self._activity is not None and not self._activity.done():
+            self._activity.cancel()
+
+    @workflow.signal(name=SIGNAL_PROGRESS)
+    async def update_progress(self, payload: dict[str, Any] | None = None) -> None:
+        """Record progress reported from outside the handler (kept in the jobs table too)."""
+        payload = payload or {}
+        raw = payload.get("progress")
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or not 0 <= raw <= 100:
+            workflow.logger.warning("updateProgress ignored: progress must be 0-100, got %r", raw)
+            return
+        if self._job_id is None or self._step in ("completed", "failed", "cancelled"):
+            return
+        self._progress = int(raw)
+        self._message = _text(payload.get("message"))
+        await workflow.execute_activity(
+            PROGRESS_ACTIVITY,
+            ProgressInput(
+                job_id=self._job_id,
+                tenant=self._tenant or "",
+                progress=self._progress,
+                message=self._message,
+            ),
+            start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
+            retry_policy=_BOOKKEEPING_RETRY,
+        )
+
+    @workflow.query(name=QUERY_STATE)
+    def get_job_state(self) -> dict[str, Any]:
+        """``{step, progress, error, started_at, completed_at}`` (plus job id and message)."""
+        return {
+            "job_id": self._job_id,
+            "step": self._step,
+            "progress": self._progress,
+            "message": self._message,
+            "error": self._error,
+            "started_at": self._started_at,
+            "completed_at": self._completed_at,
+        }
+
+
+def _describe(cause: BaseException | None) -> tuple[str, str]:
+    if isinstance(cause, ApplicationError):
+        return (cause.type or "ApplicationError", cause.message)
+    if isinstance(cause, TemporalTimeoutError):
+        return ("jobrunner.JobTimeoutError", f"activity timed out ({cause.type})")
+    if cause is None:
+        return ("ActivityError", "activity failed")
+    return (type(cause).__name__, str(cause))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:1000]

@@ -201,7 +201,7 @@ claimed AS (
               j.queue, j.metadata, j.schedule_id, j.started_at
 ),
 served AS (
-    SELECT p.tenant, max(p.vstart + 1 / p.weight) AS new_pass, min(p.vstart) AS first_v
+    SELECT p.tenant, max(p.vstart + 1 / p.weight) AS new_pass, max(p.vstart) AS last_v
     FROM picked p JOIN claimed c ON c.tenant = p.tenant AND c.job_id = p.job_id
     GROUP BY p.tenant
 ),
@@ -212,7 +212,9 @@ pass_saved AS (
 ),
 clock_saved AS (
     UPDATE {schema}.flow_state
-    SET vclock = greatest(vclock, (SELECT min(first_v) FROM served))
+    -- the start tag of the last job dispatched: never above the pass of an active tenant that
+    -- was not served (it would have been picked first), so only returning tenants are lifted
+    SET vclock = greatest(vclock, (SELECT max(last_v) FROM served))
     WHERE id AND EXISTS (SELECT 1 FROM served)
 ),
 events AS (

@@ -7,6 +7,8 @@ WITH picked AS (
     SELECT tenant, job_id FROM {schema}.jobs
     WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
       AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
+      -- flow control on (0004_fairness): only claim_jobs_fair may claim, under its lock
+      AND NOT coalesce((SELECT enabled FROM {schema}.flow_state WHERE id), false)
     ORDER BY priority DESC, run_at, job_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

@@ -312,8 +312,10 @@ async def flow_metrics(db: Database, *, tenant: TenantArg | AllTenants = None) -
         state = await cur.fetchone() or {"enabled": False, "fair": False, "version": 0}
         cur = await conn.execute(db.queries.flow_list_rules, params)
         rules = [_rule(r) for r in await cur.fetchall()]
-        cur = await conn.execute(db.queries.flow_tenant_usage, params)
-        tenants = await cur.fetchall()
+        tenants: list[dict[str, Any]] = []
+        if state["enabled"]:  # per-tenant figures only matter (and cost a scan) when on
+            cur = await conn.execute(db.queries.flow_tenant_usage, params)
+            tenants = list(await cur.fetchall())
     return {
         "enabled": bool(state["enabled"]),
         "fair": bool(state["fair"]),

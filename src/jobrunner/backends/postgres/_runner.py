@@ -88,6 +88,17 @@ class PostgresJobRunner(JobRunner):
         """Schema of the jobrunner tables."""
         return self.db.schema
 
+    @property
+    def flow(self) -> FlowControl:
+        """Run-time fairness and flow control (limits, rates, weights, pauses, purges)."""
+        from jobrunner.backends.postgres._flow import FlowControl
+
+        return FlowControl(self.db, self._ensure_started)
+
+    async def flow_metrics(self, *, tenant: TenantArg | AllTenants = None) -> dict[str, Any]:
+        """Flow-control figures (also in ``get_metrics().extra["flow"]``)."""
+        return await self.flow.metrics(tenant=tenant)
+
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Open the pool and apply migrations (unless ``auto_migrate`` is off)."""
@@ -405,7 +416,9 @@ class PostgresJobRunner(JobRunner):
         from jobrunner._db import _monitoring
 
         await self._ensure_started()
-        return await _monitoring.get_metrics(self.db, tenant=tenant)
+        metrics = await _monitoring.get_metrics(self.db, tenant=tenant)
+        metrics.extra["flow"] = await self.flow_metrics(tenant=tenant)
+        return metrics
 
     async def clear_history(
         self,
@@ -497,4 +510,5 @@ def _handle(job_id: Any, tenant: uuid.UUID, *, created: bool) -> ScheduledJob:
 
 
 # Imported late for the type annotation above without a cycle at import time.
+from jobrunner.backends.postgres._flow import FlowControl  # noqa: E402
 from jobrunner.backends.postgres._worker import PostgresWorker  # noqa: E402

@@ -27,6 +27,7 @@ from jobrunner._context import JobContext, SyncJobContext
 from jobrunner._errors import HandlerNotFoundError, InvalidArgumentError, JobRunnerError
 from jobrunner._outcome import decide_failure, describe_error, timeout_error
 from jobrunner._runner import JobWorker
+from jobrunner.backends.postgres._flow import FlowGate
 from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ class WorkerSettings:
     """Source of jitter for retry delays; inject for deterministic tests."""
     run_scheduler: bool = True
     """Also fire due ticks of recurring schedules (safe in every worker: one job per tick)."""
+    fair: bool = False
+    """Always claim round-robin between tenants; otherwise only while flow control is on
+    (rules or ``runner.flow.set_fair_claiming(True)``; see docs/fairness.md)."""
 
     @classmethod
     def build(
@@ -160,6 +164,7 @@ class PostgresWorker(JobWorker):
         self._tasks: list[asyncio.Task[None]] = []
         self._next_timer: float | None = None
         self.claimed_total = 0
+        self._flow = FlowGate(runner.db, force=settings.fair)
 
     # -- public ---------------------------------------------------------------------------
     @property
@@ -254,7 +259,7 @@ class PostgresWorker(JobWorker):
             return min(delay, 1.0)
         if row and row["seconds"] is not None:
             delay = min(delay, max(float(row["seconds"]), 0.0))
-        return delay
+        return self._flow.idle_delay(delay)
 
     async def _sleep_or_wake(self, delay: float) -> None:
         if delay <= 0:
@@ -263,17 +268,20 @@ class PostgresWorker(JobWorker):
             await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _claim(self, limit: int) -> int:
+        params = {
+            "queues": list(self.queues),
+            "limit": limit,
+            "worker_id": self.worker_id,
+            "lease_seconds": float(self.settings.lease_seconds),
+        }
         async with self.runner.db.connection() as conn:
-            cur = await conn.execute(
-                self.runner.db.queries.claim_jobs,
-                {
-                    "queues": list(self.queues),
-                    "limit": limit,
-                    "worker_id": self.worker_id,
-                    "lease_seconds": float(self.settings.lease_seconds),
-                },
-            )
-            rows = await cur.fetchall()
+            # Flow control (limits, pauses, fair claiming) on: the fair claim; else the plain one.
+            rows = await self._flow.claim(conn, params)
+            if rows is None:
+                cur = await conn.execute(self.runner.db.queries.claim_jobs, params)
+                rows = await cur.fetchall()
+                if not rows:  # claim_jobs yields nothing once flow control is switched on
+                    rows = await self._flow.claim_after_empty(conn, params)
         now = time.monotonic()
         for row in rows:
             self._start_job(row, now)

@@ -1,0 +1,267 @@
+"""Flow control on PostgreSQL, claim by claim: fairness, weights, priorities, limits, API.
+
+These drive the fair claim directly (no worker) so every assertion is about one claim's exact
+choice; tests/test_fairness_processes.py proves the same rules across worker processes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from jobrunner import ALL_TENANTS, InvalidArgumentError
+from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.postgres._flow import FlowGate
+from jobrunner.testing import running_worker
+
+A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
+B = uuid.UUID("00000000-0000-4000-8000-00000000000b")
+C = uuid.UUID("00000000-0000-4000-8000-00000000000c")
+
+MakeRunner = Callable[..., Awaitable[PostgresJobRunner]]
+
+
+@pytest.fixture
+async def prunner(make_runner: MakeRunner) -> PostgresJobRunner:
+    """A producer-only runner (no handlers needed to enqueue)."""
+    return await make_runner(require_registered=False)
+
+
+async def claim(
+    runner: PostgresJobRunner, limit: int, *, force: bool = True
+) -> list[dict[str, Any]]:
+    """One claim as a worker would make it; returns the claimed rows."""
+    gate = FlowGate(runner.db, force=force)
+    params = {"queues": ["default"], "limit": limit, "worker_id": uuid.uuid4(),
+              "lease_seconds": 30.0}
+    async with runner.db.connection() as conn:
+        rows = await gate.claim(conn, params)
+        if rows is None:
+            cur = await conn.execute(runner.db.queries.claim_jobs, params)
+            rows = await cur.fetchall()
+            if not rows:
+                rows = await gate.claim_after_empty(conn, params)
+    return list(rows)
+
+
+async def finish(runner: PostgresJobRunner, rows: list[dict[str, Any]]) -> None:
+    """Complete claimed rows (frees their capacity)."""
+    async with runner.db.connection() as conn:
+        await conn.execute(
+            runner.db.queries.complete_jobs,
+            {"tenants": [r["tenant"] for r in rows], "job_ids": [r["job_id"] for r in rows],
+             "tokens": [r["lease_token"] for r in rows], "results": [None] * len(rows),
+             "started": [r["started_at"] for r in rows], "durations": [1.0] * len(rows),
+             "worker_id": str(uuid.uuid4())},
+        )
+
+
+async def test_round_robin_serves_a_small_tenant_next_to_a_big_backlog(
+    prunner: PostgresJobRunner,
+) -> None:
+    await prunner.schedule_jobs("work", [{"i": i} for i in range(500)], tenant=A)
+    await prunner.schedule_jobs("work", [{"i": i} for i in range(6)], tenant=B)
+    first = await claim(prunner, 8)
+    counts = Counter(r["tenant"] for r in first)
+    assert counts == {A: 4, B: 4}
+    second = await claim(prunner, 8)
+    assert Counter(r["tenant"] for r in second) == {A: 6, B: 2}  # B has only 2 left
+
+
+async def test_without_flow_control_the_plain_claim_serves_the_backlog_first(
+    prunner: PostgresJobRunner,
+) -> None:
+    """The baseline the fair claim fixes (and proof the test above can tell the difference)."""
+    await prunner.schedule_jobs("work", [{"i": i} for i in range(50)], tenant=A)
+    await prunner.schedule_jobs("work", [{"i": i} for i in range(6)], tenant=B)
+    rows = await claim(prunner, 8, force=False)
+    assert Counter(r["tenant"] for r in rows) == {A: 8}
+
+
+async def test_weights_share_claims_in_proportion(prunner: PostgresJobRunner) -> None:
+    await prunner.schedule_jobs("work", [{} for _ in range(200)], tenant=A)
+    await prunner.schedule_jobs("work", [{} for _ in range(200)], tenant=B)
+    await prunner.flow.set_tenant_weight(A, 3)
+    got: Counter[uuid.UUID] = Counter()
+    for _ in range(10):
+        got.update(r["tenant"] for r in await claim(prunner, 4))
+    assert sum(got.values()) == 40
+    assert 28 <= got[A] <= 32, got
+
+
+async def test_a_returning_tenant_gets_no_burst_for_its_idle_time(
+    prunner: PostgresJobRunner,
+) -> None:
+    await prunner.schedule_jobs("work", [{} for _ in range(100)], tenant=A)
+    await prunner.flow.set_fair_claiming(True)
+    for _ in range(5):
+        await claim(prunner, 10)  # A alone: its pass and the virtual clock advance
+    await prunner.schedule_jobs("work", [{} for _ in range(100)], tenant=B)
+    rows = await claim(prunner, 10)
+    assert Counter(r["tenant"] for r in rows) == {A: 5, B: 5}
+
+
+async def test_priorities_still_order_a_tenants_own_jobs(prunner: PostgresJobRunner) -> None:
+    await prunner.schedule_jobs("work", [{"p": 0} for _ in range(5)], tenant=A)
+    await prunner.schedule_jobs("work", [{"p": 9} for _ in range(3)], tenant=A, priority=9)
+    await prunner.schedule_jobs("work", [{"p": 0} for _ in range(5)], tenant=B)
+    rows = await claim(prunner, 6)
+    assert sorted(r["data"]["p"] for r in rows if r["tenant"] == A) == [9, 9, 9]
+    assert Counter(r["tenant"] for r in rows) == {A: 3, B: 3}
+
+
+async def test_concurrency_limits_per_tenant_name_and_pair(prunner: PostgresJobRunner) -> None:
+    await prunner.schedule_jobs("work", [{} for _ in range(20)], tenant=A)
+    await prunner.schedule_jobs("report", [{} for _ in range(20)], tenant=B)
+    await prunner.schedule_jobs("report", [{} for _ in range(20)], tenant=C)
+    await prunner.schedule_jobs("work", [{} for _ in range(20)], tenant=C)
+    await prunner.flow.set_concurrency_limit(tenant=A, limit=2)
+    await prunner.flow.set_concurrency_limit(tenant=ALL_TENANTS, name="report", limit=3)
+    await prunner.flow.set_concurrency_limit(tenant=C, name="work", limit=1)
+    held = await claim(prunner, 50)
+    key = Counter((r["tenant"], r["type"]) for r in held)
+    assert key[(A, "work")] == 2
+    assert key[(B, "report")] + key[(C, "report")] == 3
+    assert key[(C, "work")] == 1
+    assert await claim(prunner, 50) == []  # everything at its limit: nothing more
+    await finish(prunner, [r for r in held if r["tenant"] == A][:1])
+    again = await claim(prunner, 50)
+    assert [(r["tenant"], r["type"]) for r in again] == [(A, "work")]
+    limits = {(r.tenant, r.name): r for r in await prunner.flow.get_limits(tenant=ALL_TENANTS)}
+    assert limits[(A, None)].running == 2
+    assert limits[(A, None)].max_running == 2
+    assert limits[(None, "report")].running == 3
+    # A tenant sees its own rules and the name rules, never another tenant's.
+    seen = {(r.tenant, r.name) for r in await prunner.flow.get_limits(tenant=B)}
+    assert seen == {(None, "report")}
+
+
+async def test_rescue_and_release_free_capacity(prunner: PostgresJobRunner) -> None:
+    await prunner.schedule_jobs("work", [{} for _ in range(5)], tenant=A)
+    await prunner.flow.set_concurrency_limit(tenant=A, limit=1)
+    (held,) = await claim(prunner, 5)
+    assert await claim(prunner, 5) == []
+    async with prunner.db.connection() as conn:
+        await conn.execute(
+            prunner.db.queries.release_jobs,
+            {"tenants": [held["tenant"]], "job_ids": [held["job_id"]],
+             "tokens": [held["lease_token"]], "channel": prunner.db.channel_jobs},
+        )
+    (held2,) = await claim(prunner, 5)
+    assert await claim(prunner, 5) == []
+    async with prunner.db.connection() as conn:  # the worker died: its lease runs out
+        await conn.execute(
+            f'UPDATE "{prunner.schema}".jobs SET lease_expires_at = now() - interval \'1 s\' '
+            "WHERE job_id = %s", (held2["job_id"],),
+        )
+        await conn.execute(prunner.db.queries.rescue_expired)
+    assert len(await claim(prunner, 5)) == 1
+
+
+async def test_rate_limit_is_a_sliding_window(prunner: PostgresJobRunner) -> None:
+    await prunner.schedule_jobs("ping", [{} for _ in range(10)], tenant=A)
+    await prunner.schedule_jobs("work", [{} for _ in range(10)], tenant=B)
+    await prunner.flow.set_rate_limit(tenant=ALL_TENANTS, name="ping", count=3, per=3600)
+    await prunner.flow.set_rate_limit(tenant=B, count=2, per=3600)
+    rows = await claim(prunner, 20)
+    assert Counter(r["type"] for r in rows) == {"ping": 3, "work": 2}
+    await finish(prunner, rows)  # finishing does not refund a rate window
+    assert await claim(prunner, 20) == []
+    (rule,) = [r for r in await prunner.flow.get_limits(tenant=A) if r.name == "ping"]
+    assert rule.rate_used == 3
+    assert rule.rate_count == 3
+    assert rule.rate_period == 3600
+    await prunner.flow.set_rate_limit(tenant=ALL_TENANTS, name="ping", count=None)
+    assert Counter(r["type"] for r in await claim(prunner, 20)) == {"ping": 7}
+
+
+async def test_pause_resume_and_purge(prunner: PostgresJobRunner) -> None:
+    await prunner.schedule_jobs("work", [{} for _ in range(4)], tenant=A)
+    await prunner.schedule_jobs("report", [{} for _ in range(4)], tenant=B)
+    await prunner.schedule_jobs("work", [{} for _ in range(4)], tenant=B)
+    await prunner.flow.pause(tenant=A)
+    await prunner.flow.pause(tenant=ALL_TENANTS, name="report")
+    rows = await claim(prunner, 20)
+    assert Counter((r["tenant"], r["type"]) for r in rows) == {(B, "work"): 4}
+    await prunner.flow.resume(tenant=ALL_TENANTS, name="report")
+    assert Counter(r["type"] for r in await claim(prunner, 20)) == {"report": 4}
+    await prunner.flow.resume(tenant=A)
+    (one,) = await claim(prunner, 1)
+    assert one["tenant"] == A
+    assert await prunner.flow.purge_tenant(A) == 3  # the running one stays
+    info = await prunner.get_job_status(one["job_id"], tenant=A)
+    assert info is not None
+    assert info.status.value == "processing"
+    assert await prunner.flow.purge_tenant(A) == 0
+    # Pausing and resuming with nothing else configured leaves no rule behind.
+    assert await prunner.flow.get_limits(tenant=ALL_TENANTS) == []
+
+
+async def test_worker_switches_to_the_fair_claim_when_a_rule_appears(
+    make_runner: MakeRunner, registry: Any
+) -> None:
+    done: list[uuid.UUID] = []
+
+    async def work(ctx: Any, data: dict[str, Any]) -> None:
+        done.append(ctx.tenant)
+
+    registry.add("work", work)
+    runner = await make_runner()
+    async with running_worker(runner, concurrency=4):
+        await runner.flow.pause(tenant=A)  # flow control goes on while the worker runs
+        held = await runner.schedule_job("work", {}, tenant=A)
+        marker = await runner.schedule_job("work", {}, tenant=B)
+        await runner.wait_for_job(marker.job_id, tenant=B, timeout=30)
+        info = await runner.get_job_status(held.job_id, tenant=A)
+        assert info is not None
+        assert info.status.value == "queued"
+        await runner.flow.resume(tenant=A)
+        final = await runner.wait_for_job(held.job_id, tenant=A, timeout=30)
+        assert final.status.value == "completed"
+    metrics = await runner.get_metrics(tenant=ALL_TENANTS)
+    flow = metrics.extra["flow"]
+    assert flow["enabled"] is False
+    assert flow["rules"] == []
+
+
+async def test_metrics_show_rules_usage_and_tenants(prunner: PostgresJobRunner) -> None:
+    await prunner.schedule_jobs("work", [{} for _ in range(5)], tenant=A)
+    await prunner.flow.set_concurrency_limit(tenant=A, limit=2)
+    await claim(prunner, 5)
+    flow = (await prunner.get_metrics(tenant=A)).extra["flow"]
+    assert flow["enabled"] is True
+    assert flow["rules"][0]["running"] == 2
+    assert flow["rules"][0]["max_running"] == 2
+    assert flow["tenants"][str(A)] == {"queued": 3, "due": 3, "running": 2, "pass": 2.0}
+    other = await prunner.flow_metrics(tenant=B)
+    assert other["rules"] == []
+    assert other["tenants"] == {}
+
+
+@pytest.mark.parametrize(
+    ("call", "kwargs"),
+    [
+        ("set_concurrency_limit", {"limit": 1, "tenant": ALL_TENANTS}),  # no scope
+        ("set_concurrency_limit", {"limit": -1, "tenant": A}),
+        ("set_concurrency_limit", {"limit": True, "tenant": A}),
+        ("set_concurrency_limit", {"limit": 1, "tenant": "not-a-uuid"}),
+        ("set_rate_limit", {"count": 1, "per": 0, "tenant": A}),
+        ("set_rate_limit", {"count": 1, "per": "1s", "tenant": A}),
+        ("set_rate_limit", {"count": 1, "tenant": A, "name": ""}),
+        ("pause", {"tenant": ALL_TENANTS}),
+    ],
+)
+async def test_bad_arguments_are_refused_and_nothing_is_written(
+    prunner: PostgresJobRunner, call: str, kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidArgumentError):
+        await getattr(prunner.flow, call)(**kwargs)
+    assert await prunner.flow.get_limits(tenant=ALL_TENANTS) == []
+    with pytest.raises(InvalidArgumentError):
+        await prunner.flow.set_tenant_weight(A, 0)
+    with pytest.raises(InvalidArgumentError):
+        await prunner.flow.purge_tenant(A, queue="")

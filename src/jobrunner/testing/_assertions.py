@@ -53,7 +53,7 @@ def enqueued_jobs(
     if isinstance(inner, InMemoryJobRunner):
         found = []
         for job in sorted(inner._jobs.values(), key=lambda j: j.seq):
-            if job.key in inner._schedules:
+            if job.tracker:
                 continue
             if tenant is not ALL_TENANTS and job.tenant != as_tenant(tenant):
                 continue
@@ -91,8 +91,9 @@ def _query(
     statuses: frozenset[JobStatus] | None,
 ) -> list[EnqueuedJob]:
     clauses = [
+        # Recurring schedules' tracker rows are bookkeeping, not jobs anyone enqueued.
         sql.SQL("status <> 'active'"),
-        sql.SQL("(schedule_id IS NULL OR schedule_id <> job_id)"),
+        sql.SQL("coalesce(metadata ->> 'recurring', '') <> 'true'"),
     ]
     params: dict[str, Any] = {}
     if tenant is not ALL_TENANTS:

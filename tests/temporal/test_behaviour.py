@@ -40,26 +40,33 @@ async def wait_processing(runner: Any, job_id: uuid.UUID, tenant: Any = None) ->
     )
 
 
-async def test_schedule_complete_and_result(runner: Any, worker: Any,
-                                            registry: JobHandlerRegistry) -> None:
+async def test_schedule_complete_and_result(
+    runner: Any, worker: Any, registry: JobHandlerRegistry
+) -> None:
     async def add(ctx: JobContext, data: dict[str, Any]) -> dict[str, Any]:
         return {"sum": data["a"] + data["b"], "attempt": ctx.attempt}
 
     registry.add("add", add)
     tenant = uuid.uuid4()
-    handle = await runner.schedule_job("add", {"a": 2, "b": 3}, tenant=tenant,
-                                       metadata={"source": "test"})
-    assert handle.created and handle.tenant == tenant
+    handle = await runner.schedule_job(
+        "add", {"a": 2, "b": 3}, tenant=tenant, metadata={"source": "test"}
+    )
+    assert handle.created
+    assert handle.tenant == tenant
     info = await runner.wait_for_job(handle.job_id, tenant=tenant, timeout=60)
     assert info.status is JobStatus.COMPLETED
     assert info.result == {"sum": 5, "attempt": 1}
-    assert info.attempts == 1 and info.progress == 100 and info.error is None
+    assert info.attempts == 1
+    assert info.progress == 100
+    assert info.error is None
     assert info.metadata == {"source": "test"}
-    assert info.started_at is not None and info.completed_at is not None
+    assert info.started_at is not None
+    assert info.completed_at is not None
     attempts = await details(runner, handle.job_id, "attempt")
     assert [(a["status"], a["retry_count"]) for a in attempts] == [("completed", 1)]
     job = await runner.get_job_details(handle.job_id, tenant=tenant)
-    assert job is not None and job.data == {"a": 2, "b": 3}
+    assert job is not None
+    assert job.data == {"a": 2, "b": 3}
 
 
 async def test_retries_follow_the_policy_without_flapping(
@@ -77,16 +84,31 @@ async def test_retries_follow_the_policy_without_flapping(
     registry.add("flaky", flaky, retry=RetryPolicy(max_attempts=3, **FAST))
     handle = await runner.schedule_job("flaky", {})
     info = await runner.wait_for_job(handle.job_id, timeout=60)
-    assert info.status is JobStatus.COMPLETED and info.result == "ok"
-    assert calls == [1, 2, 3] and info.attempts == 3
-    log = await fetch(runner, "SELECT new_status, attempts FROM {schema}.status_log "
-                              "WHERE job_id = %s ORDER BY seq", handle.job_id)
+    assert info.status is JobStatus.COMPLETED
+    assert info.result == "ok"
+    assert calls == [1, 2, 3]
+    assert info.attempts == 3
+    log = await fetch(
+        runner,
+        "SELECT new_status, attempts FROM {schema}.status_log WHERE job_id = %s ORDER BY seq",
+        handle.job_id,
+    )
     statuses = [r["new_status"] for r in log]
-    assert statuses == ["queued", "processing", "retrying", "processing", "retrying",
-                        "processing", "completed"], statuses
+    assert statuses == [
+        "queued",
+        "processing",
+        "retrying",
+        "processing",
+        "retrying",
+        "processing",
+        "completed",
+    ], statuses
     attempts = await details(runner, handle.job_id, "attempt")
     assert [(a["status"], a["retry_count"]) for a in attempts] == [
-        ("failed", 1), ("failed", 2), ("completed", 3)]
+        ("failed", 1),
+        ("failed", 2),
+        ("completed", 3),
+    ]
     assert "boom 1" in attempts[0]["result"]["message"]
 
 
@@ -99,9 +121,12 @@ async def test_exhausted_retries_fail_with_the_last_error(
     registry.add("broken", broken, retry=RetryPolicy(max_attempts=2, **FAST))
     handle = await runner.schedule_job("broken", {})
     info = await runner.wait_for_job(handle.job_id, timeout=60)
-    assert info.status is JobStatus.FAILED and info.attempts == 2
-    assert info.error is not None and info.error.type == "ValueError"
-    assert info.error.message == "bad input 2" and "Traceback" in (info.error.traceback or "")
+    assert info.status is JobStatus.FAILED
+    assert info.attempts == 2
+    assert info.error is not None
+    assert info.error.type == "ValueError"
+    assert info.error.message == "bad input 2"
+    assert "Traceback" in (info.error.traceback or "")
 
 
 async def test_non_retryable(runner: Any, worker: Any, registry: JobHandlerRegistry) -> None:
@@ -112,14 +137,17 @@ async def test_non_retryable(runner: Any, worker: Any, registry: JobHandlerRegis
         raise KeyError("missing")
 
     registry.add("refuse", refuse, retry=RetryPolicy(max_attempts=5, **FAST))
-    registry.add("listed", listed,
-                 retry=RetryPolicy(max_attempts=5, non_retryable_errors=[KeyError], **FAST))
+    registry.add(
+        "listed", listed, retry=RetryPolicy(max_attempts=5, non_retryable_errors=[KeyError], **FAST)
+    )
     a = await runner.schedule_job("refuse", {})
     b = await runner.schedule_job("listed", {})
     for handle, kind in ((a, "NonRetryable"), (b, "KeyError")):
         info = await runner.wait_for_job(handle.job_id, timeout=60)
-        assert info.status is JobStatus.FAILED and info.attempts == 1
-        assert info.error is not None and info.error.type.endswith(kind)
+        assert info.status is JobStatus.FAILED
+        assert info.attempts == 1
+        assert info.error is not None
+        assert info.error.type.endswith(kind)
 
 
 async def test_retry_with_delay(runner: Any, worker: Any, registry: JobHandlerRegistry) -> None:
@@ -128,18 +156,22 @@ async def test_retry_with_delay(runner: Any, worker: Any, registry: JobHandlerRe
             raise Retry(delay=1.0, reason="not yet")
         return ctx.attempt
 
-    registry.add("later", later, retry=RetryPolicy(max_attempts=3, initial_interval=30,
-                                                   max_interval=60))
+    registry.add(
+        "later", later, retry=RetryPolicy(max_attempts=3, initial_interval=30, max_interval=60)
+    )
     handle = await runner.schedule_job("later", {})
     info = await runner.wait_for_job(handle.job_id, timeout=60)
-    assert info.status is JobStatus.COMPLETED and info.result == 2
+    assert info.status is JobStatus.COMPLETED
+    assert info.result == 2
     first, second = await details(runner, handle.job_id, "attempt")
-    assert first["status"] == "failed" and first["result"]["message"] == "not yet"
+    assert first["status"] == "failed"
+    assert first["result"]["message"] == "not yet"
     # The policy's 30 s backoff was replaced by the requested delay: attempt 2 started about
     # a second after attempt 1 failed, never before.
-    gap = (second["metadata"]["started_at"] and datetime.fromisoformat(
-        second["metadata"]["started_at"])) - datetime.fromisoformat(
-        first["metadata"]["next_run_at"])
+    gap = (
+        second["metadata"]["started_at"]
+        and datetime.fromisoformat(second["metadata"]["started_at"])
+    ) - datetime.fromisoformat(first["metadata"]["next_run_at"])
     assert gap >= timedelta(seconds=-0.2)
     assert gap < timedelta(seconds=25)
 
@@ -153,8 +185,10 @@ async def test_timeout_counts_as_a_failed_attempt(
     registry.add("slow", slow, timeout=0.5, retry=RetryPolicy(max_attempts=2, **FAST))
     handle = await runner.schedule_job("slow", {})
     info = await runner.wait_for_job(handle.job_id, timeout=60)
-    assert info.status is JobStatus.FAILED and info.attempts == 2
-    assert info.error is not None and "JobTimeoutError" in info.error.type
+    assert info.status is JobStatus.FAILED
+    assert info.attempts == 2
+    assert info.error is not None
+    assert "JobTimeoutError" in info.error.type
 
 
 async def test_cancel_running_async_handler(
@@ -175,12 +209,16 @@ async def test_cancel_running_async_handler(
     tenant = uuid.uuid4()
     handle = await runner.schedule_job("long", {}, tenant=tenant)
     await asyncio.wait_for(started.wait(), 60)
-    assert await runner.cancel_job(handle.job_id, tenant=tenant, reason="stop",
-                                   cancelled_by="ops") is True
+    assert (
+        await runner.cancel_job(handle.job_id, tenant=tenant, reason="stop", cancelled_by="ops")
+        is True
+    )
     await asyncio.wait_for(stopped.wait(), 30)
     info = await runner.get_job_status(handle.job_id, tenant=tenant)
-    assert info is not None and info.status is JobStatus.CANCELLED
-    assert info.metadata["cancel_reason"] == "stop" and info.metadata["cancelled_by"] == "ops"
+    assert info is not None
+    assert info.status is JobStatus.CANCELLED
+    assert info.metadata["cancel_reason"] == "stop"
+    assert info.metadata["cancelled_by"] == "ops"
     assert await runner.cancel_job(handle.job_id, tenant=tenant) is False
 
 
@@ -203,7 +241,9 @@ async def test_cancel_running_sync_handler(
     assert await runner.cancel_job(handle.job_id) is True
     assert await asyncio.to_thread(saw_cancel.wait, 30)
     info = await runner.get_job_status(handle.job_id)
-    assert info is not None and info.status is JobStatus.CANCELLED and info.result is None
+    assert info is not None
+    assert info.status is JobStatus.CANCELLED
+    assert info.result is None
 
 
 async def test_cancel_delayed_job(runner: Any, worker: Any, registry: JobHandlerRegistry) -> None:
@@ -215,10 +255,12 @@ async def test_cancel_delayed_job(runner: Any, worker: Any, registry: JobHandler
     registry.add("never", never)
     handle = await runner.schedule_job_at("never", {}, datetime.now(UTC) + timedelta(hours=1))
     info = await runner.get_job_status(handle.job_id)
-    assert info is not None and info.status is JobStatus.PENDING
+    assert info is not None
+    assert info.status is JobStatus.PENDING
     assert await runner.cancel_job(handle.job_id) is True
     info = await runner.get_job_status(handle.job_id)
-    assert info is not None and info.status is JobStatus.CANCELLED
+    assert info is not None
+    assert info.status is JobStatus.CANCELLED
     assert ran == []
 
 
@@ -237,16 +279,22 @@ async def test_progress_and_steps(runner: Any, worker: Any, registry: JobHandler
 
     registry.add("report", report)
     handle = await runner.schedule_job("report", {})
-    mid = await eventually(lambda: runner.get_job_status(handle.job_id),
-                           lambda i: i is not None and i.progress == 40, what="progress 40")
-    assert mid.progress_message == "fetched" and mid.status is JobStatus.PROCESSING
+    mid = await eventually(
+        lambda: runner.get_job_status(handle.job_id),
+        lambda i: i is not None and i.progress == 40,
+        what="progress 40",
+    )
+    assert mid.progress_message == "fetched"
+    assert mid.status is JobStatus.PROCESSING
     gate.set()
     info = await runner.wait_for_job(handle.job_id, timeout=60)
-    assert info.status is JobStatus.COMPLETED and info.progress == 100
+    assert info.status is JobStatus.COMPLETED
+    assert info.progress == 100
     job = await runner.get_job_details(handle.job_id)
     assert job is not None
     steps = {s.step_name: s for s in job.steps}
-    assert steps["fetch"].status is JobStatus.COMPLETED and steps["fetch"].result == {"rows": 3}
+    assert steps["fetch"].status is JobStatus.COMPLETED
+    assert steps["fetch"].result == {"rows": 3}
     assert steps["fetch"].retry_count == 1
     assert steps["flaky-part"].status is JobStatus.FAILED
     assert steps["attempt"].status is JobStatus.COMPLETED
@@ -269,7 +317,8 @@ async def test_tenant_isolation(runner: Any, worker: Any, registry: JobHandlerRe
     assert await runner.get_job_status(handle.job_id) is None  # the system tenant is a tenant
     gate.set()
     info = await runner.wait_for_job(handle.job_id, tenant=owner, timeout=60)
-    assert info.status is JobStatus.COMPLETED and info.result == str(owner)
+    assert info.status is JobStatus.COMPLETED
+    assert info.result == str(owner)
 
 
 async def test_singleton_key(runner: Any, worker: Any, registry: JobHandlerRegistry) -> None:
@@ -281,15 +330,17 @@ async def test_singleton_key(runner: Any, worker: Any, registry: JobHandlerRegis
     registry.add("single", single)
     first = await runner.schedule_job("single", {"n": 1}, singleton_key="k")
     second = await runner.schedule_job("single", {"n": 2}, singleton_key="k")
-    assert first.created and not second.created and second.job_id == first.job_id
+    assert first.created
+    assert not second.created
+    assert second.job_id == first.job_id
     assert second.external_id == first.external_id
-    other_tenant = await runner.schedule_job("single", {}, singleton_key="k",
-                                             tenant=uuid.uuid4())
+    other_tenant = await runner.schedule_job("single", {}, singleton_key="k", tenant=uuid.uuid4())
     assert other_tenant.created
     gate.set()
     await runner.wait_for_job(first.job_id, timeout=60)
     third = await runner.schedule_job("single", {"n": 3}, singleton_key="k")
-    assert third.created and third.job_id != first.job_id
+    assert third.created
+    assert third.job_id != first.job_id
     await runner.wait_for_job(third.job_id, timeout=60)
 
 
@@ -305,8 +356,10 @@ async def test_schedule_at_and_bulk(runner: Any, worker: Any, registry: JobHandl
     results = [await runner.wait_for_job(h.job_id, timeout=60) for h in many]
     assert [r.result for r in results] == list(range(5))
     info = await runner.wait_for_job(later.job_id, timeout=60)
-    assert info.status is JobStatus.COMPLETED and info.result == -1
-    assert info.started_at is not None and info.started_at >= run_at - timedelta(seconds=0.5)
+    assert info.status is JobStatus.COMPLETED
+    assert info.result == -1
+    assert info.started_at is not None
+    assert info.started_at >= run_at - timedelta(seconds=0.5)
 
 
 async def test_bad_input_writes_nothing(runner: Any, registry: JobHandlerRegistry) -> None:
@@ -326,8 +379,7 @@ async def test_bad_input_writes_nothing(runner: Any, registry: JobHandlerRegistr
     assert rows[0]["n"] == 0
 
 
-async def test_retry_job_runs_again(runner: Any, worker: Any,
-                                    registry: JobHandlerRegistry) -> None:
+async def test_retry_job_runs_again(runner: Any, worker: Any, registry: JobHandlerRegistry) -> None:
     fail = [True]
 
     async def once(ctx: JobContext, data: dict[str, Any]) -> str:
@@ -342,6 +394,7 @@ async def test_retry_job_runs_again(runner: Any, worker: Any,
     fail[0] = False
     assert await runner.retry_job(handle.job_id) is True
     info = await runner.wait_for_job(handle.job_id, timeout=60)
-    assert info.status is JobStatus.COMPLETED and info.result == "second time"
+    assert info.status is JobStatus.COMPLETED
+    assert info.result == "second time"
     assert info.attempts == 1
     assert await runner.retry_job(handle.job_id) is False

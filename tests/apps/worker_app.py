@@ -1,0 +1,29 @@
+"""Handlers for subprocess workers started by tests/test_worker_process.py.
+
+Run as ``jobrunner-worker --app apps.worker_app`` with ``PYTHONPATH`` set to ``tests/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from jobrunner import JobContext, RetryPolicy, job
+
+
+@job("proc-block", retry=RetryPolicy(max_attempts=3, initial_interval=0.1), timeout=600)
+async def proc_block(ctx: JobContext, data: dict[str, Any]) -> dict[str, Any]:
+    """Report that it started, then wait until the test creates ``data["release_file"]``."""
+    await ctx.set_progress(10, f"started attempt {ctx.attempt} in {os.getpid()}")
+    release = data.get("release_file")
+    # Polling a file is the only signal a test can send into another process's handler.
+    while release is None or not os.path.exists(release):
+        await asyncio.sleep(0.05)
+    return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@job("proc-echo")
+def proc_echo(ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """A sync handler returning its input and the process id."""
+    return {"echo": data, "pid": os.getpid()}

@@ -29,10 +29,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the runner from the environment and run its worker."""
     import_apps(args.app)
-    return asyncio.run(_serve(args))
+    workers: list[object] = []
+    code = asyncio.run(_serve(args, workers))
+    for worker in workers:
+        # A backend whose SDK runs native threads may have to end the process itself after a
+        # clean shutdown (Temporal: see TemporalWorker.exit_process); it does not return.
+        exit_process = getattr(worker, "exit_process", None)
+        if callable(exit_process):
+            exit_process(code)
+    return code
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
     from jobrunner._factory import JobRunnerFactory
 
     settings = settings_from(args)
@@ -44,6 +52,7 @@ async def _serve(args: argparse.Namespace) -> int:
         options["shutdown_grace"] = args.grace
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     worker = runner.create_worker(concurrency=args.concurrency, queues=queues, **options)
+    workers.append(worker)
     loop = asyncio.get_running_loop()
     signals_seen = 0
     stop_tasks: list[asyncio.Task[None]] = []

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import sys
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -166,6 +168,23 @@ class TemporalWorker(JobWorker):
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
             logger.info("jobrunner temporal worker %s stopped", self.worker_id)
+
+    def exit_process(self, code: int) -> NoReturn:
+        """End the process with ``code`` after a clean shutdown, skipping interpreter
+        finalization. The CLI calls this once :meth:`run` has returned and the runner is closed.
+
+        Why: temporalio's native (Rust) runtime keeps threads that may touch Python thread
+        states while the interpreter finalizes, aborting a finished process with
+        ``Fatal Python error: PyGILState_Release`` (sdk-python issue #300; seen in most runs
+        here). Everything that matters is done by then: the worker has shut down (activity
+        results reported to the server), the database pool is closed. So flush the logs and
+        standard streams and leave with ``os._exit``.
+        """
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
     def _cancel_running(self) -> None:
         if self._activities is None:

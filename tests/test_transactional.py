@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from apps.helpers import count_jobs
 from jobrunner import (
@@ -82,6 +83,33 @@ async def test_async_singleton_on_connection(
     assert await count_jobs(runner) == 1
 
 
+async def test_callers_row_factory_does_not_matter(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry, jobrunner_dsn: str
+) -> None:
+    registry.add("tx", noop)
+    async with await psycopg.AsyncConnection.connect(jobrunner_dsn, row_factory=dict_row) as conn:
+        first = await runner.schedule_job("tx", {}, singleton_key="s", connection=conn)
+        again = await runner.schedule_job("tx", {}, singleton_key="s", connection=conn)
+        await conn.commit()
+    assert first.created and not again.created and again.job_id == first.job_id
+    info = await runner.get_job_status(first.job_id)
+    assert info is not None and info.status is JobStatus.QUEUED
+
+
+def test_sync_callers_row_factory_does_not_matter(
+    jobrunner_dsn: str, schema: str, registry: JobHandlerRegistry
+) -> None:
+    registry.add("tx", noop)
+    with SyncJobRunner(PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry,
+                                         pool_size=1)) as sync:
+        with psycopg.connect(jobrunner_dsn, row_factory=dict_row) as conn:
+            first = sync.schedule_job("tx", {}, singleton_key="s", connection=conn)
+            again = sync.schedule_job("tx", {}, singleton_key="s", connection=conn)
+            conn.commit()
+        assert first.created and not again.created and again.job_id == first.job_id
+        assert sync.get_job_status(first.job_id) is not None
+
+
 async def test_wrong_connection_types(
     runner: PostgresJobRunner, registry: JobHandlerRegistry, jobrunner_dsn: str
 ) -> None:
@@ -131,8 +159,10 @@ def test_sync_connection_rollback_and_commit(
         assert info is not None and info.status is JobStatus.QUEUED and info.tenant.int == 7
         assert sync.get_job_status(kept_bulk[0].job_id) is not None
         with psycopg.connect(jobrunner_dsn) as conn:
-            with pytest.raises(InvalidArgumentError):
+            with pytest.raises(TypeError, match="bogus"):
                 sync.schedule_job("tx", {}, connection=conn, bogus=1)
+            with pytest.raises(TypeError, match="bogus"):
+                sync.schedule_jobs("tx", [{}], connection=conn, bogus=1)
             with pytest.raises(InvalidArgumentError):
                 sync.schedule_job("tx", {"x": float("nan")}, connection=conn)
             conn.commit()

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from jobrunner._config import Settings
 from jobrunner._db._errors import translate_errors
@@ -105,6 +106,7 @@ class SyncJobRunner:
     ) -> list[ScheduledJob]:
         """See :meth:`JobRunner.schedule_jobs`."""
         if connection is not None:
+            _check_options("schedule_jobs", options, _BULK_OPTIONS)
             pg = self._postgres()
             conn = _sync_connection(connection)
             base, ids, payloads = pg.prepare_bulk(
@@ -190,10 +192,7 @@ class SyncJobRunner:
     ) -> ScheduledJob:
         pg = self._postgres()
         conn = _sync_connection(connection)
-        allowed = {"tenant", "priority", "singleton_key", "user_id", "metadata", "queue"}
-        unknown = set(options) - allowed
-        if unknown:
-            raise InvalidArgumentError(f"unknown options: {', '.join(sorted(unknown))}")
+        _check_options("schedule_job", options, _SINGLE_OPTIONS)
         params = pg.prepare_insert(
             name, data, run_at, tenant=options.get("tenant"),
             priority=options.get("priority", 0), singleton_key=options.get("singleton_key"),
@@ -201,16 +200,28 @@ class SyncJobRunner:
             queue=options.get("queue"),
         )
         with translate_errors():
-            cur = conn.execute(pg.db.queries.insert_job, params)
-            row = cur.fetchone()
+            # Tuple rows whatever row factory the caller's connection uses.
+            cur = conn.cursor(row_factory=tuple_row)
+            row = cur.execute(pg.db.queries.insert_job, params).fetchone()
             if row is None and params["singleton_key"] is not None:
-                existing = conn.execute(pg.db.queries.find_singleton, params).fetchone()
+                existing = cur.execute(pg.db.queries.find_singleton, params).fetchone()
                 if existing is not None:
                     return ScheduledJob(job_id=existing[0], external_id=str(existing[0]),
                                         tenant=params["tenant"], created=False)
         if row is None:
             return self._insert_with(connection, name, data, run_at, options)
         return ScheduledJob(job_id=row[0], external_id=str(row[0]), tenant=params["tenant"])
+
+
+_SINGLE_OPTIONS = frozenset({"tenant", "priority", "singleton_key", "user_id", "metadata", "queue"})
+_BULK_OPTIONS = frozenset({"tenant", "priority", "run_at", "user_id", "metadata", "queue"})
+
+
+def _check_options(method: str, options: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    # The same TypeError Python raises for the async runner's keyword-only signature.
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(f"{method}() got unexpected keyword arguments: {', '.join(unknown)}")
 
 
 def _sync_connection(connection: Any) -> psycopg.Connection[Any]:

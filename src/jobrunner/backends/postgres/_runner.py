@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from jobrunner._db._database import Database
@@ -185,7 +186,8 @@ class PostgresJobRunner(JobRunner):
                     "with a sync connection)"
                 )
             with translate_errors():
-                cur = connection.cursor()
+                # Tuple rows whatever row factory the caller's connection uses.
+                cur = connection.cursor(row_factory=tuple_row)
                 await cur.execute(self.db.queries.insert_job, params)
                 row = await cur.fetchone()
                 if row is None and params["singleton_key"] is not None:

@@ -297,3 +297,36 @@ async def test_transactional_connection_is_refused(
             await trunner.schedule_jobs("tx", [{}], connection=conn)
     rows = await fetch(trunner, "SELECT count(*) AS n FROM {schema}.jobs")
     assert rows[0]["n"] == 0
+
+
+async def test_worker_stop_past_grace_retries_the_job_elsewhere(
+    trunner: Any, registry: JobHandlerRegistry
+) -> None:
+    from jobrunner import RetryPolicy
+    from jobrunner.testing import running_worker
+
+    started = asyncio.Event()
+
+    async def patient(ctx: JobContext, data: dict[str, Any]) -> int:
+        if ctx.attempt == 1:
+            started.set()
+            await asyncio.Event().wait()
+        return ctx.attempt
+
+    registry.add(
+        "patient", patient, retry=RetryPolicy(max_attempts=3, initial_interval=0.1, jitter=0.0)
+    )
+    async with running_worker(trunner, grace=0.3, shutdown_grace=0.3):
+        handle = await trunner.schedule_job("patient", {})
+        await asyncio.wait_for(started.wait(), 60)
+    # The interrupted attempt is a failed attempt to retry, not a cancelled job.
+    info = await eventually(
+        lambda: trunner.get_job_status(handle.job_id),
+        lambda i: i.status is not JobStatus.PROCESSING,
+        what="released",
+    )
+    assert info.status is JobStatus.RETRYING
+    async with running_worker(trunner):
+        info = await trunner.wait_for_job(handle.job_id, timeout=60)
+    assert info.status is JobStatus.COMPLETED
+    assert info.result == 2

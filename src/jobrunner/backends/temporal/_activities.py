@@ -24,7 +24,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from jobrunner._context import JobContext, SyncJobContext
-from jobrunner._errors import HandlerNotFoundError, NonRetryable, Retry
+from jobrunner._errors import HandlerNotFoundError, NonRetryable, Retry, UnavailableError
 from jobrunner._models import JobStatus
 from jobrunner._outcome import decide_failure, describe_error, timeout_error
 from jobrunner._policy import RetryPolicy
@@ -158,10 +158,20 @@ class JobActivities:
             result = await self._invoke(spec, ctx, inp.data, inp.policy.timeout)
             text = None if result is None else json.dumps(result, allow_nan=False)
         except asyncio.CancelledError:
-            # Cancelled through Temporal (cancel_job, the cancelJob signal, or shutdown): the
-            # row is marked by whoever cancelled; this attempt records nothing more.
             ctx.mark_cancelled()
-            raise
+            details = activity.cancellation_details()
+            if details is not None and details.cancel_requested:
+                # The job was cancelled (cancel_job or the cancelJob signal): whoever cancelled
+                # marks the row; this attempt records nothing more.
+                raise
+            # Stopped for another reason (worker shutdown past its grace, the server gave up on
+            # this attempt): a failed attempt that the policy retries, not a cancelled job.
+            stop = UnavailableError("the attempt was interrupted before the handler finished")
+            decision = decide_failure(stop, attempt=info.attempt, policy=policy)
+            await self._record_failure(
+                ctx, decision.error.to_json(), decision.retry_in, started_wall, started
+            )
+            raise _as_application_error(stop, decision.retry_in) from None
         except Exception as exc:  # noqa: BLE001 - every handler failure is recorded
             decision = decide_failure(exc, attempt=info.attempt, policy=policy)
             await self._record_failure(

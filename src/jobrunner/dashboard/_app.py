@@ -40,7 +40,7 @@ TenantSpec = uuid.UUID | str | AllTenants | None | Callable[[Request, Any], Any]
 AuthHook = Callable[[Request], Any]
 ReadOnlySpec = bool | Callable[[Request, Any], Any]
 
-PAGE_SIZES = (25, 50, 100, 200)
+PAGE_SIZES = (10, 25, 50, 100, 200)
 KNOWN_RUNNER_TYPES = ("postgres", "temporal", "memory")
 NOTICES = {
     "cancelled": "The job was cancelled.",

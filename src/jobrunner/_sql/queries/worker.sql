@@ -6,8 +6,9 @@
 -- Performance (docs/performance.md): one ordered index scan of jobs_claim_idx per queue
 -- (`queue = ANY(array)` made PostgreSQL 15 scan and sort every live row), and the UPDATE
 -- finds the locked rows by ctid (a hash join against a seq scan of jobs was chosen before).
--- The ctids are stable: the rows stay locked by this statement until it commits, and the
--- UPDATE re-checks the live status anyway.
+-- The ctids are stable: the rows stay locked by this statement until it commits (LockRows
+-- returns the version it locked). No status re-check in the UPDATE on purpose: it would let
+-- the planner scan a partial index of all live rows instead of the Tid Scan.
 WITH picked AS (
     SELECT p.row_ctid
     FROM unnest(%(queues)s::text[]) AS q(name)
@@ -33,7 +34,6 @@ SET status = 'processing',
     started_at = now(),
     updated_at = timezone('utc', now())
 WHERE j.ctid = ANY(ARRAY(SELECT row_ctid FROM picked))
-  AND j.status IN ('pending', 'queued', 'retrying') AND j.runner_type = 'postgres'
 RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
           j.queue, j.metadata, j.schedule_id, j.started_at
 

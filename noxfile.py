@@ -48,3 +48,14 @@ def demo(session: nox.Session) -> None:
     """The main job: a worker on a private PostgreSQL runs the example app's jobs."""
     _install(session)
     session.run("python", "-m", "jobrunner.demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (docs/performance.md): full run writes bench/RESULTS.md.
+
+    ``nox -s bench -- --smoke`` runs a few hundred jobs (what CI exercises via
+    tests/test_bench_smoke.py); other arguments go to bench/run.py (``--only``, ``--dsn``).
+    """
+    _install(session)
+    session.run("python", "bench/run.py", *session.posargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -73,10 +74,13 @@ def _answers(address: str, namespace: str) -> bool:
         client = await asyncio.wait_for(Client.connect(address, namespace=namespace), 5)
         return bool(await client.service_client.check_health())
 
-    try:
-        return asyncio.run(probe())
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
+    # A thread of its own: the caller may be inside a running event loop (an async fixture
+    # asking for a session fixture), where asyncio.run is not allowed.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            return pool.submit(lambda: asyncio.run(probe())).result()
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
 
 
 @contextlib.contextmanager

@@ -299,8 +299,13 @@ async def test_transactional_connection_is_refused(
     assert rows[0]["n"] == 0
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"grace": 0.3, "shutdown_grace": 0.3}, {"grace": 0.0}],
+    ids=["sdk-grace", "forced-stop"],
+)
 async def test_worker_stop_past_grace_retries_the_job_elsewhere(
-    trunner: Any, registry: JobHandlerRegistry
+    trunner: Any, registry: JobHandlerRegistry, options: dict[str, float]
 ) -> None:
     from jobrunner import RetryPolicy
     from jobrunner.testing import running_worker
@@ -316,7 +321,7 @@ async def test_worker_stop_past_grace_retries_the_job_elsewhere(
     registry.add(
         "patient", patient, retry=RetryPolicy(max_attempts=3, initial_interval=0.1, jitter=0.0)
     )
-    async with running_worker(trunner, grace=0.3, shutdown_grace=0.3):
+    async with running_worker(trunner, **options):
         handle = await trunner.schedule_job("patient", {})
         await asyncio.wait_for(started.wait(), 60)
     # The interrupted attempt is a failed attempt to retry, not a cancelled job.

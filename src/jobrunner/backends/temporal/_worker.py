@@ -106,7 +106,6 @@ class TemporalWorker(JobWorker):
         self.worker_id = settings.worker_id
         self._started = asyncio.Event()
         self._stop = asyncio.Event()
-        self._grace: float | None = None
         self._activities: JobActivities | None = None
 
     @property
@@ -116,9 +115,12 @@ class TemporalWorker(JobWorker):
 
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop polling; running handlers get ``grace`` seconds (default ``shutdown_grace``),
-        then are cancelled and retried by Temporal elsewhere."""
-        if grace is not None:
-            self._grace = grace if self._grace is None else min(self._grace, grace)
+        then are cancelled and retried by Temporal elsewhere. Calling again with a shorter
+        grace (the CLI's second signal sends 0) cuts the wait short."""
+        if grace is not None and grace < self.settings.shutdown_grace:
+            # The temporalio worker's own grace is fixed when it is built: cancel what still
+            # runs after this shorter one ourselves (Temporal retries those attempts).
+            asyncio.get_running_loop().call_later(max(grace, 0.0), self._cancel_running)
         self._stop.set()
 
     async def run(self) -> None:
@@ -159,12 +161,6 @@ class TemporalWorker(JobWorker):
             async with worker:
                 self._started.set()
                 await self._stop.wait()
-                if self._grace is not None and self._grace < self.settings.shutdown_grace:
-                    # A shorter grace than the worker was built with: cancel handlers still
-                    # running after it (Temporal retries them elsewhere).
-                    asyncio.get_running_loop().call_later(
-                        max(self._grace, 0.0), self._cancel_running
-                    )
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
             logger.info("jobrunner temporal worker %s stopped", self.worker_id)

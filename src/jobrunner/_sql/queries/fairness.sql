@@ -6,6 +6,18 @@
 -- name: flow_lock
 SELECT pg_advisory_xact_lock(hashtext(%(key)s))
 
+-- name: fair_index_state
+SELECT i.indisvalid AS valid FROM pg_index i
+WHERE i.indexrelid = to_regclass(%(index)s)
+
+-- name: fair_index_drop
+DROP INDEX CONCURRENTLY IF EXISTS {schema}.jobs_fair_idx
+
+-- name: fair_index_create
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_fair_idx
+    ON {schema}.jobs (queue, tenant, priority DESC, run_at, job_id)
+    WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
+
 -- name: flow_state
 SELECT enabled, fair, version, vclock FROM {schema}.flow_state WHERE id
 

@@ -29,7 +29,7 @@ from jobrunner._validation import as_job_name, as_queue, as_tenant
 if TYPE_CHECKING:
     from jobrunner._db._database import AsyncConn, Database
 
-__all__ = ["FlowControl", "FlowGate", "FlowRule", "flow_metrics"]
+__all__ = ["FlowControl", "FlowGate", "FlowRule", "ensure_fair_index", "flow_metrics"]
 
 #: Seconds a worker trusts its cached "flow control is on/off" flag. Turning flow control on is
 #: seen at once anyway (the plain claim yields); this only bounds how long a worker keeps using
@@ -69,6 +69,26 @@ class FlowRule:
 
 def _lock_key(schema: str) -> str:
     return f"jobrunner-flow:{schema}"
+
+
+async def ensure_fair_index(db: Database) -> None:
+    """Build the fair claim's index unless it exists (CONCURRENTLY: writers are not blocked).
+
+    Not a migration on purpose: every insert would pay for it even with flow control off.
+    A build that failed earlier leaves an invalid index behind; it is dropped and rebuilt.
+    """
+    from psycopg import sql
+
+    name = sql.Identifier(db.schema).as_string(None) + ".jobs_fair_idx"
+    q = db.queries
+    async with db.connection() as conn:  # autocommit: CONCURRENTLY cannot run in a transaction
+        cur = await conn.execute(q.fair_index_state, {"index": name})
+        row = await cur.fetchone()
+        if row is not None and row["valid"]:
+            return
+        if row is not None:
+            await conn.execute(q.fair_index_drop)
+        await conn.execute(q.fair_index_create)
 
 
 def _scope(tenant: TenantArg | AllTenants, name: str | None) -> tuple[uuid.UUID | None, str | None]:
@@ -135,6 +155,7 @@ class FlowControl:
     ) -> FlowRule | None:
         """Read-modify-write one scope's rule under the flow lock; drop it once empty."""
         await self._start()
+        await ensure_fair_index(self._db)
         q = self._db.queries
         key = {"tenant": tenant, "name": name}
         async with self._db.transaction() as conn:
@@ -248,6 +269,8 @@ class FlowControl:
         if not isinstance(enabled, bool):
             raise InvalidArgumentError("enabled must be a boolean")
         await self._start()
+        if enabled:
+            await ensure_fair_index(self._db)
         q = self._db.queries
         async with self._db.transaction() as conn:
             await conn.execute(q.flow_lock, {"key": _lock_key(self._db.schema)})
@@ -360,6 +383,7 @@ class FlowGate:
         self._enabled = False
         self._checked_at = -math.inf
         self._key = _lock_key(db.schema)
+        self._indexed = False
 
     @property
     def active(self) -> bool:
@@ -393,6 +417,9 @@ class FlowGate:
         self, conn: AsyncConn, params: dict[str, Any]
     ) -> list[dict[str, Any]]:
         q = self._db.queries
+        if self._force and not self._indexed:  # forced on: the database may never have been
+            await ensure_fair_index(self._db)
+            self._indexed = True
         async with conn.transaction():
             await conn.execute(q.flow_lock, {"key": self._key})
             cur = await conn.execute(q.claim_jobs_fair, params)

@@ -93,7 +93,9 @@ async def load(dsn: str, schema: str, rows: int) -> None:
             ).format(table),
             (BIG_TENANT, uuid.UUID(int=0)),
         )
-        print(f"loaded {rows:,} finished + 1,000 queued jobs in {time.perf_counter() - started:.1f} s")
+        print(
+            f"loaded {rows:,} finished + 1,000 queued jobs in {time.perf_counter() - started:.1f} s"
+        )
         started = time.perf_counter()
         await conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table))
         print(f"VACUUM ANALYZE in {time.perf_counter() - started:.1f} s")
@@ -172,9 +174,7 @@ async def measure(dsn: str, schema: str, *, plans: bool) -> dict[str, float]:
             await explain(
                 db,
                 "list_jobs first page (tenant)",
-                db.queries.monitoring_list_jobs.replace(
-                    "/*filters*/", "AND tenant = %(tenant)s"
-                ),
+                db.queries.monitoring_list_jobs.replace("/*filters*/", "AND tenant = %(tenant)s"),
                 {**scoped, "limit": 51},
             )
             await explain(
@@ -223,9 +223,7 @@ async def main() -> None:
         if not args.keep:
             async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
                 await conn.execute(
-                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                        sql.Identifier(args.schema)
-                    )
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(args.schema))
                 )
 
 

@@ -132,7 +132,7 @@ class JobContext:
         The row is ``processing`` while the block runs, then ``completed`` (with
         ``handle.result``) or ``failed`` (with the error); its ``retry_count`` is the attempt.
         """
-        if not isinstance(name, str) or not name or len(name) > 200:
+        if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
             raise InvalidArgumentError("step name must be a non-empty string (max 200 chars)")
         detail_id = uuid.uuid4() if self._sink is None else await self._sink.start_step(self, name)
         handle = StepHandle(name=name, detail_id=detail_id)
@@ -206,8 +206,12 @@ def _check_progress(progress: object, message: object) -> int:
         raise InvalidArgumentError("progress must be a number between 0 and 100")
     if not 0 <= progress <= 100:
         raise InvalidArgumentError("progress must be between 0 and 100")
-    if message is not None and (not isinstance(message, str) or len(message) > 1000):
-        raise InvalidArgumentError("progress message must be a string of at most 1000 chars")
+    if message is not None and (
+        not isinstance(message, str) or len(message) > 1000 or "\x00" in message
+    ):
+        raise InvalidArgumentError(
+            "progress message must be a string of at most 1000 chars without NUL"
+        )
     return int(progress)
 
 

@@ -28,7 +28,14 @@ def describe_error(exc: BaseException) -> JobError:
     tb = "".join(traceback.format_exception(exc))
     if len(tb) > MAX_TRACEBACK_CHARS:
         tb = tb[: MAX_TRACEBACK_CHARS // 2] + "\n...\n" + tb[-MAX_TRACEBACK_CHARS // 2 :]
-    return JobError(type=name, message=message, traceback=tb)
+    # PostgreSQL's jsonb and text cannot hold NUL or lone surrogates: one in an exception
+    # message would make the outcome unwritable.
+    return JobError(type=_storable(name), message=_storable(message), traceback=_storable(tb))
+
+
+def _storable(text: str) -> str:
+    # NUL and lone surrogates (e.g. from undecodable bytes) are escaped as text.
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from jobrunner.cli._common import add_database_options, settings_from
 
@@ -60,6 +62,16 @@ def run(args: argparse.Namespace) -> int:
         read_only=args.read_only,
         refresh_seconds=args.refresh,
     )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: object) -> AsyncIterator[None]:
+        yield
+        # Close the runner built for the first request (if any) when uvicorn stops.
+        runner = app.state.dashboard._runner
+        if runner is not None:
+            await runner.close()
+
+    app.router.lifespan_context = lifespan
     print(f"jobrunner dashboard on http://{args.host}:{args.port}{args.root_path}/")
     uvicorn.run(app, host=args.host, port=args.port, root_path=args.root_path, log_level="warning")
     return 0

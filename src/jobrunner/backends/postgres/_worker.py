@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,7 +25,13 @@ import psycopg
 from psycopg import sql
 
 from jobrunner._context import JobContext, SyncJobContext
-from jobrunner._errors import HandlerNotFoundError, InvalidArgumentError, JobRunnerError
+from jobrunner._errors import (
+    DatabaseError,
+    HandlerNotFoundError,
+    InvalidArgumentError,
+    JobRunnerError,
+    NonRetryable,
+)
 from jobrunner._outcome import decide_failure, describe_error, timeout_error
 from jobrunner._runner import JobWorker
 from jobrunner.backends.postgres._flow import FlowGate
@@ -154,6 +161,8 @@ class PostgresWorker(JobWorker):
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._flush_now = asyncio.Event()
+        # One outcome writer at a time: the final flush at shutdown waits for a write in flight.
+        self._flush_lock = asyncio.Lock()
         self._running: dict[uuid.UUID, _Running] = {}
         self._outcomes = _Outcomes()
         self._grace: float | None = None
@@ -318,7 +327,7 @@ class PostgresWorker(JobWorker):
                 return
             try:
                 result = await self._invoke(spec, ctx, data)
-                text = None if result is None else json.dumps(result, allow_nan=False)
+                text = None if result is None else _result_json(result)
             except asyncio.CancelledError:
                 if ctx.is_cancelled():
                     return  # cancelled job or lost lease: the database already says so
@@ -405,6 +414,10 @@ class PostgresWorker(JobWorker):
             await self._flush()
 
     async def _flush(self) -> None:
+        async with self._flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         batch, self._outcomes = self._outcomes, _Outcomes()
         if not batch:
             return
@@ -413,6 +426,11 @@ class PostgresWorker(JobWorker):
             try:
                 await self._write_outcomes(batch)
                 return
+            except DatabaseError as exc:
+                # A value PostgreSQL rejects fails every retry of the whole batch: isolate it
+                # rather than block every other outcome forever.
+                await self._write_isolated(batch, exc)
+                return
             except (JobRunnerError, psycopg.Error, OSError) as exc:
                 if self._stopped.is_set():
                     logger.error("dropping %d outcomes at exit: %s", len(batch), exc)
@@ -420,6 +438,43 @@ class PostgresWorker(JobWorker):
                 logger.warning("writing outcomes failed (%s); retrying in %.2f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _write_isolated(self, batch: _Outcomes, exc: Exception) -> None:
+        """Write ``batch`` one outcome at a time after it failed with a data error.
+
+        A completion that cannot be stored is recorded as a non-retryable failure instead; an
+        outcome that still cannot be written is dropped (its lease expires, the job runs again).
+        """
+        logger.warning("writing %d outcomes failed (%s); writing them one by one", len(batch), exc)
+        singles = [_Outcomes(done=[d]) for d in batch.done]
+        singles += [_Outcomes(failed=[f]) for f in batch.failed]
+        for one in singles:
+            job_id = (one.done or one.failed)[0][1]  # type: ignore[index]
+            try:
+                await self._write_outcomes(one)
+                continue
+            except (JobRunnerError, psycopg.Error, OSError) as err:
+                problem: Exception = err
+            if isinstance(problem, DatabaseError):
+                # Store what can be stored: a failure with the database's complaint, no result.
+                if one.done:
+                    tenant, _, token, _text, started_wall, duration = one.done[0]
+                    retry_in: float | None = None
+                    cause: BaseException = NonRetryable(f"the result could not be stored: {problem}")
+                else:
+                    tenant, _, token, _err, retry_in, started_wall, duration = one.failed[0]
+                    cause = JobRunnerError(f"the error could not be stored: {problem}")
+                error = json.dumps(describe_error(cause).to_json())
+                fallback = _Outcomes(
+                    failed=[(tenant, job_id, token, error, retry_in, started_wall, duration)]
+                )
+                try:
+                    await self._write_outcomes(fallback)
+                    continue
+                except (JobRunnerError, psycopg.Error, OSError) as err:
+                    problem = err
+            logger.error("dropping the outcome of job %s (its lease will expire): %s",
+                         job_id, problem)
 
     async def _write_outcomes(self, batch: _Outcomes) -> None:
         q = self.runner.db.queries
@@ -644,6 +699,24 @@ class PostgresWorker(JobWorker):
             self.settings.lease_seconds,
             handlers,
         )
+
+
+_NUL_ESCAPE = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")
+
+
+def _result_json(result: Any) -> str:
+    """A handler's result as JSON text that PostgreSQL's jsonb accepts.
+
+    Raises:
+        NonRetryable: the result cannot be stored; running the handler again would not help.
+    """
+    try:
+        text = json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise NonRetryable(f"the handler's result is not JSON-serialisable: {exc}") from exc
+    if _NUL_ESCAPE.search(text):
+        raise NonRetryable("the handler's result contains a NUL character (jsonb cannot hold it)")
+    return text
 
 
 def _ts(epoch: float) -> Any:

@@ -110,13 +110,16 @@ def temporal_env(request: pytest.FixtureRequest) -> Iterator[TemporalDevServer]:
     from jobrunner._errors import ConfigurationError, UnavailableError
     from jobrunner.testing._temporal import temporal_dev_server
 
+    problem = None
+    server = temporal_dev_server(request.config.getoption("--jobrunner-temporal"))
     try:
-        server = temporal_dev_server(request.config.getoption("--jobrunner-temporal"))
         env = server.__enter__()
     except ConfigurationError as exc:
-        pytest.fail(f"temporal_env: {exc}", pytrace=False)
+        problem = f"temporal_env: {exc}"
     except UnavailableError as exc:
-        pytest.fail(f"temporal_env: could not start Temporal: {exc}", pytrace=False)
+        problem = f"temporal_env: could not start Temporal: {exc}"
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)  # outside the except: no chained noise
     try:
         yield env
     finally:

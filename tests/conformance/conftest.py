@@ -42,14 +42,7 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
 #: Behaviour a backend gets wrong today: reported as a strict xfail with the reason, so the
 #: suite stays honest (a fix turns it into an XPASS failure: then delete the entry).
 KNOWN_DRIFT: dict[str, dict[str, str]] = {
-    "temporal": {
-        "test_expressions_are_listed_normalised": "the Temporal backend lists the expression as "
-        "written ('1 hours'); PostgreSQL and memory list _recurrence's normalised form",
-        "test_a_paused_schedule_has_no_next_run": "the Temporal backend reports Temporal's next "
-        "action time for a paused schedule; the others report None",
-        "test_a_cron_expression_that_never_fires_is_refused": "the Temporal backend parses "
-        "expressions with its own parser, which accepts '0 0 31 2 *'",
-    },
+    "temporal": {},
 }
 
 _TEMPORAL_BUILT = importlib.util.find_spec("jobrunner.backends.temporal") is not None

@@ -45,6 +45,12 @@ from jobrunner._models import (
     ScheduledJob,
     ScheduleInfo,
 )
+from jobrunner._recurrence import (
+    as_max_catch_up,
+    as_missed_tick_policy,
+    as_overlap_policy,
+    parse_recurrence,
+)
 from jobrunner._runner import AllTenants, HistoryScope, JobRunner, TenantArg
 from jobrunner._validation import (
     SYSTEM_USER,
@@ -721,15 +727,12 @@ class TemporalJobRunner(JobRunner):
             raise HandlerNotFoundError(name)
         payload = as_data(data)
         meta = as_data(metadata, "metadata")
-        recurrence = _schedules.parse_expression(expression)
-        tz = _schedules.check_timezone(timezone)
-        try:
-            missed = MissedTickPolicy(missed_ticks)
-            overlap_policy = OverlapPolicy(overlap)
-        except ValueError as exc:
-            raise InvalidArgumentError(str(exc)) from None
-        if not isinstance(max_catch_up, int) or isinstance(max_catch_up, bool) or max_catch_up < 1:
-            raise InvalidArgumentError("max_catch_up must be a positive integer")
+        # The same parser and checks as the other backends (cron, macros, intervals, zones).
+        recurrence = parse_recurrence(expression, timezone)
+        tz = recurrence.timezone
+        missed = as_missed_tick_policy(missed_ticks)
+        overlap_policy = as_overlap_policy(overlap)
+        max_catch_up = as_max_catch_up(max_catch_up)
         tenant_id = as_tenant(tenant)
         key = as_optional_key(singleton_key, "singleton_key")
         schedule_id = _schedules.schedule_id_for(name, tenant_id, key)
@@ -932,7 +935,8 @@ class TemporalJobRunner(JobRunner):
             try:
                 desc = await self.client.get_schedule_handle(t["external_id"]).describe()
                 paused = desc.schedule.state.paused
-                if desc.info.next_action_times:
+                # Temporal still computes action times for a paused schedule; nothing fires.
+                if desc.info.next_action_times and not paused:
                     next_run = desc.info.next_action_times[0]
             except RPCError as exc:
                 logger.warning("could not describe Temporal schedule %s: %s", t["external_id"], exc)

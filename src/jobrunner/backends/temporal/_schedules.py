@@ -8,12 +8,9 @@ tracker row (``jobs.status = 'active'``) through ``schedule_id``.
 
 from __future__ import annotations
 
-import re
 import uuid
-import zoneinfo
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from temporalio.client import (
     Schedule,
@@ -25,77 +22,9 @@ from temporalio.client import (
     ScheduleState,
 )
 
-from jobrunner._errors import ScheduleError
 from jobrunner._models import MissedTickPolicy, OverlapPolicy
+from jobrunner._recurrence import Recurrence
 from jobrunner.backends.temporal._types import WORKFLOW_NAME, JobInput
-
-if TYPE_CHECKING:
-    pass
-
-_INTERVAL = re.compile(
-    r"^\s*(?:every\s+)?(\d+)\s*(s|sec|secs|second|seconds|m|min|mins|minute|minutes|"
-    r"h|hr|hrs|hour|hours|d|day|days)\s*$",
-    re.IGNORECASE,
-)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_MACROS = {
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-}
-
-
-@dataclass(frozen=True)
-class Recurrence:
-    """A parsed schedule expression: a cron string or a fixed interval."""
-
-    expression: str
-    cron: str | None = None
-    interval: timedelta | None = None
-
-
-def parse_expression(expression: object) -> Recurrence:
-    """Parse a 5-field cron expression, an ``@`` macro, or ``"N seconds|minutes|hours|days"``.
-
-    Raises:
-        ScheduleError: the expression is none of these.
-    """
-    if not isinstance(expression, str) or not expression.strip() or len(expression) > 200:
-        raise ScheduleError("expression must be a non-empty string")
-    text = expression.strip()
-    match = _INTERVAL.match(text)
-    if match:
-        count = int(match[1])
-        unit = match[2].lower()[0]
-        if count <= 0:
-            raise ScheduleError("an interval must be positive")
-        return Recurrence(text, interval=timedelta(seconds=count * _UNIT_SECONDS[unit]))
-    cron = _MACROS.get(text.lower(), text)
-    if len(cron.split()) != 5:
-        raise ScheduleError(
-            f"invalid schedule expression {expression!r}: use 5-field cron, @hourly/@daily/"
-            "@weekly/@monthly, or an interval such as '24 hours'"
-        )
-    from croniter import croniter
-
-    if not croniter.is_valid(cron):
-        raise ScheduleError(f"invalid cron expression {expression!r}")
-    return Recurrence(text, cron=cron)
-
-
-def check_timezone(name: object) -> str:
-    """Validate an IANA timezone name."""
-    if not isinstance(name, str) or not name:
-        raise ScheduleError("timezone must be an IANA name such as 'Europe/Paris'")
-    try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"unknown timezone {name!r}") from None
-    return name
 
 
 def schedule_id_for(name: str, tenant: uuid.UUID, singleton_key: str | None) -> str:

@@ -464,11 +464,14 @@ def test_run_handler_with_a_sync_handler_and_a_cancelled_context() -> None:
         ctx.set_progress(5)
         return "stopped early" if ctx.is_cancelled() else "ran"
 
-    run = run_handler(poll, {}, cancelled=True, tenant=uuid.UUID(int=7))
-    assert run.result == "stopped early"
+    run = run_handler(poll, {}, tenant=uuid.UUID(int=7))
+    assert run.result == "ran"
     assert run.progress == [(5, None)]
     assert run.ctx is not None
     assert run.ctx.tenant == uuid.UUID(int=7)
+    cancelled = run_handler(poll, {}, cancelled=True)
+    assert cancelled.result == "stopped early"
+    assert cancelled.progress == []  # as on a real backend: a cancelled attempt reports nothing
 
 
 async def test_run_handler_refuses_to_block_a_running_loop() -> None:

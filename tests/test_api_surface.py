@@ -72,17 +72,29 @@ def test_issue_names_importable() -> None:
     )
 
     assert inspect.isabstract(JobRunner)
-    for method in ("schedule_job", "schedule_job_at", "schedule_jobs", "get_job_status",
-                   "cancel_job", "is_healthy", "create_worker"):
+    for method in (
+        "schedule_job",
+        "schedule_job_at",
+        "schedule_jobs",
+        "get_job_status",
+        "cancel_job",
+        "is_healthy",
+        "create_worker",
+    ):
         assert callable(getattr(JobRunner, method)), method
 
 
 def test_error_hierarchy_has_one_root() -> None:
     for name in jobrunner.__all__:
         obj = getattr(jobrunner, name)
-        if isinstance(obj, type) and issubclass(obj, Exception) and obj not in (
-            jobrunner.Retry,
-            jobrunner.NonRetryable,
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, Exception)
+            and obj
+            not in (
+                jobrunner.Retry,
+                jobrunner.NonRetryable,
+            )
         ):
             assert issubclass(obj, jobrunner.JobRunnerError), name
 
@@ -92,7 +104,7 @@ def test_status_values_and_system_tenant() -> None:
     assert {"pending", "queued", "processing", "completed", "failed", "cancelled"} <= values
     assert isinstance(jobrunner.JobStatus.COMPLETED, str)
     assert jobrunner.JobStatus("completed") is jobrunner.JobStatus.COMPLETED
-    assert jobrunner.SYSTEM_TENANT == uuid.UUID("00000000-0000-0000-0000-000000000000")
+    assert uuid.UUID("00000000-0000-0000-0000-000000000000") == jobrunner.SYSTEM_TENANT
 
 
 def test_job_context_fields() -> None:

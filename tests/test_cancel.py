@@ -4,6 +4,7 @@ and fencing: a cancelled attempt can no longer write anything."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -21,7 +22,8 @@ SLOW_POLL = {"poll_interval": 60.0}
 
 async def wait_processing(runner: PostgresJobRunner, job_id: uuid.UUID) -> dict[str, Any]:
     return await eventually(
-        lambda: job_row(runner, job_id), lambda r: r["status"] == "processing",
+        lambda: job_row(runner, job_id),
+        lambda r: r["status"] == "processing",
         what="processing",
     )
 
@@ -35,8 +37,12 @@ async def test_cancel_queued_job(runner: PostgresJobRunner, registry: JobHandler
     registry.add("c", handler)
     tenant = uuid.uuid4()
     handle = await runner.schedule_job("c", {}, tenant=tenant)
-    assert await runner.cancel_job(handle.job_id, tenant=tenant, reason="not needed",
-                                   cancelled_by="admin@example.com") is True
+    assert (
+        await runner.cancel_job(
+            handle.job_id, tenant=tenant, reason="not needed", cancelled_by="admin@example.com"
+        )
+        is True
+    )
     info = await runner.get_job_status(handle.job_id, tenant=tenant)
     assert info is not None and info.status is JobStatus.CANCELLED
     assert info.completed_at is not None
@@ -62,15 +68,20 @@ async def test_cancel_delayed_job(runner: PostgresJobRunner, registry: JobHandle
     assert info is not None and info.status is JobStatus.CANCELLED
 
 
-async def test_cancel_waiting_retry(runner: PostgresJobRunner, registry: JobHandlerRegistry) -> None:
+async def test_cancel_waiting_retry(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
     async def handler(ctx: JobContext, data: dict[str, Any]) -> None:
         raise RuntimeError("fails")
 
     registry.add("retrying", handler, retry=RetryPolicy(initial_interval=60, max_interval=60))
     async with running_worker(runner):
         handle = await runner.schedule_job("retrying", {})
-        await eventually(lambda: job_row(runner, handle.job_id),
-                         lambda r: r["status"] == "retrying", what="retrying")
+        await eventually(
+            lambda: job_row(runner, handle.job_id),
+            lambda r: r["status"] == "retrying",
+            what="retrying",
+        )
         assert await runner.cancel_job(handle.job_id) is True
     info = await runner.get_job_status(handle.job_id)
     assert info is not None and info.status is JobStatus.CANCELLED and info.attempts == 1
@@ -159,10 +170,8 @@ async def test_cancelled_handler_that_ignores_cancel_cannot_complete(
 
     async def handler(ctx: JobContext, data: dict[str, Any]) -> str:
         started.set()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # deliberately ignores the cancel
             await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            pass
         returned.set()
         await ctx.set_progress(100, "finished anyway")
         return "should not be stored"
@@ -199,25 +208,41 @@ async def test_fencing_rejects_outcomes_of_a_cancelled_attempt(
     token = row["lease_token"]
     q = runner.db.queries
     now = datetime.now(UTC)
-    common = {"tenants": [row["tenant"]], "job_ids": [handle.job_id], "tokens": [token],
-              "started": [now], "durations": [1.0], "worker_id": str(uuid.uuid4())}
+    common = {
+        "tenants": [row["tenant"]],
+        "job_ids": [handle.job_id],
+        "tokens": [token],
+        "started": [now],
+        "durations": [1.0],
+        "worker_id": str(uuid.uuid4()),
+    }
     async with runner.db.connection() as conn:
         cur = await conn.execute(q.complete_jobs, {**common, "results": ['"late"']})
         assert await cur.fetchall() == []
         cur = await conn.execute(
-            q.fail_jobs, {**common, "errors": ['{"type": "x", "message": "late"}'],
-                          "retry_in": [1.0]},
+            q.fail_jobs,
+            {**common, "errors": ['{"type": "x", "message": "late"}'], "retry_in": [1.0]},
         )
         assert await cur.fetchall() == []
-        cur = await conn.execute(q.save_progress, {"tenant": row["tenant"], "job_id": handle.job_id,
-                                                   "token": token, "progress": 55,
-                                                   "message": "late"})
+        cur = await conn.execute(
+            q.save_progress,
+            {
+                "tenant": row["tenant"],
+                "job_id": handle.job_id,
+                "token": token,
+                "progress": 55,
+                "message": "late",
+            },
+        )
         assert cur.rowcount == 0
     info = await runner.get_job_status(handle.job_id)
     assert info is not None and info.status is JobStatus.CANCELLED
     assert info.result is None and info.progress != 55
-    rows = await fetch(runner, "SELECT status::text AS s FROM {schema}.job_details "
-                               "WHERE job_id = %s", handle.job_id)
+    rows = await fetch(
+        runner,
+        "SELECT status::text AS s FROM {schema}.job_details WHERE job_id = %s",
+        handle.job_id,
+    )
     assert [r["s"] for r in rows] == ["cancelled"]
 
 

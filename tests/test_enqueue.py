@@ -33,7 +33,11 @@ async def test_schedule_job_handle_and_row(
     registry.add("generate-invoice", noop, queue="billing")
     user = uuid.uuid4()
     handle = await runner.schedule_job(
-        "generate-invoice", {"cycle": "c-1"}, tenant=str(TENANT), priority=5, user_id=user,
+        "generate-invoice",
+        {"cycle": "c-1"},
+        tenant=str(TENANT),
+        priority=5,
+        user_id=user,
         metadata={"source": "test"},
     )
     assert isinstance(handle, ScheduledJob)
@@ -173,9 +177,7 @@ async def test_singleton_key(runner: PostgresJobRunner, registry: JobHandlerRegi
         assert third.created is True and third.job_id != first.job_id
         info = await runner.wait_for_job(third.job_id, tenant=TENANT, timeout=30)
         assert info.result == 8
-    rows = await fetch(
-        runner, "SELECT count(*) AS n FROM {schema}.jobs WHERE singleton_key = 'k'"
-    )
+    rows = await fetch(runner, "SELECT count(*) AS n FROM {schema}.jobs WHERE singleton_key = 'k'")
     assert rows[0]["n"] == 3  # first, other tenant's, third
 
 
@@ -184,7 +186,10 @@ async def test_bulk_schedule_in_order_across_batches(
 ) -> None:
     registry.add("bulk", noop)
     handles = await runner.schedule_jobs(
-        "bulk", ({"i": i} for i in range(2500)), tenant=TENANT, priority=2,
+        "bulk",
+        ({"i": i} for i in range(2500)),
+        tenant=TENANT,
+        priority=2,
         metadata={"batch": "b1"},
     )
     assert len(handles) == 2500
@@ -209,9 +214,7 @@ async def test_bulk_runs(runner: PostgresJobRunner, registry: JobHandlerRegistry
     registry.add("bulk-run", noop)
     handles = await runner.schedule_jobs("bulk-run", [{"i": i} for i in range(50)])
     async with running_worker(runner, concurrency=10):
-        infos = await asyncio.gather(
-            *(runner.wait_for_job(h.job_id, timeout=60) for h in handles)
-        )
+        infos = await asyncio.gather(*(runner.wait_for_job(h.job_id, timeout=60) for h in handles))
     assert [i.result for i in infos] == [{"echo": {"i": i}} for i in range(50)]
 
 
@@ -228,7 +231,7 @@ async def test_delayed_bulk_is_pending(
 
 
 async def test_unknown_handler_rejected(runner: PostgresJobRunner) -> None:
-    with pytest.raises(HandlerNotFoundError, match="^No handler registered for job: ghost$"):
+    with pytest.raises(HandlerNotFoundError, match=r"^No handler registered for job: ghost$"):
         await runner.schedule_job("ghost", {})
     with pytest.raises(HandlerNotFoundError):
         await runner.schedule_job_at("ghost", {}, datetime.now(UTC))

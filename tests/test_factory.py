@@ -27,8 +27,15 @@ async def env(
     monkeypatch: pytest.MonkeyPatch, jobrunner_dsn: str, schema: str
 ) -> AsyncIterator[pytest.MonkeyPatch]:
     """A clean factory and environment pointing at the test's schema."""
-    for name in ("JOB_RUNNER_TYPE", "DATABASE_URL", "JOBRUNNER_DATABASE_URL", "JOBRUNNER_SCHEMA",
-                 "JOBRUNNER_AUTO_MIGRATE", "JOBRUNNER_REQUIRE_REGISTERED", "JOBRUNNER_POOL_SIZE"):
+    for name in (
+        "JOB_RUNNER_TYPE",
+        "DATABASE_URL",
+        "JOBRUNNER_DATABASE_URL",
+        "JOBRUNNER_SCHEMA",
+        "JOBRUNNER_AUTO_MIGRATE",
+        "JOBRUNNER_REQUIRE_REGISTERED",
+        "JOBRUNNER_POOL_SIZE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JOBRUNNER_DATABASE_URL", jobrunner_dsn)
     monkeypatch.setenv("JOBRUNNER_SCHEMA", schema)
@@ -76,9 +83,15 @@ async def test_missing_database_url(env: pytest.MonkeyPatch) -> None:
 
 
 def test_settings_from_env_parsing() -> None:
-    s = Settings.from_env({"JOB_RUNNER_TYPE": "pgboss", "DATABASE_URL": "postgresql://x/y",
-                           "JOBRUNNER_SCHEMA": "jobs2", "JOBRUNNER_AUTO_MIGRATE": "off",
-                           "JOBRUNNER_REQUIRE_REGISTERED": "false"})
+    s = Settings.from_env(
+        {
+            "JOB_RUNNER_TYPE": "pgboss",
+            "DATABASE_URL": "postgresql://x/y",
+            "JOBRUNNER_SCHEMA": "jobs2",
+            "JOBRUNNER_AUTO_MIGRATE": "off",
+            "JOBRUNNER_REQUIRE_REGISTERED": "false",
+        }
+    )
     assert s.runner_type == "postgres" and s.database_url == "postgresql://x/y"
     assert s.schema == "jobs2" and s.auto_migrate is False and s.require_registered is False
     s2 = Settings.from_env({"JOBRUNNER_DATABASE_URL": "a", "DATABASE_URL": "b"})
@@ -91,8 +104,9 @@ def test_settings_from_env_parsing() -> None:
         Settings.from_env({"JOB_RUNNER_TYPE": "nope"})
 
 
-async def test_set_instance_and_reset(env: pytest.MonkeyPatch, jobrunner_dsn: str,
-                                      schema: str) -> None:
+async def test_set_instance_and_reset(
+    env: pytest.MonkeyPatch, jobrunner_dsn: str, schema: str
+) -> None:
     mine = PostgresJobRunner(jobrunner_dsn, schema=schema, pool_size=1)
     await mine.start()
     JobRunnerFactory.set_instance(mine)

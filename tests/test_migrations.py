@@ -127,9 +127,13 @@ async def catalogue(dsn: str, schema: str) -> dict[str, Any]:
         dsn, autocommit=True, row_factory=dict_row
     ) as conn:
         for key, text in queries.items():
-            query = sql.SQL(text.replace("{schema}", "{s_ident}")).format(
-                s_ident=sql.Identifier(schema)
-            ) if "{schema}" in text else text
+            query = (
+                sql.SQL(text.replace("{schema}", "{s_ident}")).format(
+                    s_ident=sql.Identifier(schema)
+                )
+                if "{schema}" in text
+                else text
+            )
             cur = await conn.execute(query, {"s": schema})
             rows = await cur.fetchall()
             out[key] = [
@@ -158,7 +162,7 @@ async def fresh_schema(jobrunner_dsn: str) -> AsyncIterator[Callable[[], Any]]:
 async def test_versions_are_sequential_and_named() -> None:
     migrations = available_migrations()
     assert migrations[0].version == 1 and migrations[0].name == "core"
-    assert VERSIONS == sorted(set(VERSIONS))
+    assert sorted(set(VERSIONS)) == VERSIONS
     for m in migrations:
         assert m.text.strip(), m.name
 
@@ -200,8 +204,9 @@ async def test_concurrent_migrations_are_safe(
     )
     applied = sorted(v for r in results for v in r)
     assert applied == VERSIONS  # each version applied exactly once across callers
-    assert await catalogue(jobrunner_dsn, schema) == await catalogue(jobrunner_dsn,
-                                                                     reference_schema)
+    assert await catalogue(jobrunner_dsn, schema) == await catalogue(
+        jobrunner_dsn, reference_schema
+    )
 
 
 def _cli_env(dsn: str, schema: str) -> dict[str, str]:
@@ -223,20 +228,27 @@ async def test_cli_migrate_concurrent_processes_then_idempotent(
     env = _cli_env(jobrunner_dsn, schema)
     procs = [
         await asyncio.create_subprocess_exec(
-            *_jobrunner_cmd(), "migrate", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *_jobrunner_cmd(),
+            "migrate",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(3)
     ]
     outputs = [await asyncio.wait_for(p.communicate(), 120) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err.decode()
     texts = [out.decode() for out, _ in outputs]
     assert sum("applied migrations" in t for t in texts) >= 1
-    assert await catalogue(jobrunner_dsn, schema) == await catalogue(jobrunner_dsn,
-                                                                     reference_schema)
+    assert await catalogue(jobrunner_dsn, schema) == await catalogue(
+        jobrunner_dsn, reference_schema
+    )
     again = await asyncio.create_subprocess_exec(
-        *_jobrunner_cmd(), "migrate", env=env, stdout=asyncio.subprocess.PIPE,
+        *_jobrunner_cmd(),
+        "migrate",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(again.communicate(), 120)
@@ -275,13 +287,15 @@ async def test_seed_columns_and_types_present(runner: Any) -> None:
     async with runner.db.connection() as conn:
         cur = await conn.execute(
             "SELECT table_name, column_name, data_type, udt_name, is_nullable "
-            "FROM information_schema.columns WHERE table_schema = %s", (runner.schema,)
+            "FROM information_schema.columns WHERE table_schema = %s",
+            (runner.schema,),
         )
         actual = {(r["table_name"], r["column_name"]): r for r in await cur.fetchall()}
         cur = await conn.execute(
             "SELECT e.enumlabel FROM pg_enum e JOIN pg_type t ON t.oid = e.enumtypid "
             "JOIN pg_namespace n ON n.oid = t.typnamespace "
-            "WHERE n.nspname = %s AND t.typname = 'job_status'", (runner.schema,)
+            "WHERE n.nspname = %s AND t.typname = 'job_status'",
+            (runner.schema,),
         )
         labels = {r["enumlabel"] for r in await cur.fetchall()}
         cur = await conn.execute(
@@ -298,12 +312,21 @@ async def test_seed_columns_and_types_present(runner: Any) -> None:
             assert (row["data_type"], row["udt_name"]) == SEED_TYPES[kind], (table, column)
             if not_null:
                 assert row["is_nullable"] == "NO", (table, column)
-    assert {"pending", "processing", "completed", "failed", "active", "queued",
-            "cancelled"} <= labels
+    assert {
+        "pending",
+        "processing",
+        "completed",
+        "failed",
+        "active",
+        "queued",
+        "cancelled",
+    } <= labels
     assert ("jobs", "PRIMARY KEY (tenant, job_id)") in keys
     assert ("job_details", "PRIMARY KEY (tenant, detail_id)") in keys
-    assert any(t == "job_details" and d.startswith("FOREIGN KEY (tenant, job_id) REFERENCES")
-               for t, d in keys)
+    assert any(
+        t == "job_details" and d.startswith("FOREIGN KEY (tenant, job_id) REFERENCES")
+        for t, d in keys
+    )
 
 
 async def test_seed_monitoring_sql_runs_unchanged(runner: Any, registry: Any) -> None:
@@ -341,5 +364,7 @@ async def test_seed_monitoring_sql_runs_unchanged(runner: Any, registry: Any) ->
 
 
 def test_subprocess_python_is_this_venv() -> None:
-    assert subprocess.run([*_jobrunner_cmd(), "--help"], capture_output=True,
-                          timeout=60).returncode == 0
+    assert (
+        subprocess.run([*_jobrunner_cmd(), "--help"], capture_output=True, timeout=60).returncode
+        == 0
+    )

@@ -16,8 +16,13 @@ class CustomError(Exception):
 
 
 def test_exponential_backoff_without_jitter() -> None:
-    policy = RetryPolicy(max_attempts=10, initial_interval=1.0, backoff_coefficient=2.0,
-                         max_interval=60.0, jitter=0.0)
+    policy = RetryPolicy(
+        max_attempts=10,
+        initial_interval=1.0,
+        backoff_coefficient=2.0,
+        max_interval=60.0,
+        jitter=0.0,
+    )
     assert [policy.delay_after(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
 
 
@@ -55,8 +60,9 @@ def test_non_retryable_by_type_and_name() -> None:
 
 
 def test_decide_failure() -> None:
-    policy = RetryPolicy(max_attempts=3, initial_interval=1.0, jitter=0.1,
-                         non_retryable_errors=[KeyError])
+    policy = RetryPolicy(
+        max_attempts=3, initial_interval=1.0, jitter=0.1, non_retryable_errors=[KeyError]
+    )
     half = lambda: 0.5  # noqa: E731
     assert decide_failure(ValueError("x"), attempt=1, policy=policy, rand=half).retry_in == 1.0
     assert decide_failure(ValueError("x"), attempt=2, policy=policy, rand=half).retry_in == 2.0
@@ -66,8 +72,9 @@ def test_decide_failure() -> None:
     assert decide_failure(KeyError("k"), attempt=1, policy=policy).retry_in is None
     assert decide_failure(NonRetryable("n"), attempt=1, policy=policy).retry_in is None
     assert decide_failure(Retry(delay=7.5), attempt=1, policy=policy).retry_in == 7.5
-    assert decide_failure(Retry(delay=timedelta(seconds=3)), attempt=2,
-                          policy=policy).retry_in == 3.0
+    assert (
+        decide_failure(Retry(delay=timedelta(seconds=3)), attempt=2, policy=policy).retry_in == 3.0
+    )
     assert decide_failure(Retry(), attempt=1, policy=policy, rand=half).retry_in == 1.0
     assert decide_failure(Retry(delay=1), attempt=3, policy=policy).retry_in is None
 

@@ -51,8 +51,11 @@ async def test_progress_persisted_and_throttled(
     registry.add("progress", handler)
     async with running_worker(runner):
         handle = await runner.schedule_job("progress", {})
-        row = await eventually(lambda: job_row(runner, handle.job_id),
-                               lambda r: r["progress"] == 50, what="progress 50")
+        row = await eventually(
+            lambda: job_row(runner, handle.job_id),
+            lambda r: r["progress"] == 50,
+            what="progress 50",
+        )
         assert row["progress_message"] == "halfway" and row["status"] == "processing"
         info = await runner.get_job_status(handle.job_id)
         assert info is not None and info.progress == 50 and info.progress_message == "halfway"
@@ -84,11 +87,17 @@ async def test_progress_and_steps_from_sync_handler(
     registry.add("sync-progress", handler)
     async with running_worker(runner):
         handle = await runner.schedule_job("sync-progress", {})
-        row = await eventually(lambda: job_row(runner, handle.job_id),
-                               lambda r: r["progress"] == 40, what="progress 40")
+        row = await eventually(
+            lambda: job_row(runner, handle.job_id),
+            lambda r: r["progress"] == 40,
+            what="progress 40",
+        )
         assert row["progress_message"] == "sync progress"
-        steps = await eventually(lambda: details(runner, handle.job_id, "sync-step"),
-                                 lambda rs: len(rs) == 1, what="step row")
+        steps = await eventually(
+            lambda: details(runner, handle.job_id, "sync-step"),
+            lambda rs: len(rs) == 1,
+            what="step row",
+        )
         assert steps[0]["status"] == "processing"
         gate.set()
         info = await runner.wait_for_job(handle.job_id, timeout=30)
@@ -113,15 +122,17 @@ async def test_step_rows_per_attempt(
             await gate.wait()
         return "pdf"
 
-    registry.add("steps", handler,
-                 retry=RetryPolicy(max_attempts=3, initial_interval=0.05, max_interval=0.1))
+    registry.add(
+        "steps", handler, retry=RetryPolicy(max_attempts=3, initial_interval=0.05, max_interval=0.1)
+    )
     tenant = uuid.uuid4()
     async with running_worker(runner, rand=lambda: 0.5):
         handle = await runner.schedule_job("steps", {}, tenant=tenant)
         # attempt 2 is inside "render": that row is processing
         rows = await eventually(
             lambda: details(runner, handle.job_id, "render"),
-            lambda rs: any(r["retry_count"] == 2 for r in rs), what="second render step",
+            lambda rs: any(r["retry_count"] == 2 for r in rs),
+            what="second render step",
         )
         assert [r["status"] for r in rows if r["retry_count"] == 2] == ["processing"]
         gate.set()
@@ -129,10 +140,16 @@ async def test_step_rows_per_attempt(
     assert info.status is JobStatus.COMPLETED and info.attempts == 2
     rows = await details(runner, handle.job_id)
     summary = sorted((r["step_name"], r["status"], r["retry_count"]) for r in rows)
-    assert summary == sorted([
-        ("fetch", "completed", 1), ("render", "failed", 1), ("attempt", "failed", 1),
-        ("fetch", "completed", 2), ("render", "completed", 2), ("attempt", "completed", 2),
-    ])
+    assert summary == sorted(
+        [
+            ("fetch", "completed", 1),
+            ("render", "failed", 1),
+            ("attempt", "failed", 1),
+            ("fetch", "completed", 2),
+            ("render", "completed", 2),
+            ("attempt", "completed", 2),
+        ]
+    )
     assert all(r["tenant"] == tenant for r in rows)
     failed_render = next(r for r in rows if r["step_name"] == "render" and r["status"] == "failed")
     assert failed_render["result"]["type"] == "ValueError"
@@ -143,7 +160,8 @@ async def test_step_rows_per_attempt(
     # the public view of the same rows
     job_details = await runner.get_job_details(handle.job_id, tenant=tenant)
     assert job_details is not None
-    assert sorted((s.step_name, s.status.value, s.retry_count) for s in job_details.steps) == summary
+    public = sorted((s.step_name, s.status.value, s.retry_count) for s in job_details.steps)
+    assert public == summary
     assert await runner.get_job_details(handle.job_id) is None  # other tenant
 
 

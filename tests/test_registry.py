@@ -30,8 +30,13 @@ def sync_handler(ctx: Any, data: dict[str, Any]) -> None:
 
 
 def test_decorator_registers_and_returns_function(registry: JobHandlerRegistry) -> None:
-    @job("generate-invoice", retry=RetryPolicy(max_attempts=5), timeout=600, queue="billing",
-         registry=registry)
+    @job(
+        "generate-invoice",
+        retry=RetryPolicy(max_attempts=5),
+        timeout=600,
+        queue="billing",
+        registry=registry,
+    )
     async def generate_invoice(ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}
 
@@ -61,8 +66,9 @@ def test_seed_style_register_on_default_registry() -> None:
         spec = JobHandlerRegistry.register(
             name=name,
             handler=handler_a,
-            retry=RetryPolicy(max_attempts=5, backoff_coefficient=2.0, initial_interval=1.0,
-                              max_interval=60.0),
+            retry=RetryPolicy(
+                max_attempts=5, backoff_coefficient=2.0, initial_interval=1.0, max_interval=60.0
+            ),
             timeout=timedelta(minutes=10),
         )
         assert default.get(name) is spec
@@ -89,11 +95,17 @@ def test_same_handler_reregistered_ok(registry: JobHandlerRegistry) -> None:
 
 
 def test_seconds_or_timedelta(registry: JobHandlerRegistry) -> None:
-    a = registry.add("a", handler_a, timeout=timedelta(seconds=90),
-                     retry=RetryPolicy(initial_interval=timedelta(milliseconds=500),
-                                       max_interval=timedelta(minutes=2)))
-    b = registry.add("b", handler_b, timeout=90,
-                     retry=RetryPolicy(initial_interval=0.5, max_interval=120))
+    a = registry.add(
+        "a",
+        handler_a,
+        timeout=timedelta(seconds=90),
+        retry=RetryPolicy(
+            initial_interval=timedelta(milliseconds=500), max_interval=timedelta(minutes=2)
+        ),
+    )
+    b = registry.add(
+        "b", handler_b, timeout=90, retry=RetryPolicy(initial_interval=0.5, max_interval=120)
+    )
     assert a.timeout == b.timeout == 90.0
     assert a.retry == b.retry
     assert a.retry.initial_seconds == 0.5 and a.retry.max_seconds == 120.0

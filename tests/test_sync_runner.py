@@ -26,7 +26,11 @@ TENANT = uuid.UUID("33333333-3333-3333-3333-333333333333")
 
 def test_method_names_match_async_runner() -> None:
     public = {n for n in vars(JobRunner) if not n.startswith("_")} - {
-        "start", "close", "create_worker", "get_runner_type", "runner_type",
+        "start",
+        "close",
+        "create_worker",
+        "get_runner_type",
+        "runner_type",
     }
     missing = {n for n in public if not callable(getattr(SyncJobRunner, n, None))}
     assert not missing, missing
@@ -40,16 +44,17 @@ async def test_sync_runner_round_trip(
 
     registry.add("double", handler)
     sync = await asyncio.to_thread(
-        SyncJobRunner, PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry,
-                                         pool_size=2)
+        SyncJobRunner,
+        PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry, pool_size=2),
     )
     try:
         assert sync.runner_type == "postgres"
         assert sync.is_healthy() is True
         handle = sync.schedule_job("double", {"n": 21}, tenant=TENANT, priority=3)
         assert isinstance(handle.job_id, uuid.UUID) and handle.tenant == TENANT
-        later = sync.schedule_job_at("double", {"n": 1},
-                                     datetime.now(UTC) + timedelta(hours=1), tenant=TENANT)
+        later = sync.schedule_job_at(
+            "double", {"n": 1}, datetime.now(UTC) + timedelta(hours=1), tenant=TENANT
+        )
         bulk = sync.schedule_jobs("double", [{"n": 1}, {"n": 2}], tenant=TENANT)
         info = sync.get_job_status(handle.job_id, tenant=TENANT)
         assert info is not None and info.status is JobStatus.QUEUED and info.priority == 3
@@ -60,8 +65,9 @@ async def test_sync_runner_round_trip(
         assert sync.cancel_job(later.job_id, tenant=TENANT) is False
 
         async with running_worker(runner):
-            done = await asyncio.to_thread(sync.wait_for_job, handle.job_id, tenant=TENANT,
-                                           timeout=30)
+            done = await asyncio.to_thread(
+                sync.wait_for_job, handle.job_id, tenant=TENANT, timeout=30
+            )
             for h in bulk:
                 await asyncio.to_thread(sync.wait_for_job, h.job_id, tenant=TENANT, timeout=30)
         assert done.status is JobStatus.COMPLETED and done.result == {"doubled": 42}
@@ -86,8 +92,9 @@ def test_context_manager(jobrunner_dsn: str, schema: str, registry: JobHandlerRe
         return None
 
     registry.add("s", handler)
-    with SyncJobRunner(PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry,
-                                         pool_size=1)) as sync:
+    with SyncJobRunner(
+        PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry, pool_size=1)
+    ) as sync:
         handle = sync.schedule_job("s")
         info = sync.get_job_status(handle.job_id)
         assert info is not None and info.status is JobStatus.QUEUED

@@ -60,7 +60,7 @@ async def test_async_connection_with_transaction_block(
 ) -> None:
     registry.add("tx", noop)
     async with await psycopg.AsyncConnection.connect(jobrunner_dsn, autocommit=True) as conn:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError):  # noqa: PT012 - the block is the caller's transaction
             async with conn.transaction():
                 await runner.schedule_job("tx", {}, connection=conn)
                 raise RuntimeError("business logic failed")
@@ -100,8 +100,9 @@ def test_sync_callers_row_factory_does_not_matter(
     jobrunner_dsn: str, schema: str, registry: JobHandlerRegistry
 ) -> None:
     registry.add("tx", noop)
-    with SyncJobRunner(PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry,
-                                         pool_size=1)) as sync:
+    with SyncJobRunner(
+        PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry, pool_size=1)
+    ) as sync:
         with psycopg.connect(jobrunner_dsn, row_factory=dict_row) as conn:
             first = sync.schedule_job("tx", {}, singleton_key="s", connection=conn)
             again = sync.schedule_job("tx", {}, singleton_key="s", connection=conn)
@@ -140,13 +141,15 @@ def test_sync_connection_rollback_and_commit(
     jobrunner_dsn: str, schema: str, registry: JobHandlerRegistry
 ) -> None:
     registry.add("tx", noop)
-    sync = SyncJobRunner(PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry,
-                                           pool_size=2))
+    sync = SyncJobRunner(
+        PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry, pool_size=2)
+    )
     try:
         with psycopg.connect(jobrunner_dsn) as conn:
             a = sync.schedule_job("tx", {"n": 1}, connection=conn)
-            b = sync.schedule_job_at("tx", {}, datetime.now(UTC) + timedelta(hours=1),
-                                     connection=conn)
+            b = sync.schedule_job_at(
+                "tx", {}, datetime.now(UTC) + timedelta(hours=1), connection=conn
+            )
             c = sync.schedule_jobs("tx", [{}, {}], connection=conn)
             assert sync.get_job_status(a.job_id) is None
             conn.rollback()

@@ -68,8 +68,9 @@ BAD_SCHEDULE_CALLS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("label", "kwargs"), BAD_SCHEDULE_CALLS,
-                         ids=[c[0] for c in BAD_SCHEDULE_CALLS])
+@pytest.mark.parametrize(
+    ("label", "kwargs"), BAD_SCHEDULE_CALLS, ids=[c[0] for c in BAD_SCHEDULE_CALLS]
+)
 async def test_bad_schedule_job_writes_nothing(
     ready: PostgresJobRunner, label: str, kwargs: dict[str, Any]
 ) -> None:
@@ -84,7 +85,7 @@ async def test_bad_schedule_job_writes_nothing(
 
 @pytest.mark.parametrize(
     "run_at",
-    [datetime.now() + timedelta(hours=1), "2030-01-01T00:00:00Z", 1700000000, None],  # noqa: DTZ005
+    [datetime.now() + timedelta(hours=1), "2030-01-01T00:00:00Z", 1700000000, None],
     ids=["naive", "string", "epoch", "none"],
 )
 async def test_bad_run_at(ready: PostgresJobRunner, run_at: Any) -> None:
@@ -95,7 +96,7 @@ async def test_bad_run_at(ready: PostgresJobRunner, run_at: Any) -> None:
 
 async def test_naive_datetime_in_bulk(ready: PostgresJobRunner) -> None:
     with pytest.raises(InvalidArgumentError, match="timezone-aware"):
-        await ready.schedule_jobs("ok", [{}], run_at=datetime(2030, 1, 1))  # noqa: DTZ001
+        await ready.schedule_jobs("ok", [{}], run_at=datetime(2030, 1, 1))
     assert await count_jobs(ready) == 0
 
 

@@ -73,7 +73,10 @@ async def test_result_is_stored(runner: PostgresJobRunner, registry: JobHandlerR
     assert info.completed_at >= info.started_at
     (ctx,) = seen
     assert (ctx.job_id, ctx.name, ctx.tenant, ctx.attempt) == (
-        handle.job_id, "generate-invoice", tenant, 1,
+        handle.job_id,
+        "generate-invoice",
+        tenant,
+        1,
     )
     attempts = await details(runner, handle.job_id, "attempt")
     assert [(r["status"], r["retry_count"]) for r in attempts] == [("completed", 1)]
@@ -109,8 +112,9 @@ async def test_backoff_delays_are_exact_and_status_never_flaps(
     """Delays 30 s then 60 s (policy, jitter neutral); run_at - failure time equals them
     exactly; status goes processing -> retrying ... -> failed, never failed before the end."""
     await install_status_log(runner)
-    policy = RetryPolicy(max_attempts=3, initial_interval=30, backoff_coefficient=2.0,
-                         max_interval=300, jitter=0.2)
+    policy = RetryPolicy(
+        max_attempts=3, initial_interval=30, backoff_coefficient=2.0, max_interval=300, jitter=0.2
+    )
 
     async def handler(ctx: JobContext, data: dict[str, Any]) -> None:
         raise ValueError(f"boom {ctx.attempt}")
@@ -143,11 +147,19 @@ async def test_backoff_delays_are_exact_and_status_never_flaps(
     assert "in handler" in info.error.traceback and "ValueError: boom 3" in info.error.traceback
     assert info.completed_at is not None
     assert await status_history(runner, handle.job_id) == [
-        "queued", "processing", "retrying", "processing", "retrying", "processing", "failed",
+        "queued",
+        "processing",
+        "retrying",
+        "processing",
+        "retrying",
+        "processing",
+        "failed",
     ]
     attempts = await details(runner, handle.job_id, "attempt")
     assert [(r["status"], r["retry_count"]) for r in attempts] == [
-        ("failed", 1), ("failed", 2), ("failed", 3),
+        ("failed", 1),
+        ("failed", 2),
+        ("failed", 3),
     ]
 
 
@@ -160,8 +172,11 @@ async def test_retry_then_success(runner: PostgresJobRunner, registry: JobHandle
             raise ConnectionError("transient")
         return "done"
 
-    registry.add("eventually", handler,
-                 retry=RetryPolicy(max_attempts=5, initial_interval=0.05, max_interval=0.1))
+    registry.add(
+        "eventually",
+        handler,
+        retry=RetryPolicy(max_attempts=5, initial_interval=0.05, max_interval=0.1),
+    )
     async with running_worker(runner, **HALF):
         handle = await runner.schedule_job("eventually", {})
         info = await runner.wait_for_job(handle.job_id, timeout=30)
@@ -170,7 +185,9 @@ async def test_retry_then_success(runner: PostgresJobRunner, registry: JobHandle
     assert info.attempts == 3 and info.error is None
     rows = await details(runner, handle.job_id, "attempt")
     assert [(r["status"], r["retry_count"]) for r in rows] == [
-        ("failed", 1), ("failed", 2), ("completed", 3),
+        ("failed", 1),
+        ("failed", 2),
+        ("completed", 3),
     ]
     # each failed attempt row records when the next attempt was due
     assert all("next_run_at" in r["metadata"] for r in rows[:2])
@@ -213,14 +230,20 @@ async def test_non_retryable_fails_now(
     async def other(ctx: JobContext, data: dict[str, Any]) -> None:
         raise ValueError("retried")
 
-    policy = RetryPolicy(max_attempts=3, initial_interval=30,
-                         non_retryable_errors=[KeyError, "CustomError"])
-    for name, fn in (("explicit", explicit), ("by-type", by_type), ("by-name", by_name),
-                     ("other", other)):
+    policy = RetryPolicy(
+        max_attempts=3, initial_interval=30, non_retryable_errors=[KeyError, "CustomError"]
+    )
+    for name, fn in (
+        ("explicit", explicit),
+        ("by-type", by_type),
+        ("by-name", by_name),
+        ("other", other),
+    ):
         registry.add(name, fn, retry=policy)
     async with running_worker(runner, **HALF):
-        handles = {n: await runner.schedule_job(n, {}) for n in
-                   ("explicit", "by-type", "by-name", "other")}
+        handles = {
+            n: await runner.schedule_job(n, {}) for n in ("explicit", "by-type", "by-name", "other")
+        }
         for name in ("explicit", "by-type", "by-name"):
             info = await runner.wait_for_job(handles[name].job_id, timeout=30)
             assert info.status is JobStatus.FAILED, name
@@ -248,8 +271,9 @@ async def test_async_timeout_cancels_and_retries(
                 raise
         return "second time lucky"
 
-    registry.add("slow", handler, timeout=0.3,
-                 retry=RetryPolicy(max_attempts=2, initial_interval=0.05))
+    registry.add(
+        "slow", handler, timeout=0.3, retry=RetryPolicy(max_attempts=2, initial_interval=0.05)
+    )
     async with running_worker(runner, **HALF):
         handle = await runner.schedule_job("slow", {})
         info = await runner.wait_for_job(handle.job_id, timeout=30)
@@ -353,8 +377,9 @@ async def test_two_workers_never_share_an_attempt(
     by_worker = {w: sum(1 for *_, x in ledger if x == w) for w in ("a", "b")}
     assert by_worker["a"] > 0 and by_worker["b"] > 0, by_worker
     rows = await fetch(
-        one, "SELECT job_id, count(*) AS n FROM {schema}.job_details "
-             "WHERE step_name = 'attempt' GROUP BY job_id"
+        one,
+        "SELECT job_id, count(*) AS n FROM {schema}.job_details "
+        "WHERE step_name = 'attempt' GROUP BY job_id",
     )
     assert len(rows) == 300 and {r["n"] for r in rows} == {1}
 
@@ -383,7 +408,8 @@ async def test_survives_terminated_connections(
         async with await psycopg.AsyncConnection.connect(jobrunner_dsn, autocommit=True) as c:
             cur = await c.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = %s AND pid <> pg_backend_pid()", (app,)
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (app,),
             )
             row = await cur.fetchone()
             return int(row[0]) if row else 0
@@ -418,8 +444,11 @@ async def test_banner_is_logged(
     caplog.set_level(logging.INFO, logger="jobrunner")
     async with running_worker(runner, concurrency=3):
         pass
-    banners = [r.getMessage() for r in caplog.records
-               if r.name == "jobrunner.worker" and "starting" in r.getMessage()]
+    banners = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "jobrunner.worker" and "starting" in r.getMessage()
+    ]
     assert len(banners) == 1
     text = banners[0]
     assert "backend=postgres" in text
@@ -431,7 +460,9 @@ async def test_banner_is_logged(
 
 
 async def test_banner_hides_password(
-    jobrunner_dsn: str, schema: str, registry: JobHandlerRegistry,
+    jobrunner_dsn: str,
+    schema: str,
+    registry: JobHandlerRegistry,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     dsn = psycopg.conninfo.make_conninfo(jobrunner_dsn, password="s3cret-pw")
@@ -444,3 +475,166 @@ async def test_banner_hides_password(
         await runner.close()
     assert "s3cret-pw" not in caplog.text
     assert any("backend=postgres" in r.getMessage() for r in caplog.records)
+
+
+async def test_unstorable_results_and_errors_do_not_block_the_worker(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """NUL characters and lone surrogates cannot be stored by jsonb. Such a result fails its
+    job without retry; such an error message is escaped; neither blocks other outcomes."""
+
+    async def nul_result(ctx: JobContext, data: dict[str, Any]) -> str:
+        return "a\x00b"
+
+    async def surrogate_result(ctx: JobContext, data: dict[str, Any]) -> dict[str, Any]:
+        return {"text": "\ud800"}
+
+    async def set_result(ctx: JobContext, data: dict[str, Any]) -> Any:
+        return {1, 2}
+
+    async def nul_error(ctx: JobContext, data: dict[str, Any]) -> None:
+        raise ValueError("bad \x00 byte and \udcff surrogate")
+
+    async def good(ctx: JobContext, data: dict[str, Any]) -> int:
+        return int(data["n"])
+
+    one_try = RetryPolicy(max_attempts=1)
+    for name, fn in (
+        ("nul-result", nul_result),
+        ("surrogate-result", surrogate_result),
+        ("set-result", set_result),
+        ("nul-error", nul_error),
+    ):
+        registry.add(
+            name,
+            fn,
+            retry=RetryPolicy(max_attempts=3, initial_interval=0.05)
+            if name != "nul-error"
+            else one_try,
+        )
+    registry.add("good", good)
+    async with running_worker(runner, flush_interval=0.2):  # batch outcomes together
+        bad = {
+            n: await runner.schedule_job(n, {})
+            for n in ("nul-result", "surrogate-result", "set-result", "nul-error")
+        }
+        goods = [await runner.schedule_job("good", {"n": n}) for n in range(5)]
+        infos = {n: await runner.wait_for_job(h.job_id, timeout=30) for n, h in bad.items()}
+        good_infos = [await runner.wait_for_job(h.job_id, timeout=30) for h in goods]
+    assert [i.result for i in good_infos] == [0, 1, 2, 3, 4]
+    for name in ("nul-result", "surrogate-result", "set-result"):
+        info = infos[name]
+        assert info.status is JobStatus.FAILED, name
+        assert info.attempts == 1, name  # not retried: the same result would be refused again
+        assert info.result is None
+        assert info.error is not None and info.error.type == "jobrunner._errors.NonRetryable"
+    assert "NUL" in infos["nul-result"].error.message  # type: ignore[union-attr]
+    assert "could not be stored" in infos["surrogate-result"].error.message  # type: ignore[union-attr]
+    err = infos["nul-error"].error
+    assert infos["nul-error"].status is JobStatus.FAILED and err is not None
+    assert err.message == "bad \\x00 byte and \\udcff surrogate"
+
+
+async def test_running_job_keeps_its_lease_by_heartbeat(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """A job running for several lease periods is not rescued while its worker is alive."""
+    gate = asyncio.Event()
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> int:
+        await gate.wait()
+        return ctx.attempt
+
+    registry.add("long-lease", handler)
+    async with running_worker(runner, lease_seconds=0.6, rescue_interval=0.1):
+        handle = await runner.schedule_job("long-lease", {})
+        first = await eventually(
+            lambda: job_row(runner, handle.job_id),
+            lambda r: r["status"] == "processing",
+            what="processing",
+        )
+        seen = {first["lease_expires_at"]}
+        # watch the lease being extended several times (well past the first expiry)
+        while len(seen) < 5:
+            row = await eventually(
+                lambda: job_row(runner, handle.job_id),
+                lambda r: r["lease_expires_at"] not in seen,
+                what="lease extended",
+            )
+            assert row["status"] == "processing" and row["attempts"] == 1
+            seen.add(row["lease_expires_at"])
+        gate.set()
+        info = await runner.wait_for_job(handle.job_id, timeout=30)
+    assert info.status is JobStatus.COMPLETED and info.result == 1 and info.attempts == 1
+    assert [r["status"] for r in await details(runner, handle.job_id, "attempt")] == ["completed"]
+
+
+async def test_lost_lease_stops_the_handler(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """When the heartbeat finds that another claim took the job over (token moved on), the
+    handler is stopped and its outcome can no longer be written."""
+    started = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+        return "unreachable"
+
+    registry.add("usurped", handler)
+    async with running_worker(runner, lease_seconds=1.5):
+        handle = await runner.schedule_job("usurped", {})
+        await asyncio.wait_for(started.wait(), 30)
+        # Simulate a rescue + re-claim by another worker: new token and owner.
+        await fetch(
+            runner,
+            "UPDATE {schema}.jobs SET lease_token = lease_token + 1, "
+            "worker_id = gen_random_uuid() WHERE job_id = %s",
+            handle.job_id,
+        )
+        await asyncio.wait_for(stopped.wait(), 30)
+        row = await job_row(runner, handle.job_id)
+        assert row["status"] == "processing" and row["result"] is None  # untouched by the loser
+        assert await details(runner, handle.job_id, "attempt") == []
+        assert await runner.cancel_job(handle.job_id)  # end the simulated owner's attempt
+
+
+async def test_dead_workers_job_is_rescued_and_final_when_out_of_attempts(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """Jobs claimed by a worker that vanished (claimed with a short lease, never heartbeated)
+    are re-queued after the lease and count the attempt; with none left they fail."""
+    ran: list[tuple[str, int]] = []
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> str:
+        ran.append((data["k"], ctx.attempt))
+        return data["k"]
+
+    registry.add("orphan", handler, retry=RetryPolicy(max_attempts=2))
+    again = await runner.schedule_job("orphan", {"k": "again"})
+    last = await runner.schedule_job("orphan", {"k": "last"})
+    # the "last" job already used its first attempt
+    await fetch(runner, "UPDATE {schema}.jobs SET attempts = 1 WHERE job_id = %s", last.job_id)
+    async with runner.db.connection() as conn:
+        cur = await conn.execute(
+            runner.db.queries.claim_jobs,
+            {
+                "queues": ["default"],
+                "limit": 10,
+                "worker_id": uuid.uuid4(),
+                "lease_seconds": 0.5,
+            },
+        )
+        assert len(await cur.fetchall()) == 2
+    async with running_worker(runner, lease_seconds=2):
+        info = await runner.wait_for_job(again.job_id, timeout=30)
+        lost = await runner.wait_for_job(last.job_id, timeout=30)
+    assert info.status is JobStatus.COMPLETED and info.attempts == 2
+    assert ran == [("again", 2)]
+    assert lost.status is JobStatus.FAILED and lost.attempts == 2
+    assert lost.error is not None and lost.error.type == "jobrunner.LeaseExpired"

@@ -53,8 +53,9 @@ class WorkerProcess:
                         if regex.search(line):
                             return line
                     if self._reader.done():
-                        raise AssertionError(f"worker exited before logging {pattern!r}:\n"
-                                             + "\n".join(self.lines))
+                        raise AssertionError(
+                            f"worker exited before logging {pattern!r}:\n" + "\n".join(self.lines)
+                        )
                     await self._changed.wait()
 
         return await asyncio.wait_for(find(), timeout)
@@ -86,8 +87,13 @@ async def worker_process(
     else:
         cmd = [str(script)]
     proc = await asyncio.create_subprocess_exec(
-        *cmd, "--app", "apps.worker_app", *args, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        *cmd,
+        "--app",
+        "apps.worker_app",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     worker = WorkerProcess(proc)
@@ -117,8 +123,10 @@ async def held_by_subprocess(
         return await job_row(runner, job_id)
 
     return await eventually(
-        probe, lambda r: r["status"] == "processing" and r["progress"] == 10,
-        timeout=60, what="subprocess running the job",
+        probe,
+        lambda r: r["status"] == "processing" and r["progress"] == 10,
+        timeout=60,
+        what="subprocess running the job",
     )
 
 
@@ -140,32 +148,42 @@ async def test_kill_9_mid_job_is_rerun_elsewhere(
     assert info.attempts == 2  # the killed attempt counts
     assert info.result == {"attempt": 2, "pid": os.getpid()}
     attempts = await details(runner, handle.job_id, "attempt")
-    assert [(r["status"], r["retry_count"]) for r in attempts] == [("failed", 1),
-                                                                   ("completed", 2)]
+    assert [(r["status"], r["retry_count"]) for r in attempts] == [("failed", 1), ("completed", 2)]
     assert attempts[0]["metadata"].get("lease_expired") is True
     assert attempts[0]["result"]["type"] == "jobrunner.LeaseExpired"
     # A late completion from the dead attempt is impossible: its token is fenced out.
     async with runner.db.connection() as conn:
-        cur = await conn.execute(runner.db.queries.complete_jobs, {
-            "tenants": [row["tenant"]], "job_ids": [handle.job_id], "tokens": [dead_token],
-            "results": ['{"zombie": true}'], "started": [datetime.now(UTC)],
-            "durations": [1.0], "worker_id": str(row["worker_id"]),
-        })
+        cur = await conn.execute(
+            runner.db.queries.complete_jobs,
+            {
+                "tenants": [row["tenant"]],
+                "job_ids": [handle.job_id],
+                "tokens": [dead_token],
+                "results": ['{"zombie": true}'],
+                "started": [datetime.now(UTC)],
+                "durations": [1.0],
+                "worker_id": str(row["worker_id"]),
+            },
+        )
         assert await cur.fetchall() == []
     final = await runner.get_job_status(handle.job_id)
     assert final is not None and final.result == {"attempt": 2, "pid": os.getpid()}
 
 
 async def test_sigterm_lets_running_job_finish_and_exits_0(
-    runner: PostgresJobRunner, registry: JobHandlerRegistry, jobrunner_dsn: str, schema: str,
+    runner: PostgresJobRunner,
+    registry: JobHandlerRegistry,
+    jobrunner_dsn: str,
+    schema: str,
     tmp_path: Path,
 ) -> None:
     registry.add("proc-block", local_block)
     registry.add("proc-echo", local_block)
     release = tmp_path / "release"
     handle = await runner.schedule_job("proc-block", {"release_file": str(release)})
-    async with worker_process(jobrunner_dsn, schema, "--concurrency", "3",
-                              "--queues", "default,other") as wp:
+    async with worker_process(
+        jobrunner_dsn, schema, "--concurrency", "3", "--queues", "default,other"
+    ) as wp:
         banner = await wp.wait_for_line(r"jobrunner worker .* starting")
         assert "backend=postgres" in banner and "queues=default,other" in banner
         assert "concurrency=3" in banner and "proc-block" in banner and "proc-echo" in banner
@@ -191,8 +209,7 @@ async def test_short_grace_requeues_unfinished_job(
 ) -> None:
     registry.add("proc-block", local_block)
     handle = await runner.schedule_job("proc-block", {"release_file": None})
-    async with worker_process(jobrunner_dsn, schema, "--grace", "0.5",
-                              module_form=True) as wp:
+    async with worker_process(jobrunner_dsn, schema, "--grace", "0.5", module_form=True) as wp:
         await held_by_subprocess(runner, handle.job_id, wp)
         wp.proc.send_signal(signal.SIGTERM)
         assert await wp.wait() == 0, wp.output

@@ -18,7 +18,7 @@ async def proc_block(ctx: JobContext, data: dict[str, Any]) -> dict[str, Any]:
     await ctx.set_progress(10, f"started attempt {ctx.attempt} in {os.getpid()}")
     release = data.get("release_file")
     # Polling a file is the only signal a test can send into another process's handler.
-    while release is None or not os.path.exists(release):
+    while release is None or not os.path.exists(release):  # noqa: ASYNC110, ASYNC240
         await asyncio.sleep(0.05)
     return {"attempt": ctx.attempt, "pid": os.getpid()}
 

@@ -449,7 +449,7 @@ class PostgresWorker(JobWorker):
         singles = [_Outcomes(done=[d]) for d in batch.done]
         singles += [_Outcomes(failed=[f]) for f in batch.failed]
         for one in singles:
-            job_id = (one.done or one.failed)[0][1]  # type: ignore[index]
+            job_id = (one.done or one.failed)[0][1]
             try:
                 await self._write_outcomes(one)
                 continue
@@ -460,7 +460,9 @@ class PostgresWorker(JobWorker):
                 if one.done:
                     tenant, _, token, _text, started_wall, duration = one.done[0]
                     retry_in: float | None = None
-                    cause: BaseException = NonRetryable(f"the result could not be stored: {problem}")
+                    cause: BaseException = NonRetryable(
+                        f"the result could not be stored: {problem}"
+                    )
                 else:
                     tenant, _, token, _err, retry_in, started_wall, duration = one.failed[0]
                     cause = JobRunnerError(f"the error could not be stored: {problem}")
@@ -473,8 +475,9 @@ class PostgresWorker(JobWorker):
                     continue
                 except (JobRunnerError, psycopg.Error, OSError) as err:
                     problem = err
-            logger.error("dropping the outcome of job %s (its lease will expire): %s",
-                         job_id, problem)
+            logger.error(
+                "dropping the outcome of job %s (its lease will expire): %s", job_id, problem
+            )
 
     async def _write_outcomes(self, batch: _Outcomes) -> None:
         q = self.runner.db.queries

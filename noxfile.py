@@ -26,6 +26,7 @@ def tests(session: nox.Session) -> None:
     if not session.posargs:
         session.notify("lint")
         session.notify("typecheck")
+        session.notify("examples")
 
 
 @nox.session(python=PYTHON)
@@ -34,6 +35,26 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", "src", "tests", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """The example downstream app's own tests, run the way a user runs them.
+
+    jobrunner is installed from a freshly built wheel (not editable, not the source tree), the
+    app next to it, and pytest runs from inside examples/billing_app with only the plugin and
+    jobrunner.testing.
+    """
+    session.install(".[testing]")
+    session.install("--no-deps", "--force-reinstall", ".", "./examples/billing_app")
+    session.chdir("examples/billing_app")
+    session.run(
+        "python",
+        "-c",
+        "import jobrunner, sys; f = jobrunner.__file__; "
+        "sys.exit(0 if 'site-packages' in f else f'jobrunner imported from {f}, not installed')",
+    )
+    session.run("pytest", *(session.posargs or ["-q"]))
 
 
 @nox.session(python=PYTHON)

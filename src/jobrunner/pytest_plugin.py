@@ -8,6 +8,9 @@ Fixtures:
         that ``@job`` fills); override it in your conftest to use another.
     memory_runner: an :class:`~jobrunner.testing.InMemoryJobRunner` on a
         :class:`~jobrunner.testing.FakeClock` (``memory_runner.clock``).
+
+    ``memory_runner`` and ``job_runner`` are also installed as ``JobRunnerFactory``'s instance
+    for the test, so application code calling ``JobRunnerFactory.get_instance()`` uses them.
     jobrunner_dsn: a PostgreSQL DSN (``--jobrunner-dsn``, ``JOBRUNNER_TEST_DSN``, a local
         server, testcontainers, or a private cluster).
     job_runner: a started ``PostgresJobRunner`` in a schema of its own, dropped afterwards.
@@ -17,11 +20,13 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
+from jobrunner._runner import JobRunner
 from jobrunner.registry import JobHandlerRegistry
 from jobrunner.testing._database import find_test_dsn, isolated_schema
 
@@ -59,10 +64,11 @@ def memory_runner(jobrunner_registry: JobHandlerRegistry) -> Iterator[InMemoryJo
     from jobrunner.testing._memory import InMemoryJobRunner
 
     runner = InMemoryJobRunner(jobrunner_registry)
-    try:
-        yield runner
-    finally:
-        runner.close_now()
+    with _as_factory_instance(runner):
+        try:
+            yield runner
+        finally:
+            runner.close_now()
 
 
 @pytest.fixture(scope="session")
@@ -96,9 +102,23 @@ async def job_runner(
         )
         try:
             await runner.start()
-            yield runner
+            with _as_factory_instance(runner):
+                yield runner
         finally:
             await runner.close()
+
+
+@contextlib.contextmanager
+def _as_factory_instance(runner: JobRunner) -> Iterator[None]:
+    """Application code calling ``JobRunnerFactory.get_instance()`` gets the test's runner."""
+    from jobrunner._factory import JobRunnerFactory
+
+    previous = JobRunnerFactory._instance
+    JobRunnerFactory.set_instance(runner)
+    try:
+        yield
+    finally:
+        JobRunnerFactory.set_instance(previous)
 
 
 @pytest.fixture(scope="session")

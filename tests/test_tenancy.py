@@ -83,3 +83,45 @@ async def test_bulk_and_singletons_are_per_tenant(
     s1 = await runner.schedule_job("bulk", {}, tenant=A, singleton_key="nightly")
     s2 = await runner.schedule_job("bulk", {}, tenant=B, singleton_key="nightly")
     assert s1.created and s2.created and s1.job_id != s2.job_id
+
+
+async def test_monitoring_and_schedule_methods_are_tenant_scoped(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> None:
+        raise RuntimeError("always")
+
+    from jobrunner import RetryPolicy
+
+    registry.add("mon", handler, retry=RetryPolicy(max_attempts=1))
+    queued = await runner.schedule_job("mon", {}, tenant=A)
+    failing = await runner.schedule_job("mon", {}, tenant=A)
+    assert await runner.cancel_job(queued.job_id, tenant=A)  # finished: cancelled
+    async with running_worker(runner):
+        info = await runner.wait_for_job(failing.job_id, tenant=A, timeout=30)
+    assert info.status is JobStatus.FAILED
+
+    # list_jobs / get_metrics see only the asking tenant's jobs
+    page_b = await runner.list_jobs(tenant=B)
+    assert page_b.jobs == []
+    page_a = await runner.list_jobs(tenant=A)
+    assert {j.job_id for j in page_a.jobs} == {queued.job_id, failing.job_id}
+    assert (await runner.get_metrics(tenant=B)).total == 0
+    assert (await runner.get_metrics(tenant=A)).total == 2
+    # retry_job and clear_history cannot touch another tenant's jobs
+    assert await runner.retry_job(failing.job_id, tenant=B) is False
+    assert await runner.clear_history(tenant=B) == 0
+    assert len((await runner.list_jobs(tenant=A)).jobs) == 2
+    still = await runner.get_job_status(failing.job_id, tenant=A)
+    assert still is not None and still.status is JobStatus.FAILED
+
+    # recurring schedules
+    sched = await runner.schedule_recurring_job("mon", {}, "0 3 * * *", tenant=A)
+    assert [s.job_id for s in await runner.list_schedules(tenant=A)] == [sched.job_id]
+    assert await runner.list_schedules(tenant=B) == []
+    assert await runner.pause_schedule(sched.job_id, tenant=B) is False
+    assert await runner.resume_schedule(sched.job_id, tenant=B) is False
+    assert await runner.cancel_job(sched.job_id, tenant=B) is False
+    (mine,) = await runner.list_schedules(tenant=A)
+    assert mine.paused is False
+    assert await runner.pause_schedule(sched.job_id, tenant=A) is True

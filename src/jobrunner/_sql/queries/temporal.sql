@@ -97,11 +97,13 @@ RETURNING job_id
 
 -- name: temporal_finish_failed
 -- The workflow's last word when the activity could not record the outcome itself (server-side
--- timeout, dead worker): fail the job unless it is final already.
+-- timeout, dead worker): fail the job unless it is final already. Fenced by the run id: after
+-- retry_job the row belongs to a new run, and the old run's late word must change nothing.
 WITH prev AS (
     SELECT tenant, job_id, status FROM {schema}.jobs
     WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
       AND status IN ('pending', 'queued', 'processing', 'retrying')
+      AND (external_run_id = %(run_id)s OR (external_run_id IS NULL AND lease_token = 0))
     FOR UPDATE
 ), updated AS (
     UPDATE {schema}.jobs j
@@ -119,6 +121,40 @@ WITH prev AS (
     FROM updated WHERE previous_status = 'processing'
 )
 SELECT job_id FROM updated
+
+-- name: temporal_finish_cancelled
+-- The workflow ends cancelled (cancelJob signal or workflow cancel): as cancel_job, fenced by
+-- the run id like temporal_finish_failed.
+WITH prev AS (
+    SELECT tenant, job_id, status, attempts FROM {schema}.jobs
+    WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+      AND status IN ('pending', 'queued', 'processing', 'retrying')
+      AND (external_run_id = %(run_id)s OR (external_run_id IS NULL AND lease_token = 0))
+    FOR UPDATE
+), cancelled AS (
+    UPDATE {schema}.jobs j
+    SET status = 'cancelled',
+        completed_at = now(),
+        updated_at = timezone('utc', now()),
+        worker_id = NULL,
+        lease_token = j.lease_token + 1,
+        error = jsonb_build_object('type', 'cancelled', 'message',
+                                   coalesce(%(reason)s::text, 'cancelled'), 'traceback', NULL),
+        metadata = coalesce(j.metadata, '{{}}'::jsonb)
+                   || jsonb_strip_nulls(jsonb_build_object('cancel_reason', %(reason)s::text,
+                                                           'cancelled_by', %(cancelled_by)s::text))
+    FROM prev
+    WHERE j.tenant = prev.tenant AND j.job_id = prev.job_id
+    RETURNING j.tenant, j.job_id, prev.status AS previous_status, j.attempts
+), attempt_row AS (
+    INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at,
+                                      retry_count, metadata)
+    SELECT tenant, job_id, 'attempt', 'cancelled', timezone('utc', now()), attempts,
+           jsonb_strip_nulls(jsonb_build_object('reason', %(reason)s::text,
+                                                'cancelled_by', %(cancelled_by)s::text))
+    FROM cancelled WHERE previous_status = 'processing'
+)
+SELECT job_id FROM cancelled
 
 -- name: temporal_signal_progress
 UPDATE {schema}.jobs
@@ -142,7 +178,8 @@ ON CONFLICT DO NOTHING
 UPDATE {schema}.jobs
 SET status = 'queued', attempts = 0, error = NULL, result = NULL, progress = 0,
     progress_message = NULL, completed_at = NULL, started_at = NULL, run_at = now(),
-    updated_at = timezone('utc', now()), lease_token = lease_token + 1
+    updated_at = timezone('utc', now()), lease_token = lease_token + 1,
+    external_run_id = NULL
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
   AND status IN ('failed', 'cancelled')
 RETURNING job_id, type, data, queue, priority, user_id, metadata, external_id, schedule_id

@@ -243,7 +243,9 @@ class JobActivities:
         if info.status is JobStatus.COMPLETED:
             return info.result
         if info.status is JobStatus.CANCELLED:
-            raise asyncio.CancelledError()
+            raise ApplicationError(
+                f"job {job_id} was cancelled", type="JobCancelled", non_retryable=True
+            )
         raise ApplicationError(
             f"job {job_id} is already {info.status.value}",
             type="JobAlreadyFinal",
@@ -280,17 +282,17 @@ class JobActivities:
         """Record ``failed`` or ``cancelled`` unless the row is final already."""
         tenant = uuid.UUID(inp.tenant)
         job_id = uuid.UUID(inp.job_id)
+        run_id = activity.info().workflow_run_id
         async with self.db.connection() as conn:
             if inp.status == "cancelled":
                 cur = await conn.execute(
-                    self.q.cancel_job,
+                    self.q.temporal_finish_cancelled,
                     {
                         "tenant": tenant,
                         "job_id": job_id,
+                        "run_id": run_id,
                         "reason": inp.reason,
                         "cancelled_by": inp.cancelled_by,
-                        "runner_type": "temporal",
-                        "channel": self.db.channel_cancel,
                     },
                 )
             else:
@@ -299,6 +301,7 @@ class JobActivities:
                     {
                         "tenant": tenant,
                         "job_id": job_id,
+                        "run_id": run_id,
                         "error": Jsonb(
                             {"type": inp.error_type, "message": inp.message, "traceback": None}
                         ),

@@ -151,7 +151,10 @@ class JobWorkflow:
             await self._finish_cancelled(job)
             raise
         except ActivityError as err:
-            if self._cancel is not None or isinstance(err.cause, CancelledError):
+            cancelled = isinstance(err.cause, CancelledError) or (
+                isinstance(err.cause, ApplicationError) and err.cause.type == "JobCancelled"
+            )
+            if self._cancel is not None or cancelled:
                 return await self._finish_cancelled(job)
             cause = err.cause
             kind, message = _describe(cause)

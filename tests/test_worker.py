@@ -638,3 +638,43 @@ async def test_dead_workers_job_is_rescued_and_final_when_out_of_attempts(
     assert ran == [("again", 2)]
     assert lost.status is JobStatus.FAILED and lost.attempts == 2
     assert lost.error is not None and lost.error.type == "jobrunner.LeaseExpired"
+
+
+async def test_shutdown_waits_for_an_outcome_write_in_flight(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """The final flush at shutdown must not cancel a batch the flush loop is still writing."""
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> str:
+        return "kept"
+
+    registry.add("in-flight", handler)
+    worker = runner.create_worker()
+    entered, release = asyncio.Event(), asyncio.Event()
+    original_write, original_flush = worker._write_outcomes, worker._flush
+
+    async def gated_write(batch: Any) -> None:
+        entered.set()
+        await release.wait()
+        await original_write(batch)
+
+    async def flush_spy() -> None:
+        if entered.is_set():
+            release.set()  # shutdown's final flush has begun: let the loop's write go on
+        await original_flush()
+
+    worker._write_outcomes = gated_write  # type: ignore[method-assign]
+    worker._flush = flush_spy  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    try:
+        handle = await runner.schedule_job("in-flight", {})
+        await asyncio.wait_for(entered.wait(), 30)
+        await worker.stop(grace=5)
+        await asyncio.wait_for(task, 30)
+    finally:
+        release.set()
+        if not task.done():
+            await worker.stop(grace=0)
+            await task
+    info = await runner.get_job_status(handle.job_id)
+    assert info is not None and info.status is JobStatus.COMPLETED and info.result == "kept"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -83,6 +84,8 @@ class PostgresJobRunner(JobRunner):
         self.require_registered = require_registered
         self.auto_migrate = auto_migrate
         self._started = False
+        # Concurrent first calls start the runner once (the pool cannot be opened twice).
+        self._start_lock = asyncio.Lock()
 
     @property
     def schema(self) -> str:
@@ -105,10 +108,13 @@ class PostgresJobRunner(JobRunner):
         """Open the pool and apply migrations (unless ``auto_migrate`` is off)."""
         if self._started:
             return
-        if self.auto_migrate:
-            await self.db.migrate()
-        await self.db.open()
-        self._started = True
+        async with self._start_lock:
+            if self._started:
+                return
+            if self.auto_migrate:
+                await self.db.migrate()
+            await self.db.open()
+            self._started = True
 
     async def close(self) -> None:
         """Close the pool."""

@@ -29,14 +29,17 @@ class JobRunnerFactory:
     _sync_instance: SyncJobRunner | None = None
     _lock = threading.Lock()
     _async_lock: asyncio.Lock | None = None
+    _lock_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     async def get_instance(cls, settings: Settings | None = None) -> JobRunner:
         """The process-wide runner, built and started on first use."""
         if cls._instance is not None:
             return cls._instance
-        if cls._async_lock is None:
-            cls._async_lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        # A lock is bound to the loop it first waited in; tests run one loop per test.
+        if cls._async_lock is None or cls._lock_loop is not loop:
+            cls._async_lock, cls._lock_loop = asyncio.Lock(), loop
         async with cls._async_lock:
             if cls._instance is None:
                 cls._instance = await cls.create(settings)

@@ -38,11 +38,17 @@ class SyncJobRunner:
             target=self._loop.run_forever, name="jobrunner-sync-loop", daemon=True
         )
         self._thread.start()
-        if isinstance(runner, JobRunner):
-            self.runner = runner
-            self._call(runner.start())
-        else:
-            self.runner = self._call(runner())
+        try:
+            if isinstance(runner, JobRunner):
+                self.runner = runner
+                self._call(runner.start())
+            else:
+                self.runner = self._call(runner())
+        except BaseException:
+            # Do not leak the loop thread when the runner cannot start.
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            raise
         self._closed = False
 
     @classmethod

@@ -18,7 +18,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--app", action="append", default=[], required=True,
                         help="module(s) that register handlers; repeat or comma-separate")
     parser.add_argument("--concurrency", type=int, default=None, help="handlers run at once")
-    parser.add_argument("--queues", default=None, help="comma-separated queues (default: the registered handlers' queues and 'default')")
+    parser.add_argument(
+        "--queues",
+        default=None,
+        help="comma-separated queues (default: the registered handlers' queues and 'default')",
+    )
     parser.add_argument("--lease", type=float, default=None, help="lease seconds (default 30)")
     parser.add_argument("--grace", type=float, default=None,
                         help="seconds running jobs get on shutdown (default 30)")

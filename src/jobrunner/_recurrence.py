@@ -92,13 +92,15 @@ def validate_timezone(name: object) -> ZoneInfo:
         ScheduleError: not a string or not a zone known to tzdata.
     """
     if not isinstance(name, str) or not name or len(name) > 100:
-        raise ScheduleError(f"timezone must be an IANA zone name such as 'Europe/Berlin', "
-                            f"got {name!r:.80}")
+        raise ScheduleError(
+            f"timezone must be an IANA zone name such as 'Europe/Berlin', got {name!r:.80}"
+        )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ScheduleError(f"unknown timezone {name!r:.80} (use an IANA name such as "
-                            f"'Europe/Berlin' or 'UTC')") from None
+        raise ScheduleError(
+            f"unknown timezone {name!r:.80} (use an IANA name such as 'Europe/Berlin' or 'UTC')"
+        ) from None
 
 
 def parse_expression(expression: object) -> tuple[Kind, str, timedelta | None]:
@@ -159,8 +161,9 @@ def parse_recurrence(expression: object, timezone: object = "UTC") -> Recurrence
     """
     zone = validate_timezone(timezone)
     kind, text, interval = parse_expression(expression)
-    rec = Recurrence(kind=kind, expression=text, timezone=str(timezone), interval=interval,
-                     _zone=zone)
+    rec = Recurrence(
+        kind=kind, expression=text, timezone=str(timezone), interval=interval, _zone=zone
+    )
     if kind == "cron":
         try:
             rec.next_after(datetime(2000, 1, 1, tzinfo=UTC))
@@ -362,8 +365,10 @@ def as_overlap_policy(value: object) -> OverlapPolicy:
 
 def as_max_catch_up(value: object) -> int:
     """Validate ``max_catch_up``: an integer from 1 to :data:`MAX_CATCH_UP_LIMIT`."""
-    if not isinstance(value, int) or isinstance(value, bool) or not (
-        1 <= value <= MAX_CATCH_UP_LIMIT
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not (1 <= value <= MAX_CATCH_UP_LIMIT)
     ):
         raise ScheduleError(f"max_catch_up must be an integer from 1 to {MAX_CATCH_UP_LIMIT}")
     return value

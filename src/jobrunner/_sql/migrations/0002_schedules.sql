@@ -53,23 +53,20 @@ CREATE INDEX schedules_due_idx ON schedules (next_run_at)
     WHERE NOT paused AND runner_type = 'postgres';
 
 -- Keep the tracker's metadata.last_run_status current when the schedule's latest run changes
--- status. SKIP LOCKED: never wait for the tracker row (a scheduler holding it is about to
--- write the same field), so outcome batches of workers cannot deadlock on trackers.
+-- status. Deadlock-free by construction: a statement only locks the tracker of a job that is
+-- its schedule's latest run (one job row, locked by that statement alone), and every other
+-- writer of trackers (scheduler, pause, update, cancel) holds one tracker per transaction and
+-- never waits for a job row while holding it.
 CREATE FUNCTION schedule_run_status() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 BEGIN
-    UPDATE jobs t
-    SET metadata = coalesce(t.metadata, '{}'::jsonb)
+    UPDATE jobs
+    SET metadata = coalesce(metadata, '{}'::jsonb)
                    || jsonb_build_object('last_run_status', NEW.status::text)
-    FROM (
-        SELECT tenant, job_id FROM jobs
-        WHERE tenant = NEW.tenant AND job_id = NEW.schedule_id AND status = 'active'
-          AND metadata ->> 'last_job_id' = NEW.job_id::text
-        FOR UPDATE SKIP LOCKED
-    ) tracker
-    WHERE t.tenant = tracker.tenant AND t.job_id = tracker.job_id;
+    WHERE tenant = NEW.tenant AND job_id = NEW.schedule_id AND status = 'active'
+      AND metadata ->> 'last_job_id' = NEW.job_id::text;
     RETURN NULL;
 END
 $$;

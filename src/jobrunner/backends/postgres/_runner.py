@@ -368,13 +368,22 @@ class PostgresJobRunner(JobRunner):
             row = await cur.fetchone()
         if row is not None:
             return True
-        return await self._cancel_schedule(tenant_id, key)
+        return await self._cancel_schedule(tenant_id, key, reason=reason, cancelled_by=cancelled_by)
 
-    async def _cancel_schedule(self, tenant: uuid.UUID, job_id: uuid.UUID) -> bool:
+    async def _cancel_schedule(
+        self,
+        tenant: uuid.UUID,
+        job_id: uuid.UUID,
+        *,
+        reason: str | None = None,
+        cancelled_by: str | None = None,
+    ) -> bool:
         """Remove a recurring schedule whose tracker row is ``job_id``; see _schedules."""
         from jobrunner.backends.postgres import _schedules
 
-        return await _schedules.cancel_schedule(self, tenant, job_id)
+        return await _schedules.cancel_schedule(
+            self, tenant, job_id, reason=reason, cancelled_by=cancelled_by
+        )
 
     async def retry_job(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """Run a failed or cancelled job again."""

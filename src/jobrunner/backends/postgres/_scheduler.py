@@ -80,10 +80,11 @@ async def fire_due(
     limit: int = 100,
     grace: timedelta = DEFAULT_MISFIRE_GRACE,
 ) -> list[FiredSchedule]:
-    """Fire every tick due at ``now`` of up to ``limit`` schedules, in one transaction.
+    """Fire every tick due at ``now`` of up to ``limit`` schedules.
 
     Safe to call concurrently from any number of connections and processes: each tick becomes
-    exactly one job.
+    exactly one job. Each schedule is fired in a transaction of its own (so a scheduler never
+    holds more than one schedule's rows at a time).
 
     Args:
         conn: An open connection not inside a transaction (autocommit).
@@ -97,12 +98,14 @@ async def fire_due(
     """
     q = queries_for(schema)
     results: list[FiredSchedule] = []
-    async with conn.transaction():
-        cur = conn.cursor(row_factory=dict_row)
-        when = now if now is not None else await _clock(conn)
-        await cur.execute(q.sched_claim_due, {"now": when, "limit": limit})
-        rows = await cur.fetchall()
-        for row in rows:
+    while len(results) < limit:
+        async with conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            when = now if now is not None else await _clock(conn)
+            await cur.execute(q.sched_claim_due, {"now": when, "limit": 1})
+            row = await cur.fetchone()
+            if row is None:
+                break
             results.append(await _fire_one(cur, q, schema, row, when, grace))
     return results
 
@@ -127,9 +130,15 @@ async def _fire_one(
             grace=grace,
         )
     except (ScheduleError, ValueError) as exc:
-        logger.error("schedule %s (%s %r in %s) cannot be evaluated: %s; retrying in %s",
-                     row["schedule_id"], row["name"], row["expression"], row["timezone"], exc,
-                     _BROKEN_RETRY)
+        logger.error(
+            "schedule %s (%s %r in %s) cannot be evaluated: %s; retrying in %s",
+            row["schedule_id"],
+            row["name"],
+            row["expression"],
+            row["timezone"],
+            exc,
+            _BROKEN_RETRY,
+        )
         plan = TickPlan([], 0, now + _BROKEN_RETRY)
     fire_times = list(plan.fire_times)
     skipped = plan.skipped
@@ -186,8 +195,13 @@ async def _fire_one(
         q.sched_patch_tracker, {**key, "patch": Jsonb(patch), "next_run_at": plan.next_run_at}
     )
     if inserted:
-        logger.info("schedule %s (%s) fired %d job(s) for %s", row["schedule_id"], row["name"],
-                    len(inserted), ", ".join(iso(t) or "" for _, t in inserted))
+        logger.info(
+            "schedule %s (%s) fired %d job(s) for %s",
+            row["schedule_id"],
+            row["name"],
+            len(inserted),
+            ", ".join(iso(t) or "" for _, t in inserted),
+        )
     return FiredSchedule(row["tenant"], row["schedule_id"], inserted, skipped, plan.next_run_at)
 
 
@@ -272,8 +286,11 @@ class Scheduler:
                     logger.warning("scheduler pass failed (%s); retrying in %.1f s", exc, backoff)
                     delay = backoff
                     backoff = min(backoff * 2, self.max_sleep)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the event fires, and the worker's shutdown would then hang.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -302,8 +319,7 @@ class Scheduler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reconnect on any listener failure
-                logger.warning("scheduler listener lost (%s); reconnecting in %.1f s", exc,
-                               backoff)
+                logger.warning("scheduler listener lost (%s); reconnecting in %.1f s", exc, backoff)
             finally:
                 self.listening.clear()
                 if conn is not None:

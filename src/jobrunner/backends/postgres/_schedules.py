@@ -176,9 +176,7 @@ async def upsert_schedule(
     rec = parse_recurrence(expression, timezone)
     payload = as_data(data)
     user_meta = as_data(metadata, "metadata")
-    key = as_optional_key(singleton_key, "singleton_key") or default_singleton_key(
-        name, tenant_id
-    )
+    key = as_optional_key(singleton_key, "singleton_key") or default_singleton_key(name, tenant_id)
     params: dict[str, Any] = {
         "tenant": tenant_id,
         "singleton_key": key,
@@ -220,8 +218,7 @@ async def upsert_schedule(
             schedule_id = existing["schedule_id"]
             params["schedule_id"] = schedule_id
             same_timing = (
-                existing["expression"] == rec.expression
-                and existing["timezone"] == rec.timezone
+                existing["expression"] == rec.expression and existing["timezone"] == rec.timezone
             )
             params["next_run_at"] = (
                 existing["next_run_at"] if same_timing else rec.next_after(clock)
@@ -274,8 +271,7 @@ async def set_paused(
                 next_run_at = rec.next_after(clock, anchor=next_run_at)
         cur = await conn.execute(
             q.sched_set_paused,
-            {"tenant": tenant, "schedule_id": job_id, "paused": paused,
-             "next_run_at": next_run_at},
+            {"tenant": tenant, "schedule_id": job_id, "paused": paused, "next_run_at": next_run_at},
         )
         updated = await cur.fetchone()
         assert updated is not None
@@ -284,8 +280,9 @@ async def set_paused(
             {
                 "tenant": tenant,
                 "schedule_id": job_id,
-                "patch": Jsonb({"paused": paused,
-                                "next_run_at": None if paused else iso(next_run_at)}),
+                "patch": Jsonb(
+                    {"paused": paused, "next_run_at": None if paused else iso(next_run_at)}
+                ),
                 "next_run_at": next_run_at,
             },
         )
@@ -307,8 +304,12 @@ async def cancel_schedule(
     marked ``cancelled``. Runs already enqueued or running are left alone.
     """
     q = runner.db.queries
-    params = {"tenant": tenant, "schedule_id": job_id, "reason": reason,
-              "cancelled_by": cancelled_by}
+    params = {
+        "tenant": tenant,
+        "schedule_id": job_id,
+        "reason": reason,
+        "cancelled_by": cancelled_by,
+    }
     async with runner.db.transaction() as conn:
         cur = await conn.execute(q.sched_delete, params)
         if await cur.fetchone() is None:

@@ -222,8 +222,9 @@ class PostgresWorker(JobWorker):
         if self.settings.run_scheduler:
             from jobrunner.backends.postgres._scheduler import Scheduler
 
-            self._tasks.append(asyncio.create_task(Scheduler(self.runner.db).run(),
-                                                   name="jobrunner-scheduler"))
+            self._tasks.append(
+                asyncio.create_task(Scheduler(self.runner.db).run(), name="jobrunner-scheduler")
+            )
         try:
             await self._claim_loop()
         finally:

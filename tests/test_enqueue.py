@@ -263,3 +263,33 @@ async def test_is_healthy(runner: PostgresJobRunner) -> None:
         assert await dead.is_healthy() is False
     finally:
         await dead.close()
+
+
+async def test_concurrent_first_calls_start_the_runner_once(
+    jobrunner_dsn: str, schema: str, registry: JobHandlerRegistry
+) -> None:
+    registry.add("lazy", noop)
+    lazy = PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry, pool_size=3)
+    try:
+        handles = await asyncio.gather(*(lazy.schedule_job("lazy", {"i": i}) for i in range(8)))
+        infos = await asyncio.gather(*(lazy.get_job_status(h.job_id) for h in handles))
+        assert all(i is not None and i.status is JobStatus.QUEUED for i in infos)
+    finally:
+        await lazy.close()
+
+
+async def test_custom_queue_needs_a_worker_on_that_queue(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """Workers claim from their handlers' queues plus ``default`` unless told otherwise."""
+    registry.add("routed", noop)
+    handle = await runner.schedule_job("routed", {"x": 1}, queue="special")
+    async with running_worker(runner) as worker:
+        assert "special" not in worker.queues  # type: ignore[attr-defined]
+        other = await runner.schedule_job("routed", {"x": 2})
+        await runner.wait_for_job(other.job_id, timeout=30)
+    info = await runner.get_job_status(handle.job_id)
+    assert info is not None and info.status is JobStatus.QUEUED
+    async with running_worker(runner, queues=["special"]):
+        done = await runner.wait_for_job(handle.job_id, timeout=30)
+    assert done.status is JobStatus.COMPLETED and done.result == {"echo": {"x": 1}}

@@ -176,3 +176,31 @@ async def test_legacy_scheduler_through_factory(env: pytest.MonkeyPatch) -> None
         assert info is not None and info.name == name
     finally:
         default_registry().remove(name)
+
+
+def test_get_instance_from_successive_event_loops(env: pytest.MonkeyPatch) -> None:
+    """Each loop (like each pytest-asyncio test) can build the singleton, even under
+    contention; a lock from an earlier loop must not be reused."""
+
+    async def contend() -> None:
+        runners = await asyncio.gather(*(JobRunnerFactory.get_instance() for _ in range(3)))
+        assert len({id(r) for r in runners}) == 1
+        await JobRunnerFactory.reset()
+
+    asyncio.run(contend())
+    asyncio.run(contend())
+
+
+def test_sync_runner_that_cannot_start_leaks_no_thread() -> None:
+    import threading
+
+    before = {t.ident for t in threading.enumerate()}
+    dead = PostgresJobRunner("postgresql://postgres@127.0.0.1:1/none", pool_size=1)
+    with pytest.raises(UnavailableError):
+        SyncJobRunner(dead)
+    leaked = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and t.name == "jobrunner-sync-loop"
+    ]
+    assert leaked == []

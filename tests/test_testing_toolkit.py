@@ -22,6 +22,7 @@ from jobrunner import (
     JobRunnerFactory,
     JobStatus,
     MissedTickPolicy,
+    NonRetryable,
     OverlapPolicy,
     RetryPolicy,
     SyncJobContext,
@@ -317,6 +318,39 @@ async def test_the_factory_builds_a_memory_runner(registry: JobHandlerRegistry) 
         assert runner.get_runner_type() == "memory"
     finally:
         await runner.close()
+
+
+async def test_memory_monitoring_filters_metrics_and_history(
+    mem: InMemoryJobRunner, clock: FakeClock, registry: JobHandlerRegistry
+) -> None:
+    async def work(ctx: JobContext, data: dict[str, Any]) -> None:
+        if data.get("fail"):
+            raise NonRetryable("bad order 42")
+
+    registry.add("work", work)
+    ok = await mem.schedule_job("work", {})
+    bad = await mem.schedule_job("work", {"fail": True})
+    waiting = await mem.schedule_job("work", {})
+    await mem.run_next()
+    await mem.run_next()
+    clock.advance(minutes=5)
+    page = await mem.list_jobs(status=["failed"])
+    assert [j.job_id for j in page.jobs] == [bad.job_id]
+    assert [j.job_id for j in (await mem.list_jobs(search="order 42")).jobs] == [bad.job_id]
+    assert (await mem.list_jobs(runner_type="postgres")).jobs == []
+    with pytest.raises(InvalidArgumentError):
+        await mem.list_jobs(cursor="not-a-cursor")
+    metrics = await mem.get_metrics()
+    assert metrics.by_status["completed"] == 1
+    assert metrics.by_status["failed"] == 1
+    assert metrics.by_status["queued"] == 1
+    assert metrics.success_rate == 0.5
+    assert metrics.oldest_queued_age_seconds == 300.0
+    assert await mem.clear_history(older_than=timedelta(hours=1)) == 0
+    assert await mem.clear_history() == 1  # completed only
+    assert await mem.get_job_status(ok.job_id) is None
+    assert await mem.clear_history(scope="all") == 1  # the failed one; never a live job
+    assert await mem.get_job_status(waiting.job_id) is not None
 
 
 # -- drain on PostgreSQL ----------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from billing_app.gateway import gateway
@@ -11,9 +9,8 @@ from billing_app.jobs import OUTBOX
 
 
 @pytest.fixture(autouse=True)
-def clean_state() -> Iterator[None]:
+def clean_state() -> None:
     OUTBOX.clear()
     gateway.charges.clear()
     gateway.outages = 0
     gateway.declined.clear()
-    yield

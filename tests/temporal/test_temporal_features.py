@@ -33,6 +33,7 @@ async def test_signals_and_query(trunner: Any, tworker: Any, registry: JobHandle
     stopped = asyncio.Event()
 
     async def hold(ctx: JobContext, data: dict[str, Any]) -> None:
+        await ctx.set_progress(20, "handler says")
         started.set()
         try:
             await asyncio.Event().wait()
@@ -46,9 +47,12 @@ async def test_signals_and_query(trunner: Any, tworker: Any, registry: JobHandle
     await asyncio.wait_for(started.wait(), 60)
     wf = trunner.client.get_workflow_handle(handle.external_id)
 
-    state = await wf.query("getJobState")
+    # The handler's own progress is in the row and mirrored into the workflow's state.
+    state = await eventually(
+        lambda: wf.query("getJobState"), lambda st: st["progress"] == 20, what="mirrored progress"
+    )
     assert state["step"] == "running"
-    assert state["progress"] == 0
+    assert state["message"] == "handler says"
     assert state["started_at"]
     assert state["completed_at"] is None
     assert state["error"] is None

@@ -24,6 +24,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from jobrunner._context import JobContext, SyncJobContext
+from jobrunner._db._store import JobStore
 from jobrunner._errors import HandlerNotFoundError, NonRetryable, Retry, UnavailableError
 from jobrunner._models import JobStatus
 from jobrunner._outcome import decide_failure, describe_error, timeout_error
@@ -35,6 +36,7 @@ from jobrunner.backends.temporal._types import (
     REGISTER_RUN_ACTIVITY,
     RESOLVE_POLICY_ACTIVITY,
     RUN_ACTIVITY,
+    SIGNAL_PROGRESS_REPORTED,
     FinishInput,
     PolicyInput,
     ProgressInput,
@@ -140,7 +142,7 @@ class JobActivities:
             metadata=dict(row["metadata"] or {}),
             schedule_id=row["schedule_id"],
             lease_token=token,
-            _sink=self.store,
+            _sink=_ProgressMirror(self.store, info.workflow_id or "", info.workflow_run_id),
         )
         started_wall = time.time()
         started = time.monotonic()
@@ -351,6 +353,36 @@ class JobActivities:
     async def resolve_policy(self, name: str) -> PolicyInput:
         """The policy of ``name`` from this worker's registry (producer had none)."""
         return policy_input(self.runner.registry.find(name))
+
+
+class _ProgressMirror:
+    """The handler's JobSink: the shared JobStore, plus a signal so the workflow's
+    ``getJobState`` shows the progress the row shows (best effort, never fails the handler)."""
+
+    def __init__(self, store: JobStore, workflow_id: str, run_id: str | None) -> None:
+        self.store = store
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+
+    async def save_progress(self, ctx: JobContext, progress: int, message: str | None) -> None:
+        await self.store.save_progress(ctx, progress, message)
+        try:
+            handle = activity.client().get_workflow_handle(self.workflow_id, run_id=self.run_id)
+            await handle.signal(
+                SIGNAL_PROGRESS_REPORTED, {"progress": progress, "message": message}
+            )
+        except Exception:
+            logger.debug(
+                "could not mirror progress to workflow %s", self.workflow_id, exc_info=True
+            )
+
+    async def start_step(self, ctx: JobContext, name: str) -> uuid.UUID:
+        return await self.store.start_step(ctx, name)
+
+    async def finish_step(
+        self, ctx: JobContext, detail_id: uuid.UUID, *, ok: bool, result: Any, error: Any
+    ) -> None:
+        await self.store.finish_step(ctx, detail_id, ok=ok, result=result, error=error)
 
 
 def _policy_from_input(policy: PolicyInput) -> RetryPolicy:

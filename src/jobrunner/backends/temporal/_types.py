@@ -18,6 +18,9 @@ RESOLVE_POLICY_ACTIVITY = "jobrunner.resolve_policy"
 
 SIGNAL_CANCEL = "cancelJob"
 SIGNAL_PROGRESS = "updateProgress"
+#: Internal: the handler's own ``ctx.set_progress`` (already in the table) mirrored into the
+#: workflow state so ``getJobState`` agrees with the row.
+SIGNAL_PROGRESS_REPORTED = "jobrunner.progressReported"
 QUERY_STATE = "getJobState"
 
 

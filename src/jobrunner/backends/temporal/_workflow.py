@@ -32,6 +32,7 @@ from jobrunner.backends.temporal._types import (
     RUN_ACTIVITY,
     SIGNAL_CANCEL,
     SIGNAL_PROGRESS,
+    SIGNAL_PROGRESS_REPORTED,
     WORKFLOW_NAME,
     FinishInput,
     JobInput,
@@ -246,6 +247,16 @@ class JobWorkflow:
             start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
             retry_policy=_BOOKKEEPING_RETRY,
         )
+
+    @workflow.signal(name=SIGNAL_PROGRESS_REPORTED)
+    def progress_reported(self, payload: dict[str, Any] | None = None) -> None:
+        """The handler reported progress (already persisted): mirror it for the query."""
+        payload = payload or {}
+        raw = payload.get("progress")
+        valid = isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw <= 100
+        if valid and self._step not in ("completed", "failed", "cancelled"):
+            self._progress = int(raw)  # type: ignore[arg-type]
+            self._message = _text(payload.get("message"))
 
     @workflow.query(name=QUERY_STATE)
     def get_job_state(self) -> dict[str, Any]:

@@ -18,6 +18,11 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_fair_idx
     ON {schema}.jobs (queue, tenant, priority DESC, run_at, job_id)
     WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
 
+-- name: fair_index_analyze
+-- Fresh statistics with the new index: a just-loaded jobs table otherwise looks empty to the
+-- planner, which would then sort a tenant's rows instead of walking jobs_fair_idx.
+ANALYZE {schema}.jobs
+
 -- name: flow_state
 SELECT enabled, fair, version, vclock FROM {schema}.flow_state WHERE id
 

@@ -89,6 +89,7 @@ async def ensure_fair_index(db: Database) -> None:
         if row is not None:
             await conn.execute(q.fair_index_drop)
         await conn.execute(q.fair_index_create)
+        await conn.execute(q.fair_index_analyze)
 
 
 def _scope(tenant: TenantArg | AllTenants, name: str | None) -> tuple[uuid.UUID | None, str | None]:

@@ -96,7 +96,9 @@ class JobContext:
         """
         pct = _check_progress(progress, message)
         now = self._clock()
-        if self._sink is None:
+        if self._sink is None or self._cancel_flag:
+            # A cancelled attempt (cancel, lost lease, timeout) must not race its own failure
+            # record with a late progress write.
             return
         if now - self._last_progress_at >= PROGRESS_INTERVAL or pct == 100:
             self._last_progress_at = now

@@ -16,7 +16,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ import psycopg
 from psycopg import sql
 
 from jobrunner._context import JobContext, SyncJobContext
+from jobrunner._db._errors import translate_errors
 from jobrunner._errors import (
     DatabaseError,
     HandlerNotFoundError,
@@ -174,6 +175,7 @@ class PostgresWorker(JobWorker):
         self._next_timer: float | None = None
         self.claimed_total = 0
         self._flow = FlowGate(runner.db, force=settings.fair)
+        self._hot: dict[str, psycopg.AsyncConnection[Any]] = {}
 
     # -- public ---------------------------------------------------------------------------
     @property
@@ -226,6 +228,7 @@ class PostgresWorker(JobWorker):
                 asyncio.create_task(Scheduler(self.runner.db).run(), name="jobrunner-scheduler")
             )
         try:
+            await self._open_hot_connections()
             await self._claim_loop()
         finally:
             await self._shutdown()
@@ -284,7 +287,7 @@ class PostgresWorker(JobWorker):
             "worker_id": self.worker_id,
             "lease_seconds": float(self.settings.lease_seconds),
         }
-        async with self.runner.db.connection() as conn:
+        async with self._hot_connection("claim") as conn:
             # Flow control (limits, pauses, fair claiming) on: the fair claim; else the plain one.
             rows = await self._flow.claim(conn, params)
             if rows is None:
@@ -297,6 +300,42 @@ class PostgresWorker(JobWorker):
             self._start_job(row, now)
         self.claimed_total += len(rows)
         return len(rows)
+
+    @contextlib.asynccontextmanager
+    async def _hot_connection(self, slot: str) -> AsyncIterator[Any]:
+        """A connection this worker keeps for one hot loop (``claim`` or ``flush``).
+
+        Performance (docs/performance.md): every pooled checkout costs a liveness-check round
+        trip, and these loops run statement after statement. On any error the connection is
+        dropped; the loops retry and so reconnect.
+        """
+        found = self._hot.get(slot)
+        if found is None or found.closed:
+            found = await self.runner.db.dedicated_connection()
+            self._hot[slot] = found
+        conn: psycopg.AsyncConnection[Any] = found
+        try:
+            with translate_errors():
+                yield conn
+        except BaseException:
+            if self._hot.get(slot) is conn:
+                del self._hot[slot]
+            with contextlib.suppress(Exception):
+                await conn.close()
+            raise
+
+    async def _open_hot_connections(self) -> None:
+        # Connect up front so the first claim and the first outcome write pay no connect.
+        for slot in ("claim", "flush"):
+            with contextlib.suppress(JobRunnerError, psycopg.Error, OSError):
+                async with self._hot_connection(slot):
+                    pass
+
+    async def _close_hot_connections(self) -> None:
+        conns, self._hot = list(self._hot.values()), {}
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def _start_job(self, row: dict[str, Any], now: float) -> None:
         ctx = JobContext(
@@ -482,7 +521,7 @@ class PostgresWorker(JobWorker):
 
     async def _write_outcomes(self, batch: _Outcomes) -> None:
         q = self.runner.db.queries
-        async with self.runner.db.connection() as conn:
+        async with self._hot_connection("flush") as conn:
             for start in range(0, len(batch.done), self.settings.flush_max):
                 part = batch.done[start : start + self.settings.flush_max]
                 await conn.execute(
@@ -669,6 +708,7 @@ class PostgresWorker(JobWorker):
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._close_hot_connections()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         logger.info("worker %s stopped", self.worker_id)

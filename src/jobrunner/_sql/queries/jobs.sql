@@ -28,7 +28,9 @@ FROM inserted
 
 -- name: insert_jobs_bulk
 WITH rows AS (
-    SELECT * FROM unnest(%(job_ids)s::uuid[], %(datas)s::jsonb[]) AS r(job_id, data)
+    -- datas: ONE jsonb array (docs/performance.md), zipped with the ids
+    SELECT * FROM ROWS FROM (unnest(%(job_ids)s::uuid[]),
+                             jsonb_array_elements(%(datas)s::jsonb)) AS r(job_id, data)
 ), inserted AS (
     INSERT INTO {schema}.jobs (
         tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,

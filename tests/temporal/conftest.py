@@ -14,7 +14,7 @@ from jobrunner.testing import running_worker
 
 #: Short enough that a killed worker's attempt is retried quickly, long enough for a loaded
 #: 2-core machine to keep heartbeating.
-HEARTBEAT_TIMEOUT = 4.0
+HEARTBEAT_TIMEOUT = 6.0
 
 
 @pytest.fixture(scope="session")

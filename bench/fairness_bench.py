@@ -10,6 +10,8 @@ one JSON line per figure and a Markdown table at the end (copied into docs/fairn
 
 * ``drain``: jobs/s draining ``--drain`` no-op jobs of 10 tenants with flow control off (the
   plain claim), fair claiming on, and fair claiming plus a non-binding limit per tenant.
+* ``plain_claim``: median latency of the plain claim (10 jobs) with and without the one-line
+  ``flow_state`` guard that flow control adds to it, alternating.
 * ``enqueue``: jobs/s of ``schedule_jobs`` with and without the fair index (its write cost).
 * ``scenario``: tenant A enqueues ``--backlog`` jobs, then tenant B enqueues 100; B's start
   delay (claim time minus enqueue time, database clock) p50/p99 with A's backlog absent and
@@ -125,6 +127,31 @@ async def enqueue(n: int, with_index: bool, dsn: str) -> None:
         await drop(runner)
 
 
+async def guard(dsn: str, claims: int = 1800) -> None:
+    """What flow control costs the plain claim while off: its `flow_state` guard line."""
+    runner = await fresh(dsn)
+    try:
+        await runner.schedule_jobs("noop", [{}] * (claims * 10 + 10), tenant=uuid.uuid4())
+        await scalar(runner, "ANALYZE {schema}.jobs")
+        with_guard = runner.db.queries.claim_jobs
+        without = "\n".join(line for line in with_guard.splitlines()
+                            if "flow_state" not in line and "flow control on" not in line)
+        params = {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(),
+                  "lease_seconds": 30.0}
+        times: dict[bool, list[float]] = {True: [], False: []}
+        async with runner.db.connection() as conn:
+            for i in range(claims):  # alternate so drift hits both alike
+                guarded = i % 2 == 0
+                started = time.perf_counter()
+                cur = await conn.execute(with_guard if guarded else without, params)
+                await cur.fetchall()
+                times[guarded].append(time.perf_counter() - started)
+        for guarded, label in ((False, "without_guard"), (True, "with_guard")):
+            record("plain_claim", f"median_ms_{label}", pct(times[guarded], 0.5) * 1000, "ms")
+    finally:
+        await drop(runner)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -182,6 +209,7 @@ async def main() -> None:
     args = parser.parse_args()
     for mode in ("off", "fair", "limits", "off"):
         await drain(args.drain, mode, args.dsn)
+    await guard(args.dsn)
     for with_index in (False, True, False, True):
         await enqueue(args.enqueue, with_index, args.dsn)
     await scenario(args.backlog, True, args.dsn)

@@ -469,6 +469,11 @@ async def test_cancel_removes_the_schedule(
     assert len(await runs_of(runner, sid)) == 1  # the run already enqueued stays
     assert await runner.cancel_job(sid, tenant=tenant) is False
     assert await runner.pause_schedule(sid, tenant=tenant) is False
+    # The removed schedule's tracker is history: it cannot be retried into a job.
+    assert await runner.retry_job(sid, tenant=tenant) is False
+    tracker = await runner.get_job_status(sid, tenant=tenant)
+    assert tracker is not None
+    assert tracker.status is JobStatus.CANCELLED
     # Scheduling the same key again makes a new schedule.
     again = await runner.schedule_recurring_job("tick", {}, "5 minutes", tenant=tenant)
     assert again.created and again.job_id != sid

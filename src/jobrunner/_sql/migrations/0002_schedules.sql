@@ -76,3 +76,21 @@ CREATE TRIGGER jobs_schedule_run_status
     FOR EACH ROW
     WHEN (NEW.schedule_id IS NOT NULL AND NEW.status IS DISTINCT FROM OLD.status)
     EXECUTE FUNCTION schedule_run_status();
+
+-- A removed schedule's tracker row is history: nothing may bring it back to life (retry_job
+-- would otherwise queue it and run the handler with the schedule's data). The update is
+-- skipped, so such a call reports "not retried".
+CREATE FUNCTION keep_removed_schedule_cancelled() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_removed_schedule_stays_cancelled
+    BEFORE UPDATE OF status ON jobs
+    FOR EACH ROW
+    WHEN (OLD.status = 'cancelled' AND NEW.status IS DISTINCT FROM OLD.status
+          AND OLD.metadata ? 'schedule_removed')
+    EXECUTE FUNCTION keep_removed_schedule_cancelled();

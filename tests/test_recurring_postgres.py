@@ -479,7 +479,7 @@ async def test_cancel_removes_the_schedule(
     assert again.created and again.job_id != sid
 
 
-async def test_legacy_and_sync_use_the_real_scheduler(
+async def test_legacy_uses_the_real_scheduler(
     runner: PostgresJobRunner, reg: JobHandlerRegistry
 ) -> None:
     legacy = JobScheduler(runner)

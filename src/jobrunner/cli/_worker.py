@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--lease", type=float, default=None, help="lease seconds (default 30)")
     parser.add_argument("--grace", type=float, default=None,
                         help="seconds running jobs get on shutdown (default 30)")
+    parser.add_argument("--no-scheduler", action="store_true",
+                        help="do not fire recurring schedules in this worker (PostgreSQL)")
     add_database_options(parser)
     parser.set_defaults(handler=run)
 
@@ -54,6 +56,8 @@ async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
         options["lease_seconds"] = args.lease
     if args.grace is not None:
         options["shutdown_grace"] = args.grace
+    if args.no_scheduler:
+        options["run_scheduler"] = False
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     worker = runner.create_worker(concurrency=args.concurrency, queues=queues, **options)
     workers.append(worker)

@@ -73,3 +73,25 @@ def test_schedules_cli(
     assert main(["schedules", "pause", "not-a-uuid", *db, *t]) == 2
     assert main(["schedules", "list", *db, "--tenant", "nope"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_sync_twin(jobrunner_dsn: str, schema: str) -> None:
+    from jobrunner import ScheduleError, SyncJobRunner
+
+    runner = SyncJobRunner(
+        PostgresJobRunner(jobrunner_dsn, schema=schema, require_registered=False)
+    )
+    try:
+        handle = runner.schedule_recurring_job("nightly", {"a": 1}, "@daily", timezone="UTC")
+        again = runner.schedule_recurring_job("nightly", {"a": 2}, "@daily")
+        assert again.job_id == handle.job_id
+        [listed] = runner.list_schedules()
+        assert listed.data == {"a": 2}
+        assert runner.pause_schedule(handle.job_id) is True
+        assert runner.resume_schedule(handle.job_id) is True
+        with pytest.raises(ScheduleError):
+            runner.schedule_recurring_job("nightly", {}, "@sometimes")
+        assert runner.cancel_job(handle.job_id) is True
+        assert runner.list_schedules() == []
+    finally:
+        runner.close()

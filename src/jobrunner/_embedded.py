@@ -133,8 +133,10 @@ class EmbeddedPostgres:
         if self._bindir is None or self._datadir is None:
             raise UnavailableError("restart is supported for system-binary clusters only")
         subprocess.run(
+            # -l: without a log file the new postmaster keeps our captured pipes open and
+            # subprocess.run never returns.
             self._cmd(str(self._bindir / "pg_ctl"), "-D", str(self._datadir), "-w", "-m", "fast",
-                      "restart"),
+                      "-l", str(self._datadir.parent / "log"), "restart"),
             check=True, capture_output=True,
         )
 

@@ -1,0 +1,313 @@
+"""The fault scenarios. Each returns a JSON-ready report (see :meth:`Scenario.report`).
+
+Every scenario takes ``full``: the full form (``nox -s chaos``) uses the issue's numbers, the
+short form (run by the normal test suite) the same faults with fewer jobs and faults.
+Pauses between faults pace the injection; they never stand in for waiting on an outcome:
+outcomes are awaited by polling the database with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+
+from chaos._harness import Fault, Scenario, scenario
+
+Report = dict[str, Any]
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster of our own (safe to restart and to SIGSTOP backends)."""
+    from jobrunner._embedded import EmbeddedPostgres
+
+    with EmbeddedPostgres() as pg:
+        yield pg
+
+
+def _wait_ready(sc: Scenario, timeout: float = 90.0) -> None:
+    for proc in sc.live_workers():
+        if not sc.wait_worker_ready(proc, timeout):
+            raise RuntimeError(f"worker {proc.pid} did not start:\n{sc.worker_log_tail()}")
+
+
+def _holding(sc: Scenario) -> list[Any]:
+    """Live, started workers that hold at least one running job right now."""
+    found = []
+    for proc in sc.live_workers():
+        wid = proc.read_worker_id()
+        if wid and sc.processing(wid):
+            found.append(proc)
+    return found
+
+
+def _finish(sc: Scenario, timeout: float) -> Report:
+    finished = sc.wait_all_final(timeout)
+    sc.stop_all()
+    return sc.report(finished=finished)
+
+
+# -- kill -9 --------------------------------------------------------------------------------
+def kill_workers(dsn: str, *, full: bool = False) -> Report:
+    """kill -9 a random worker (one holding running jobs) about every second among three
+    workers, starting a replacement each time, while short jobs run."""
+    jobs, concurrency, every, max_kills = (5000, 20, 1.0, 1000) if full else (600, 4, 0.7, 4)
+    with scenario("kill-9", dsn, lease=3.0, seed=11) as sc:
+        sc.enqueue(jobs)
+        for _ in range(3):
+            sc.spawn(concurrency=concurrency)
+        _wait_ready(sc)
+        kills = 0
+        while kills < max_kills and sc.live_count() > 0:
+            time.sleep(every * sc.rand.uniform(0.7, 1.3))  # pacing of the faults
+            victims = _holding(sc)
+            if not victims:
+                continue
+            sc.kill(sc.rand.choice(victims))
+            kills += 1
+            sc.spawn(concurrency=concurrency)
+        return _finish(sc, 240 if full else 120)
+
+
+# -- a worker frozen past its lease (zombie) -------------------------------------------------
+def pause_worker(dsn: str, *, full: bool = False) -> Report:
+    """SIGSTOP a worker holding jobs until others have taken them over, then SIGCONT it: the
+    zombie finishes its stale attempts, and fencing must reject every one of them."""
+    jobs, concurrency, pauses = (2000, 10, 3) if full else (400, 4, 1)
+    with scenario("zombie-pause", dsn, lease=2.0, seed=12) as sc:
+        sc.enqueue(jobs)
+        for _ in range(3):
+            sc.spawn(concurrency=concurrency)
+        _wait_ready(sc)
+        for _ in range(pauses):
+            victims = []
+            sc.wait_until(lambda: bool(victims.extend(_holding(sc)) or victims)
+                          or sc.live_count() == 0, 60, step=0.05)
+            if not victims:
+                break
+            proc = victims[0]
+            fault = sc.kill(proc, signal.SIGSTOP)
+            wid = proc.read_worker_id()
+            # Frozen until every job it held was rescued and re-claimed or finished elsewhere.
+            sc.wait_until(
+                lambda: not set(fault.affected) & set(sc.processing(wid)), 60, step=0.1
+            )
+            fault.until = time.time()
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.5)  # pacing: let the zombie run its stale attempts to the end
+        return _finish(sc, 180 if full else 90)
+
+
+# -- pg_terminate_backend ---------------------------------------------------------------------
+def terminate_backends(dsn: str, *, full: bool = False) -> Report:
+    """pg_terminate_backend on the workers' connections (all of them, or only the listeners)."""
+    jobs, concurrency, rounds = (3000, 10, 6) if full else (500, 4, 2)
+    with scenario("terminate-backend", dsn, lease=3.0, seed=13) as sc:
+        sc.enqueue(jobs)
+        for _ in range(3):
+            sc.spawn(concurrency=concurrency)
+        _wait_ready(sc)
+        app = f"chaos-worker-{sc.schema}"
+        killed_total = 0
+        for n in range(rounds):
+            sc.wait_until(lambda: bool(sc.processing()) or sc.live_count() == 0, 60, step=0.05)
+            if sc.live_count() == 0:
+                break
+            listeners_only = n % 2 == 1
+            affected = sorted(sc.processing())
+            at = time.time()
+            rows = sc.q(
+                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                "WHERE application_name = %s AND (NOT %s OR query LIKE 'LISTEN%%')",
+                (app, listeners_only),
+            )
+            killed_total += int(rows[0]["n"])
+            sc.faults.append(Fault("terminate_listeners" if listeners_only else "terminate_all",
+                                   at, until=time.time(), affected=affected))
+            time.sleep(1.0)  # pacing between rounds
+        sc.notes["backends_terminated"] = killed_total
+        return _finish(sc, 180 if full else 90)
+
+
+# -- restart PostgreSQL -----------------------------------------------------------------------
+def restart_postgres(dsn: str | None = None, *, full: bool = False) -> Report:
+    """Restart a private PostgreSQL cluster mid-run (``pg_ctl restart -m fast``)."""
+    jobs, concurrency, marks = (3000, 10, (0.25, 0.6)) if full else (500, 4, (0.3,))
+    with private_cluster() as pg, scenario("restart-postgres", pg.dsn, lease=5.0, seed=14) as sc:
+        sc.enqueue(jobs)
+        for _ in range(3):
+            sc.spawn(concurrency=concurrency)
+        _wait_ready(sc)
+        for mark in marks:
+            sc.wait_until(lambda m=mark: sc.done_count() >= m * jobs, 120, step=0.05)
+            affected = sorted(sc.processing())
+            at = time.time()
+            pg.restart()
+            sc.faults.append(Fault("pg_restart", at, until=time.time(), affected=affected))
+        # Time from the end of the last restart to the first job started afterwards.
+        last = sc.faults[-1].until or 0.0
+        sc.wait_until(lambda: bool(sc.q("SELECT 1 FROM {s}.chaos_ledger WHERE at > "
+                                        "to_timestamp(%s) LIMIT 1", (last,))) or
+                      sc.live_count() == 0, 60, step=0.05)
+        first = sc.q("SELECT extract(epoch FROM min(at))::float8 AS t FROM {s}.chaos_ledger "
+                     "WHERE at > to_timestamp(%s)", (last,))[0]["t"]
+        sc.notes["restart_downtime_s"] = [round((f.until or f.at) - f.at, 2) for f in sc.faults]
+        sc.notes["first_job_started_after_restart_s"] = (
+            None if first is None else round(first - last, 2)
+        )
+        return _finish(sc, 180 if full else 90)
+
+
+# -- a silent LISTEN connection ---------------------------------------------------------------
+def _start_latency(sc: Scenario, timeout: float = 30.0) -> float | None:
+    """Enqueue one job and return seconds from its insert to its handler's start."""
+    before = {r["job_id"] for r in sc.q("SELECT job_id FROM {s}.jobs")}
+    sc.enqueue(1, ms=(1, 1))
+    new = [r["job_id"] for r in sc.q("SELECT job_id FROM {s}.jobs") if r["job_id"] not in before]
+    ok = sc.wait_until(
+        lambda: bool(sc.q("SELECT 1 FROM {s}.chaos_ledger WHERE job_id = %s", (new[0],))),
+        timeout, step=0.01,
+    )
+    if not ok:
+        return None
+    row = sc.q(
+        "SELECT extract(epoch FROM l.at - (j.created_at AT TIME ZONE 'UTC'))::float8 AS s "
+        "FROM {s}.chaos_ledger l JOIN {s}.jobs j USING (job_id) WHERE l.job_id = %s "
+        "AND l.phase = 'start'",
+        (new[0],),
+    )
+    return round(float(row[0]["s"]), 3)
+
+
+def _listener_pids(sc: Scenario) -> set[int]:
+    return {
+        int(r["pid"])
+        for r in sc.q(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+            "AND query LIKE 'LISTEN%%'",
+            (f"chaos-worker-{sc.schema}",),
+        )
+    }
+
+
+def silent_listener(dsn: str | None = None, *, full: bool = False) -> Report:
+    """Freeze the backend of the worker's LISTEN connection (SIGSTOP: the socket stays open but
+    nothing is delivered). Jobs must still start via the safety poll, and wakeups must recover
+    once the self-NOTIFY probe notices the silence and the listener reconnects."""
+    poll, probe = 2.0, 2.0
+    with private_cluster() as pg, scenario("silent-listener", pg.dsn, lease=3.0) as sc:
+        sc.spawn(cli=False, concurrency=4, poll=poll, probe=probe)
+        _wait_ready(sc)
+        sc.wait_until(lambda: bool(_listener_pids(sc)), 60, step=0.05)
+        baseline = [_start_latency(sc) for _ in range(3)]
+        frozen = _listener_pids(sc)
+        at = time.time()
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        fault = Fault("listener_silent", at)
+        sc.faults.append(fault)
+        during: list[float | None] = []
+        recovered_at: float | None = None
+        try:
+            deadline = time.monotonic() + (90 if full else 60)
+            fast_in_a_row = 0
+            while time.monotonic() < deadline:
+                latency = _start_latency(sc)
+                during.append(latency)
+                reconnected = bool(_listener_pids(sc) - frozen)
+                if latency is not None and latency < 0.5 and reconnected:
+                    fast_in_a_row += 1
+                    if recovered_at is None:
+                        recovered_at = time.time()
+                    if fast_in_a_row >= 3:
+                        break
+                else:
+                    fast_in_a_row = 0
+                    recovered_at = None
+                time.sleep(0.3)  # pacing between probes
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        fault.until = recovered_at
+        sc.notes.update(
+            poll_interval_s=poll,
+            probe_interval_s=probe,
+            baseline_start_latency_s=baseline,
+            start_latencies_while_silent_s=during,
+            max_latency_while_silent_s=max((d for d in during if d is not None), default=None),
+            wakeups_recovered_after_s=None if recovered_at is None else round(recovered_at - at, 2),
+            jobs_never_started=sum(1 for d in during if d is None),
+        )
+        return _finish(sc, 60)
+
+
+# -- SIGTERM during a burst -------------------------------------------------------------------
+def sigterm_burst(dsn: str, *, full: bool = False) -> Report:
+    """SIGTERM each of three CLI workers during a burst that mixes short jobs with jobs longer
+    than the shutdown grace: graceful shutdown finishes what it can, re-queues the rest
+    (attempts not counted), exits 0, and replacements finish everything."""
+    short, long_, concurrency = (2000, 60, 10) if full else (300, 12, 4)
+    with scenario("sigterm-burst", dsn, lease=3.0, seed=15) as sc:
+        sc.enqueue(long_, ms=(1500, 2500))
+        sc.enqueue(short)
+        for _ in range(3):
+            sc.spawn(concurrency=concurrency, grace=0.3)
+        _wait_ready(sc)
+        codes = []
+        for proc in list(sc.live_workers()):
+            sc.wait_until(lambda p=proc: bool(sc.processing(p.read_worker_id())), 30, step=0.05)
+            sc.kill(proc, signal.SIGTERM)
+            try:
+                codes.append(proc.popen.wait(60))
+            except Exception:  # noqa: BLE001 - reported below as a missing exit code
+                codes.append(None)
+            proc.exit_code = codes[-1]
+            sc.spawn(concurrency=concurrency, grace=0.3)
+        sc.notes["sigterm_exit_codes"] = codes
+        report = _finish(sc, 180 if full else 90)
+        released = sc.q(
+            "SELECT count(*) AS n FROM {s}.chaos_ledger a JOIN {s}.chaos_ledger b "
+            "ON a.job_id = b.job_id AND a.phase = 'start' AND b.phase = 'start' "
+            "AND b.token > a.token AND b.attempt = a.attempt"
+        )
+        report["released_attempts_not_counted"] = int(released[0]["n"])
+        return report
+
+
+# -- Temporal -----------------------------------------------------------------------------------
+def temporal(dsn: str, *, full: bool = False) -> Report:
+    """Temporal worker killed mid-activity and the dev server restarted: needs the Temporal
+    backend (``jobrunner.backends.temporal``)."""
+    try:
+        import jobrunner.backends.temporal  # noqa: F401
+    except ImportError:
+        return {"scenario": "temporal", "skipped": "the Temporal backend does not exist yet",
+                "lost": 0, "fencing_violations": 0}
+    return {"scenario": "temporal", "skipped": "Temporal scenario not implemented yet",
+            "lost": 0, "fencing_violations": 0}
+
+
+SCENARIOS: dict[str, Callable[..., Report]] = {
+    "kill-9": kill_workers,
+    "zombie-pause": pause_worker,
+    "terminate-backend": terminate_backends,
+    "restart-postgres": restart_postgres,
+    "silent-listener": silent_listener,
+    "sigterm-burst": sigterm_burst,
+    "temporal": temporal,
+}
+
+
+def default_dsn() -> str:
+    """The test database (``JOBRUNNER_TEST_DSN`` or 127.0.0.1:5432/test)."""
+    dsn = os.environ.get("JOBRUNNER_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    with psycopg.connect(dsn, connect_timeout=5):
+        pass
+    return dsn

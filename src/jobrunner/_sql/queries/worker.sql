@@ -55,7 +55,11 @@ WITH done AS (
         lease_expires_at = NULL, worker_id = NULL
     FROM done d
     WHERE j.tenant = d.tenant AND j.job_id = d.job_id AND j.lease_token = d.token
-      AND j.status = 'processing'
+      -- `::text` on purpose (docs/performance.md): with `status = 'processing'` the planner
+      -- could drive the join from jobs_lease_idx, whose row estimate is ~1 whenever ANALYZE
+      -- ran with few jobs running; the nested loop then compared every running job with
+      -- every outcome (seconds per flush). Batch rows must drive the join through the pkey.
+      AND j.status::text = 'processing'
     RETURNING j.tenant, j.job_id, j.attempts, d.started_at, d.duration_ms
 )
 INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at, retry_count,
@@ -84,7 +88,7 @@ WITH failed AS (
         lease_expires_at = NULL, worker_id = NULL
     FROM failed f
     WHERE j.tenant = f.tenant AND j.job_id = f.job_id AND j.lease_token = f.token
-      AND j.status = 'processing'
+      AND j.status::text = 'processing'  -- `::text`: see complete_jobs
     RETURNING j.tenant, j.job_id, j.attempts, j.run_at, f.retry_in, f.error::jsonb AS error, f.started_at,
               f.duration_ms
 )
@@ -144,7 +148,7 @@ WITH released AS (
     FROM unnest(%(tenants)s::uuid[], %(job_ids)s::uuid[], %(tokens)s::bigint[])
         AS r(tenant, job_id, token)
     WHERE j.tenant = r.tenant AND j.job_id = r.job_id AND j.lease_token = r.token
-      AND j.status = 'processing'
+      AND j.status::text = 'processing'  -- `::text`: see complete_jobs
     RETURNING j.job_id, j.queue
 )
 SELECT job_id, pg_notify(%(channel)s, queue) AS notified FROM released

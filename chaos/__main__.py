@@ -15,10 +15,17 @@ from chaos.scenarios import SCENARIOS, default_dsn
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
-    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], metavar="SCENARIO",
-                        help=f"default: all ({', '.join(SCENARIOS)})")
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        choices=[*SCENARIOS, []],
+        metavar="SCENARIO",
+        help=f"default: all ({', '.join(SCENARIOS)})",
+    )
     parser.add_argument("--full", action="store_true", help="the issue's numbers (5,000 jobs...)")
-    parser.add_argument("--dsn", default=None, help="database (default: JOBRUNNER_TEST_DSN or local)")
+    parser.add_argument(
+        "--dsn", default=None, help="database (default: JOBRUNNER_TEST_DSN or local)"
+    )
     parser.add_argument("--out", default=None, help="also write all reports to this JSON file")
     args = parser.parse_args(argv)
     dsn = args.dsn or default_dsn()
@@ -30,11 +37,26 @@ def main(argv: list[str] | None = None) -> int:
         reports.append(report)
         print(json.dumps(report, indent=2, default=str), flush=True)
         bad |= bool(report.get("lost")) or bool(report.get("fencing_violations"))
-    summary = {"total_s": round(time.monotonic() - started, 1), "ok": not bad,
-               "scenarios": {r["scenario"]: {k: r.get(k) for k in
-                             ("lost", "jobs_run_more_than_once", "extra_runs",
-                              "extra_runs_unexplained", "fencing_violations", "recovery_s",
-                              "skipped") if k in r} for r in reports}}
+    summary = {
+        "total_s": round(time.monotonic() - started, 1),
+        "ok": not bad,
+        "scenarios": {
+            r["scenario"]: {
+                k: r.get(k)
+                for k in (
+                    "lost",
+                    "jobs_run_more_than_once",
+                    "extra_runs",
+                    "extra_runs_unexplained",
+                    "fencing_violations",
+                    "recovery_s",
+                    "skipped",
+                )
+                if k in r
+            }
+            for r in reports
+        },
+    }
     print(json.dumps({"summary": summary}, indent=2, default=str))
     if args.out:
         with open(args.out, "w") as fh:

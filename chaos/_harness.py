@@ -150,8 +150,10 @@ class Scenario:
         self.enqueued += count
 
     def live_count(self) -> int:
-        rows = self.q("SELECT count(*) AS n FROM {s}.jobs WHERE status = ANY(%s::text[]::{s}.job_status[])",
-                      (list(LIVE),))
+        rows = self.q(
+            "SELECT count(*) AS n FROM {s}.jobs WHERE status = ANY(%s::text[]::{s}.job_status[])",
+            (list(LIVE),),
+        )
         return int(rows[0]["n"])
 
     def done_count(self) -> int:
@@ -200,18 +202,36 @@ class Scenario:
         """Start a worker process: the real CLI (``jobrunner worker``) or ``chaos.worker``."""
         log = self._dir / f"worker-{len(self.workers)}.log"
         if cli:
-            cmd = [sys.executable, "-m", "jobrunner.cli", "worker", "--app", "chaos.app",
-                   "--concurrency", str(concurrency), "--lease", str(self.lease)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "jobrunner.cli",
+                "worker",
+                "--app",
+                "chaos.app",
+                "--concurrency",
+                str(concurrency),
+                "--lease",
+                str(self.lease),
+            ]
             if "grace" in options:
                 cmd += ["--grace", str(options["grace"])]
         else:
-            cmd = [sys.executable, "-m", "chaos.worker", "--concurrency", str(concurrency),
-                   "--lease", str(self.lease)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "chaos.worker",
+                "--concurrency",
+                str(concurrency),
+                "--lease",
+                str(self.lease),
+            ]
             for key, value in options.items():
                 cmd += [f"--{key}", str(value)]
         with log.open("wb") as out:
-            popen = subprocess.Popen(cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=ROOT)
+            popen = subprocess.Popen(
+                cmd, env=self.env(), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         proc = WorkerProc(popen, log, time.time())
         self.workers.append(proc)
         return proc
@@ -221,8 +241,9 @@ class Scenario:
 
     def wait_worker_ready(self, proc: WorkerProc, timeout: float = 60.0) -> bool:
         """Wait for the startup banner (the worker then claims at once)."""
-        return self.wait_until(lambda: proc.read_worker_id() is not None or not proc.alive(),
-                               timeout, step=0.05)
+        return self.wait_until(
+            lambda: proc.read_worker_id() is not None or not proc.alive(), timeout, step=0.05
+        )
 
     def kill(self, proc: WorkerProc, sig: int = signal.SIGKILL) -> Fault:
         """Send ``sig`` to a worker and record the jobs it held at that moment."""
@@ -308,10 +329,18 @@ class Scenario:
             if final is None:
                 violations.append({"job": job_id, "problem": "completion without a run"})
             elif completer_pid is not None and final["pid"] != completer_pid:
-                violations.append({"job": job_id, "problem": "completion from a superseded attempt",
-                                   "completer_pid": completer_pid, "final_pid": final["pid"]})
+                violations.append(
+                    {
+                        "job": job_id,
+                        "problem": "completion from a superseded attempt",
+                        "completer_pid": completer_pid,
+                        "final_pid": final["pid"],
+                    }
+                )
             if completer_pid in kills and rows[0]["at"] > kills[completer_pid] + 0.001:
-                violations.append({"job": job_id, "problem": "completion after its worker was killed"})
+                violations.append(
+                    {"job": job_id, "problem": "completion after its worker was killed"}
+                )
 
         # Extra runs: every started attempt other than the final one needs a fault to explain it.
         explained: dict[str, int] = defaultdict(int)
@@ -335,8 +364,14 @@ class Scenario:
                 if cause:
                     explained[cause] += 1
                 else:
-                    unexplained.append({"job": job_id, "token": tok, "pid": row["pid"],
-                                        "at": round(row["at"] - self.started, 3)})
+                    unexplained.append(
+                        {
+                            "job": job_id,
+                            "token": tok,
+                            "pid": row["pid"],
+                            "at": round(row["at"] - self.started, 3),
+                        }
+                    )
         extra = sum(len(t) - 1 for t in starts.values())
         total_runs = sum(len(t) for t in starts.values())
         recovery = self._recovery(jobs)
@@ -356,12 +391,15 @@ class Scenario:
             "superseded_attempts_that_finished_their_work": zombie_done,
             "fencing_violations": len(violations),
             "fencing_examples": violations[:5],
-            "faults": {k: sum(1 for f in self.faults if f.kind == k)
-                       for k in sorted({f.kind for f in self.faults})},
+            "faults": {
+                k: sum(1 for f in self.faults if f.kind == k)
+                for k in sorted({f.kind for f in self.faults})
+            },
             "recovery_s": recovery,
             "duration_s": round(time.time() - self.started, 1),
-            "worker_exit_codes": sorted({w.exit_code for w in self.workers
-                                         if w.exit_code is not None}),
+            "worker_exit_codes": sorted(
+                {w.exit_code for w in self.workers if w.exit_code is not None}
+            ),
         }
         report.update(self.notes)
         return report
@@ -406,8 +444,10 @@ class Scenario:
                 continue
             completed.append(max(ends) - fault.at)
             if fault.pid is not None:
-                times = [min((t for t in rescued[j] if t >= fault.at - 0.01), default=None)
-                         for j in fault.affected]
+                times = [
+                    min((t for t in rescued[j] if t >= fault.at - 0.01), default=None)
+                    for j in fault.affected
+                ]
                 if times and all(t is not None for t in times):
                     requeued.append(max(times) - fault.at)  # type: ignore[type-var]
 

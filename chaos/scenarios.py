@@ -86,9 +86,13 @@ def pause_worker(dsn: str, *, full: bool = False) -> Report:
             sc.spawn(concurrency=concurrency)
         _wait_ready(sc)
         for _ in range(pauses):
-            victims = []
-            sc.wait_until(lambda: bool(victims.extend(_holding(sc)) or victims)
-                          or sc.live_count() == 0, 60, step=0.05)
+            victims: list[Any] = []
+
+            def found(into: list[Any] = victims) -> bool:
+                into[:] = _holding(sc)
+                return bool(into) or sc.live_count() == 0
+
+            sc.wait_until(found, 60, step=0.05)
             if not victims:
                 break
             proc = victims[0]
@@ -96,7 +100,7 @@ def pause_worker(dsn: str, *, full: bool = False) -> Report:
             wid = proc.read_worker_id()
             # Frozen until every job it held was rescued and re-claimed or finished elsewhere.
             sc.wait_until(
-                lambda: not set(fault.affected) & set(sc.processing(wid)), 60, step=0.1
+                lambda f=fault, w=wid: not set(f.affected) & set(sc.processing(w)), 60, step=0.1
             )
             fault.until = time.time()
             os.kill(proc.pid, signal.SIGCONT)
@@ -128,8 +132,14 @@ def terminate_backends(dsn: str, *, full: bool = False) -> Report:
                 (app, listeners_only),
             )
             killed_total += int(rows[0]["n"])
-            sc.faults.append(Fault("terminate_listeners" if listeners_only else "terminate_all",
-                                   at, until=time.time(), affected=affected))
+            sc.faults.append(
+                Fault(
+                    "terminate_listeners" if listeners_only else "terminate_all",
+                    at,
+                    until=time.time(),
+                    affected=affected,
+                )
+            )
             time.sleep(1.0)  # pacing between rounds
         sc.notes["backends_terminated"] = killed_total
         return _finish(sc, 180 if full else 90)
@@ -152,11 +162,24 @@ def restart_postgres(dsn: str | None = None, *, full: bool = False) -> Report:
             sc.faults.append(Fault("pg_restart", at, until=time.time(), affected=affected))
         # Time from the end of the last restart to the first job started afterwards.
         last = sc.faults[-1].until or 0.0
-        sc.wait_until(lambda: bool(sc.q("SELECT 1 FROM {s}.chaos_ledger WHERE at > "
-                                        "to_timestamp(%s) LIMIT 1", (last,))) or
-                      sc.live_count() == 0, 60, step=0.05)
-        first = sc.q("SELECT extract(epoch FROM min(at))::float8 AS t FROM {s}.chaos_ledger "
-                     "WHERE at > to_timestamp(%s)", (last,))[0]["t"]
+        sc.wait_until(
+            lambda: (
+                bool(
+                    sc.q(
+                        "SELECT 1 FROM {s}.chaos_ledger WHERE at > to_timestamp(%s) LIMIT 1",
+                        (last,),
+                    )
+                )
+                or sc.live_count() == 0
+            ),
+            60,
+            step=0.05,
+        )
+        first = sc.q(
+            "SELECT extract(epoch FROM min(at))::float8 AS t FROM {s}.chaos_ledger "
+            "WHERE at > to_timestamp(%s)",
+            (last,),
+        )[0]["t"]
         sc.notes["restart_downtime_s"] = [round((f.until or f.at) - f.at, 2) for f in sc.faults]
         sc.notes["first_job_started_after_restart_s"] = (
             None if first is None else round(first - last, 2)
@@ -172,7 +195,8 @@ def _start_latency(sc: Scenario, timeout: float = 30.0) -> float | None:
     new = [r["job_id"] for r in sc.q("SELECT job_id FROM {s}.jobs") if r["job_id"] not in before]
     ok = sc.wait_until(
         lambda: bool(sc.q("SELECT 1 FROM {s}.chaos_ledger WHERE job_id = %s", (new[0],))),
-        timeout, step=0.01,
+        timeout,
+        step=0.01,
     )
     if not ok:
         return None
@@ -288,10 +312,18 @@ def temporal(dsn: str, *, full: bool = False) -> Report:
     try:
         import jobrunner.backends.temporal  # noqa: F401
     except ImportError:
-        return {"scenario": "temporal", "skipped": "the Temporal backend does not exist yet",
-                "lost": 0, "fencing_violations": 0}
-    return {"scenario": "temporal", "skipped": "Temporal scenario not implemented yet",
-            "lost": 0, "fencing_violations": 0}
+        return {
+            "scenario": "temporal",
+            "skipped": "the Temporal backend does not exist yet",
+            "lost": 0,
+            "fencing_violations": 0,
+        }
+    return {
+        "scenario": "temporal",
+        "skipped": "Temporal scenario not implemented yet",
+        "lost": 0,
+        "fencing_violations": 0,
+    }
 
 
 SCENARIOS: dict[str, Callable[..., Report]] = {

@@ -47,7 +47,9 @@ def main() -> int:
     parser.add_argument("--probe", type=float, default=15.0)
     parser.add_argument("--grace", type=float, default=30.0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     return asyncio.run(_main(args))
 
 

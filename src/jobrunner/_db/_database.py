@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -110,10 +111,11 @@ class Database:
                 self.conninfo, autocommit=True, row_factory=dict_row
             )
 
-    async def ping(self) -> bool:
-        """Whether a trivial query succeeds."""
+    async def ping(self, timeout: float = 5.0) -> bool:
+        """Whether a trivial query succeeds within ``timeout`` seconds."""
         try:
-            async with self.connection() as conn:
+            # Bounded: with the server away the pool would wait its full checkout timeout.
+            async with asyncio.timeout(timeout), self.connection() as conn:
                 await conn.execute("SELECT 1")
             return True
         except Exception:  # noqa: BLE001 - health checks report, never raise

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobrunner.worker")
 
 _PROBE_PREFIX = "probe:"
+#: Seconds a stopping worker keeps trying to write its last outcomes and re-queue leftovers.
+_FINAL_WRITES_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -699,9 +701,18 @@ class PostgresWorker(JobWorker):
             self._abort(job)
         if pending:
             await asyncio.wait(pending, timeout=1.0)
-        await self._flush()
-        if leftovers:
-            await self._release(leftovers)
+        try:
+            # Bounded: with the database away, a write in flight retries until ``_stopped``.
+            async with asyncio.timeout(_FINAL_WRITES_TIMEOUT):
+                await self._flush()
+                if leftovers:
+                    await self._release(leftovers)
+        except TimeoutError:
+            logger.error(
+                "could not write the last outcomes within %.0f s (database unavailable); "
+                "their jobs run again when their leases expire",
+                _FINAL_WRITES_TIMEOUT,
+            )
         self._stopped.set()
         for task in self._tasks:
             task.cancel()

@@ -118,6 +118,6 @@ class Database:
             async with asyncio.timeout(timeout), self.connection() as conn:
                 await conn.execute("SELECT 1")
             return True
-        except Exception:  # noqa: BLE001 - health checks report, never raise
+        except Exception:  # health checks report, never raise
             logger.debug("database ping failed", exc_info=True)
             return False

@@ -374,7 +374,7 @@ class PostgresWorker(JobWorker):
                 if ctx.is_cancelled():
                     return  # cancelled job or lost lease: the database already says so
                 raise
-            except BaseException as exc:  # noqa: BLE001 - every handler failure is recorded
+            except BaseException as exc:  # every handler failure is recorded
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 decision = decide_failure(

@@ -6,6 +6,7 @@ choice; tests/test_fairness_processes.py proves the same rules across worker pro
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from jobrunner import ALL_TENANTS, InvalidArgumentError
+from jobrunner import ALL_TENANTS, InvalidArgumentError, SyncJobRunner
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.backends.postgres._flow import FlowGate
 from jobrunner.testing import running_worker
@@ -265,3 +266,26 @@ async def test_bad_arguments_are_refused_and_nothing_is_written(
         await prunner.flow.set_tenant_weight(A, 0)
     with pytest.raises(InvalidArgumentError):
         await prunner.flow.purge_tenant(A, queue="")
+
+
+async def test_sync_twin_controls_flow(jobrunner_dsn: str, schema: str) -> None:
+    async def build() -> PostgresJobRunner:
+        made = PostgresJobRunner(jobrunner_dsn, schema=schema, require_registered=False,
+                                 pool_size=2)
+        await made.start()
+        return made
+
+    def body() -> None:
+        sync = SyncJobRunner(build)
+        try:
+            sync.schedule_jobs("work", [{}, {}, {}], tenant=A)
+            sync.flow.pause(tenant=A)
+            assert [r.paused for r in sync.flow.get_limits(tenant=A)] == [True]
+            assert sync.flow.metrics(tenant=A)["tenants"][str(A)]["queued"] == 3
+            assert sync.flow.purge_tenant(A) == 3
+            sync.flow.resume(tenant=A)
+            assert sync.flow.get_limits(tenant=ALL_TENANTS) == []
+        finally:
+            sync.close()
+
+    await asyncio.to_thread(body)

@@ -66,6 +66,18 @@ class SyncJobRunner:
         """The wrapped backend's name."""
         return self.runner.runner_type
 
+    @property
+    def flow(self) -> Any:
+        """Blocking twin of ``PostgresJobRunner.flow`` (fairness and flow control)."""
+        from jobrunner.backends.postgres._flow import SyncFlowControl
+
+        flow = getattr(self.runner, "flow", None)
+        if flow is None:
+            from jobrunner._errors import ConfigurationError
+
+            raise ConfigurationError(f"{self.runner_type} runners have no flow control")
+        return SyncFlowControl(flow, self._call)
+
     def close(self) -> None:
         """Close the runner and stop the private loop."""
         if getattr(self, "_closed", True):

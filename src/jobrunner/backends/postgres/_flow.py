@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._runner import AllTenants, TenantArg
@@ -29,7 +29,9 @@ from jobrunner._validation import as_job_name, as_queue, as_tenant
 if TYPE_CHECKING:
     from jobrunner._db._database import AsyncConn, Database
 
-__all__ = ["FlowControl", "FlowGate", "FlowRule", "ensure_fair_index", "flow_metrics"]
+__all__ = [
+    "FlowControl", "FlowGate", "FlowRule", "SyncFlowControl", "ensure_fair_index", "flow_metrics",
+]
 
 #: Seconds a worker trusts its cached "flow control is on/off" flag. Turning flow control on is
 #: seen at once anyway (the plain claim yields); this only bounds how long a worker keeps using
@@ -432,3 +434,65 @@ class FlowGate:
             return BLOCKED_POLL
         return delay
 
+
+
+class SyncFlowControl:
+    """Blocking twin of :class:`FlowControl` (``SyncJobRunner.flow``): same methods, same rules."""
+
+    def __init__(self, flow: FlowControl, call: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self._flow = flow
+        self._call = call
+
+    def set_concurrency_limit(
+        self, *, tenant: TenantArg | AllTenants = None, name: str | None = None,
+        limit: int | None,
+    ) -> FlowRule | None:
+        """See :meth:`FlowControl.set_concurrency_limit`."""
+        return cast(FlowRule | None, self._call(
+            self._flow.set_concurrency_limit(tenant=tenant, name=name, limit=limit)))
+
+    def set_rate_limit(
+        self, *, tenant: TenantArg | AllTenants = None, name: str | None = None,
+        count: int | None, per: timedelta | float = 1.0,
+    ) -> FlowRule | None:
+        """See :meth:`FlowControl.set_rate_limit`."""
+        return cast(FlowRule | None, self._call(
+            self._flow.set_rate_limit(tenant=tenant, name=name, count=count, per=per)))
+
+    def set_tenant_weight(self, tenant: TenantArg, weight: float | None) -> FlowRule | None:
+        """See :meth:`FlowControl.set_tenant_weight`."""
+        return cast(FlowRule | None, self._call(self._flow.set_tenant_weight(tenant, weight)))
+
+    def pause(
+        self, *, tenant: TenantArg | AllTenants = None, name: str | None = None
+    ) -> FlowRule | None:
+        """See :meth:`FlowControl.pause`."""
+        return cast(FlowRule | None, self._call(self._flow.pause(tenant=tenant, name=name)))
+
+    def resume(
+        self, *, tenant: TenantArg | AllTenants = None, name: str | None = None
+    ) -> FlowRule | None:
+        """See :meth:`FlowControl.resume`."""
+        return cast(FlowRule | None, self._call(self._flow.resume(tenant=tenant, name=name)))
+
+    def clear(self, *, tenant: TenantArg | AllTenants = None, name: str | None = None) -> None:
+        """See :meth:`FlowControl.clear`."""
+        self._call(self._flow.clear(tenant=tenant, name=name))
+
+    def set_fair_claiming(self, enabled: bool) -> None:
+        """See :meth:`FlowControl.set_fair_claiming`."""
+        self._call(self._flow.set_fair_claiming(enabled))
+
+    def purge_tenant(
+        self, tenant: TenantArg, *, name: str | None = None, queue: str | None = None
+    ) -> int:
+        """See :meth:`FlowControl.purge_tenant`."""
+        return cast(int, self._call(self._flow.purge_tenant(tenant, name=name, queue=queue)))
+
+    def get_limits(self, *, tenant: TenantArg | AllTenants = None) -> list[FlowRule]:
+        """See :meth:`FlowControl.get_limits`."""
+        return cast(list[FlowRule], self._call(self._flow.get_limits(tenant=tenant)))
+
+    def metrics(self, *, tenant: TenantArg | AllTenants = None) -> dict[str, Any]:
+        """See :meth:`FlowControl.metrics`."""
+        return cast(dict[str, Any], self._call(self._flow.metrics(tenant=tenant)))

@@ -678,3 +678,106 @@ async def test_shutdown_waits_for_an_outcome_write_in_flight(
             await task
     info = await runner.get_job_status(handle.job_id)
     assert info is not None and info.status is JobStatus.COMPLETED and info.result == "kept"
+
+
+async def test_database_outage_loses_nothing(
+    jobrunner_dsn: str, schema: str, registry: JobHandlerRegistry, runner: PostgresJobRunner
+) -> None:
+    """The worker's only route to PostgreSQL is cut (as in a server restart) while a job runs
+    and another is scheduled; when the route is back both complete, each in one attempt."""
+    from apps.proxy import TcpProxy
+
+    params = psycopg.conninfo.conninfo_to_dict(jobrunner_dsn)
+    proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+    await proxy.up()
+    via_proxy = psycopg.conninfo.make_conninfo(
+        jobrunner_dsn, host="127.0.0.1", port=proxy.port, connect_timeout=3
+    )
+    cut = PostgresJobRunner(via_proxy, schema=schema, registry=registry, pool_size=3)
+    await cut.start()
+    gate, finished = asyncio.Event(), asyncio.Event()
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> int:
+        if data.get("wait"):
+            await gate.wait()
+            finished.set()
+        return int(data["n"])
+
+    registry.add("outage", handler)
+    try:
+        async with running_worker(cut, lease_seconds=20, poll_interval=1.0, grace=10):
+            running = await runner.schedule_job("outage", {"n": 1, "wait": True})
+            await eventually(
+                lambda: job_row(runner, running.job_id),
+                lambda r: r["status"] == "processing",
+                what="processing",
+            )
+            await proxy.down()
+            gate.set()
+            await asyncio.wait_for(finished.wait(), 30)  # finished while the database is away
+            assert await asyncio.wait_for(cut.is_healthy(), 30) is False
+            queued = await runner.schedule_job("outage", {"n": 2})  # via the direct route
+            await proxy.up()
+            first = await runner.wait_for_job(running.job_id, timeout=60)
+            second = await runner.wait_for_job(queued.job_id, timeout=60)
+            assert await cut.is_healthy() is True
+    finally:
+        await cut.close()
+        await proxy.down()
+    assert (first.status, first.result, first.attempts) == (JobStatus.COMPLETED, 1, 1)
+    assert (second.status, second.result, second.attempts) == (JobStatus.COMPLETED, 2, 1)
+
+
+async def test_stop_while_database_is_away_is_bounded(
+    jobrunner_dsn: str,
+    schema: str,
+    registry: JobHandlerRegistry,
+    runner: PostgresJobRunner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopping a worker whose last outcome cannot be written (database away) returns after a
+    bounded wait instead of hanging; the job is not lost: its lease expires and it runs again."""
+    from apps.proxy import TcpProxy
+    from jobrunner.backends.postgres import _worker
+
+    monkeypatch.setattr(_worker, "_FINAL_WRITES_TIMEOUT", 1.0)
+    params = psycopg.conninfo.conninfo_to_dict(jobrunner_dsn)
+    proxy = TcpProxy(str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+    await proxy.up()
+    via_proxy = psycopg.conninfo.make_conninfo(
+        jobrunner_dsn, host="127.0.0.1", port=proxy.port, connect_timeout=3
+    )
+    cut = PostgresJobRunner(via_proxy, schema=schema, registry=registry, pool_size=2)
+    await cut.start()
+    gate, finished = asyncio.Event(), asyncio.Event()
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> int:
+        if ctx.attempt == 1:
+            await gate.wait()
+            finished.set()
+        return ctx.attempt
+
+    registry.add("stranded", handler)
+    worker = cut.create_worker(lease_seconds=2)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.started.wait(), 30)
+        handle = await runner.schedule_job("stranded", {})
+        await eventually(
+            lambda: job_row(runner, handle.job_id),
+            lambda r: r["status"] == "processing",
+            what="processing",
+        )
+        await proxy.down()
+        gate.set()
+        await asyncio.wait_for(finished.wait(), 30)
+        await worker.stop(grace=1)
+        await asyncio.wait_for(task, 60)
+    finally:
+        if not task.done():
+            task.cancel()
+        await cut.close()
+        await proxy.down()
+    async with running_worker(runner, lease_seconds=2):
+        info = await runner.wait_for_job(handle.job_id, timeout=60)
+    assert info.status is JobStatus.COMPLETED and info.result == 2 and info.attempts == 2

@@ -40,7 +40,14 @@ class HandlerSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     """Attempts and backoff."""
     timeout: float = DEFAULT_TIMEOUT
-    """Seconds an attempt may run before it is cancelled and counted as failed."""
+    """Seconds an attempt may run before it is cancelled and counted as failed.
+
+    The failed attempt records a ``JobTimeoutError`` and follows the retry policy. An
+    ``async def`` handler is cancelled. A plain ``def`` handler's thread cannot be interrupted:
+    ``ctx.is_cancelled()`` turns True so it can stop, whatever it returns or writes later is
+    discarded (its result, progress and completion are fenced out), and its thread stays busy
+    until it returns.
+    """
     queue: str = DEFAULT_QUEUE
     """Queue jobs of this name go to unless ``schedule_job(queue=...)`` says otherwise."""
 

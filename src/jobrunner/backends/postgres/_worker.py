@@ -467,6 +467,8 @@ class PostgresWorker(JobWorker):
         while True:
             try:
                 await self._write_outcomes(batch)
+                if self._flow.active:  # freed capacity: a limit-blocked claim may succeed now
+                    self._wake.set()
                 return
             except DatabaseError as exc:
                 # A value PostgreSQL rejects fails every retry of the whole batch: isolate it

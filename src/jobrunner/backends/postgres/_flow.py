@@ -38,8 +38,11 @@ __all__ = [
 #: the fair claim after the last rule is removed.
 STATE_TTL = 2.0
 
-#: Seconds between claim attempts while due jobs exist but rules hold them all back.
+#: Seconds between claim attempts while due jobs exist but rules hold them all back; doubles
+#: with every further empty claim up to BLOCKED_POLL_MAX (a paused tenant's backlog must not
+#: keep every worker claiming ten times a second). Changes and own completions wake at once.
 BLOCKED_POLL = 0.1
+BLOCKED_POLL_MAX = 1.0
 
 _MAX_LIMIT = 1_000_000
 
@@ -387,6 +390,7 @@ class FlowGate:
         self._checked_at = -math.inf
         self._key = _lock_key(db.schema)
         self._indexed = False
+        self._empty_claims = 0
 
     @property
     def active(self) -> bool:
@@ -426,12 +430,15 @@ class FlowGate:
         async with conn.transaction():
             await conn.execute(q.flow_lock, {"key": self._key})
             cur = await conn.execute(q.claim_jobs_fair, params)
-            return await cur.fetchall()
+            rows = await cur.fetchall()
+        self._empty_claims = 0 if rows else self._empty_claims + 1
+        return rows
 
     def idle_delay(self, delay: float) -> float:
         """Due jobs exist but none was claimable: poll again soon rather than spin."""
         if self.active and delay <= 0:
-            return BLOCKED_POLL
+            backoff = BLOCKED_POLL * 2.0 ** max(self._empty_claims - 1, 0)
+            return min(backoff, BLOCKED_POLL_MAX)
         return delay
 
 

@@ -33,7 +33,10 @@ async def _ledger() -> AsyncConnectionPool:
     global _pool
     if _pool is None:
         _pool = AsyncConnectionPool(
-            os.environ["JOBRUNNER_DATABASE_URL"], min_size=1, max_size=4, open=False,
+            os.environ["JOBRUNNER_DATABASE_URL"],
+            min_size=1,
+            max_size=4,
+            open=False,
             kwargs={"autocommit": True},
         )
         await _pool.open()

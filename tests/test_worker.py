@@ -781,3 +781,32 @@ async def test_stop_while_database_is_away_is_bounded(
     async with running_worker(runner, lease_seconds=2):
         info = await runner.wait_for_job(handle.job_id, timeout=60)
     assert info.status is JobStatus.COMPLETED and info.result == 2 and info.attempts == 2
+
+
+async def test_retry_state_survives_a_worker_restart(
+    runner: PostgresJobRunner, make_runner: Any, registry: JobHandlerRegistry
+) -> None:
+    """A retry waits in PostgreSQL, not in the worker: a new worker process (here: a new
+    runner and worker) picks up attempt 2 with the first attempt's error kept meanwhile."""
+    attempts: list[int] = []
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> int:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise TimeoutError("upstream slow")
+        return ctx.attempt
+
+    registry.add("durable", handler, retry=RetryPolicy(initial_interval=60, max_interval=60))
+    async with running_worker(runner, **HALF):
+        handle = await runner.schedule_job("durable", {})
+        _row, delay = await failed_at(runner, handle.job_id)
+        assert delay == 60.0
+    fresh = await make_runner()
+    waiting = await fresh.get_job_status(handle.job_id)
+    assert waiting is not None and waiting.status is JobStatus.RETRYING
+    assert waiting.error is not None and waiting.error.message == "upstream slow"
+    await fast_forward(fresh, handle.job_id)
+    async with running_worker(fresh):
+        info = await fresh.wait_for_job(handle.job_id, timeout=30)
+    assert attempts == [1, 2]
+    assert info.status is JobStatus.COMPLETED and info.result == 2 and info.attempts == 2

@@ -35,6 +35,7 @@ from jobrunner._errors import (
 )
 from jobrunner._outcome import decide_failure, describe_error, timeout_error
 from jobrunner._runner import JobWorker
+from jobrunner._validation import as_queue, as_seconds, as_uuid
 from jobrunner.backends.postgres._flow import FlowGate
 from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec
 
@@ -106,6 +107,7 @@ class WorkerSettings:
             if isinstance(queues, str):
                 raise InvalidArgumentError("queues must be a sequence of names, not a string")
             values["queues"] = tuple(queues)
+        _check_settings(values)
         settings = cls(**values)
         if not isinstance(settings.concurrency, int) or settings.concurrency < 1:
             raise InvalidArgumentError("concurrency must be a positive integer")
@@ -122,6 +124,36 @@ class WorkerSettings:
     def rescue_every(self) -> float:
         """Effective rescue interval."""
         return self.rescue_interval or max(self.lease_seconds / 6, 0.05)
+
+
+_SECONDS = ("lease_seconds", "poll_interval", "listen_probe_interval")
+_SECONDS_OR_ZERO = ("flush_interval", "shutdown_grace")
+_OPTIONAL_SECONDS = ("heartbeat_interval", "rescue_interval")
+_COUNTS = ("concurrency", "flush_max")
+_OPTIONAL_COUNTS = ("claim_batch", "sync_threads")
+
+
+def _check_settings(values: dict[str, Any]) -> None:
+    """Validate worker options in place (seconds may be timedeltas); raise a typed error."""
+    for name in _SECONDS + _SECONDS_OR_ZERO + _OPTIONAL_SECONDS:
+        if name in values and not (name in _OPTIONAL_SECONDS and values[name] is None):
+            values[name] = as_seconds(values[name], name, allow_zero=name in _SECONDS_OR_ZERO)
+    for name in _COUNTS + _OPTIONAL_COUNTS:
+        value = values.get(name)
+        if name not in values or (value is None and name in _OPTIONAL_COUNTS):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidArgumentError(f"{name} must be a positive integer")
+    values["queues"] = tuple(as_queue(q) for q in values.get("queues", ()))
+    if "worker_id" in values:
+        values["worker_id"] = as_uuid(values["worker_id"], "worker_id")
+    if "rand" in values and not callable(values["rand"]):
+        raise InvalidArgumentError("rand must be a callable returning floats in [0, 1)")
+    lease = values.get("lease_seconds", 30.0)
+    beat = values.get("heartbeat_interval")
+    if beat is not None and beat >= lease:
+        # Leases would lapse between beats and running jobs be rescued under the worker.
+        raise InvalidArgumentError("heartbeat_interval must be shorter than lease_seconds")
 
 
 @dataclass(eq=False)

@@ -140,11 +140,36 @@ async def test_unknown_worker_option(ready: PostgresJobRunner) -> None:
         {"lease_seconds": 0},
         {"lease_seconds": -1},
         {"poll_interval": 0},
+        {"lease_seconds": "5"},
+        {"lease_seconds": float("nan")},
+        {"concurrency": True},
+        {"heartbeat_interval": 30, "lease_seconds": 10},
+        {"rescue_interval": -1},
+        {"claim_batch": 0},
+        {"sync_threads": "4"},
+        {"flush_max": 0},
+        {"queues": ["ok", ""]},
+        {"worker_id": "not-a-uuid"},
+        {"rand": 0.5},
+        {"shutdown_grace": -1},
     ],
 )
 async def test_bad_worker_settings(ready: PostgresJobRunner, kwargs: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgumentError):
         ready.create_worker(**kwargs)
+
+
+def test_worker_settings_accept_timedeltas() -> None:
+    from datetime import timedelta as td
+
+    settings = WorkerSettings.build(
+        lease_seconds=td(seconds=12),
+        shutdown_grace=0,
+        heartbeat_interval=td(seconds=2),
+        queues=["a", "b"],
+    )
+    assert settings.lease_seconds == 12.0 and settings.heartbeat_every == 2.0
+    assert settings.shutdown_grace == 0.0 and settings.queues == ("a", "b")
 
 
 @pytest.mark.parametrize("job_id", ["nope", 42, None, "1234", uuid.uuid4().hex[:-1]])

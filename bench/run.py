@@ -630,7 +630,11 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=None,
                         help="Markdown summary path (default bench/RESULTS.md for a full run, "
                              "none for smoke)")
+    parser.add_argument("--settings", default="",
+                        help="JSON overriding the recommended worker settings")
     args = parser.parse_args(argv)
+    if args.settings:
+        RECOMMENDED.update(json.loads(args.settings))
     sizes = SMOKE if args.smoke else FULL
     bench = Bench(args.dsn, sizes)
     chosen = [w.strip() for w in args.only.split(",") if w.strip()] or list(WORKLOADS)

@@ -293,3 +293,19 @@ async def test_custom_queue_needs_a_worker_on_that_queue(
     async with running_worker(runner, queues=["special"]):
         done = await runner.wait_for_job(handle.job_id, timeout=30)
     assert done.status is JobStatus.COMPLETED and done.result == {"echo": {"x": 1}}
+
+
+async def test_concurrent_singleton_calls_create_one_job(
+    make_runner: Any, registry: JobHandlerRegistry
+) -> None:
+    registry.add("single-race", noop)
+    runners = [await make_runner() for _ in range(3)]
+    handles = await asyncio.gather(
+        *(
+            runners[i % 3].schedule_job("single-race", {"i": i}, singleton_key="race")
+            for i in range(12)
+        )
+    )
+    assert len({h.job_id for h in handles}) == 1
+    assert sum(h.created for h in handles) == 1
+    assert await count_jobs(runners[0]) == 1

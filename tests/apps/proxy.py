@@ -9,7 +9,8 @@ import socket
 
 
 class TcpProxy:
-    """Forwards ``127.0.0.1:<port>`` to ``target_host:target_port`` while up."""
+    """Forwards ``127.0.0.1:<port>`` to ``target_host:target_port`` (or a Unix socket when
+    ``target_host`` is a directory, as with libpq) while up."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -34,8 +35,12 @@ class TcpProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        host, port = self.target
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            if host.startswith("/"):  # a Unix-socket directory, as libpq understands it
+                up_reader, up_writer = await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+            else:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
         except OSError:
             writer.transport.abort()
             return

@@ -524,7 +524,19 @@ def machine_facts(dsn: str) -> dict[str, str]:
             facts[name] = str(conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))
                               .fetchone()[0])  # type: ignore[index]
     facts["worker settings"] = json.dumps(RECOMMENDED)
+    facts["load average at start"] = LOAD_AT_START
+    facts["load average at end"] = _loadavg()
     return facts
+
+
+def _loadavg() -> str:
+    """The machine is often shared: the load next to the figures says how much."""
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "?"
+
+
+LOAD_AT_START = _loadavg()
 
 
 def _cpu_model() -> str:
@@ -598,7 +610,7 @@ def write_results(bench: Bench, path: Path, facts: dict[str, str], mode: str,
         "",
         "## Targets (ratios within this run)",
         "",
-        "| target | measured | ratio | met |",
+        "| target | measured | measured / target | met |",
         "|---|---|---|---|",
     ]
     for name, figure, ratio, met in targets(bench):

@@ -82,6 +82,8 @@ async def test_progress_and_steps_from_sync_handler(
             step.result = {"rows": 7}
         with pytest.raises(InvalidArgumentError):
             ctx.set_progress(150)
+        with pytest.raises(KeyError), ctx.step("sync-bad-step"):
+            raise KeyError("missing row")
         return {"ok": True}
 
     registry.add("sync-progress", handler)
@@ -106,6 +108,9 @@ async def test_progress_and_steps_from_sync_handler(
     assert step_row["status"] == "completed"
     assert step_row["result"] == {"rows": 7}
     assert step_row["retry_count"] == 1
+    (bad_row,) = await details(runner, handle.job_id, "sync-bad-step")
+    assert bad_row["status"] == "failed" and bad_row["retry_count"] == 1
+    assert bad_row["result"]["type"] == "KeyError"
 
 
 async def test_step_rows_per_attempt(

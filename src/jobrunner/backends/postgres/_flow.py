@@ -44,6 +44,9 @@ STATE_TTL = 2.0
 BLOCKED_POLL = 0.1
 BLOCKED_POLL_MAX = 1.0
 
+#: Seconds between a fair-claiming worker's checks that the jobs table's statistics are fresh.
+STATS_CHECK = 1.0
+
 _MAX_LIMIT = 1_000_000
 
 
@@ -391,6 +394,7 @@ class FlowGate:
         self._key = _lock_key(db.schema)
         self._indexed = False
         self._empty_claims = 0
+        self._stats_checked_at = -math.inf
 
     @property
     def active(self) -> bool:
@@ -427,12 +431,31 @@ class FlowGate:
         if self._force and not self._indexed:  # forced on: the database may never have been
             await ensure_fair_index(self._db)
             self._indexed = True
+        if time.monotonic() - self._stats_checked_at >= STATS_CHECK:
+            await self._refresh_stats(conn)
         async with conn.transaction():
-            await conn.execute(q.flow_lock, {"key": self._key})
+            await conn.execute(q.flow_claim_lock, {"key": self._key})
             cur = await conn.execute(q.claim_jobs_fair, params)
             rows = await cur.fetchall()
         self._empty_claims = 0 if rows else self._empty_claims + 1
         return rows
+
+    async def _refresh_stats(self, conn: AsyncConn) -> None:
+        """ANALYZE jobs when it changed a lot since the last one (one worker at a time)."""
+        from psycopg import sql
+
+        self._stats_checked_at = time.monotonic()
+        q = self._db.queries
+        table = sql.Identifier(self._db.schema).as_string(None) + ".jobs"
+        cur = await conn.execute(q.fair_stats_stale, {"table": table})
+        row = await cur.fetchone()
+        if not (row and row["stale"]):
+            return
+        async with conn.transaction():
+            cur = await conn.execute(q.fair_stats_lock, {"key": self._key + ":analyze"})
+            got = await cur.fetchone()
+            if got and got["got"]:
+                await conn.execute(q.fair_index_analyze)
 
     def idle_delay(self, delay: float) -> float:
         """Due jobs exist but none was claimable: poll again soon rather than spin."""

@@ -1,0 +1,437 @@
+"""Property tests of the job state machine against the real database.
+
+Hypothesis drives random sequences of enqueue, claim (the worker's ``claim_jobs`` SQL with
+chosen worker ids), heartbeat, progress, complete, fail (with and without retry), cancel,
+release, lease expiry (the clock is moved by UPDATE, never slept), rescue and ``retry_job``.
+A model predicts every outcome; after each step the database must agree with it and:
+
+- a job has at most one live attempt: one ``processing`` row holding one token and one worker;
+- attempts never exceed ``max_attempts``;
+- terminal states stay terminal (only an explicit ``retry_job`` leaves them);
+- an attempt with a stale token changes nothing at all (the row is byte-for-byte the same);
+- every job is in exactly one known state and no job appears or disappears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from jobrunner import JobHandlerRegistry, RetryPolicy
+from jobrunner._db._database import Database
+from jobrunner.backends.postgres import PostgresJobRunner
+
+LIVE = {"pending", "queued", "processing", "retrying"}
+TERMINAL = {"completed", "failed", "cancelled"}
+WORKERS = [uuid.UUID(int=i + 1) for i in range(3)]
+TENANT = uuid.UUID("5e5e5e5e-0000-4000-8000-000000000001")
+LEASE = 30.0
+
+
+@dataclass
+class ModelJob:
+    job_id: uuid.UUID
+    max_attempts: int
+    status: str = "queued"
+    attempts: int = 0
+    token: int = 0
+    holder: uuid.UUID | None = None
+    expired: bool = False
+    due: bool = True
+    completions: int = 0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    job_id: uuid.UUID
+    token: int
+    worker: uuid.UUID
+
+
+class JobStateMachine(RuleBasedStateMachine):
+    """One example = a fresh jobs table and a random sequence of operations on it."""
+
+    conn: psycopg.Connection[dict[str, Any]]
+    runner: PostgresJobRunner
+    schema: str
+
+    jobs = Bundle("jobs")
+    attempts = Bundle("attempts")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = self.runner.db.queries
+        self.model: dict[uuid.UUID, ModelJob] = {}
+        self.seen_terminal: set[uuid.UUID] = set()
+        self.conn.execute(
+            sql.SQL("TRUNCATE {}.jobs, {}.job_details CASCADE").format(
+                sql.Identifier(self.schema), sql.Identifier(self.schema)
+            )
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+    def run(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        cur = self.conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+    def row_snapshot(self, job_id: uuid.UUID) -> tuple[Any, int]:
+        row = self.conn.execute(
+            sql.SQL("SELECT to_jsonb(j) AS r FROM {}.jobs j WHERE job_id = %s").format(
+                sql.Identifier(self.schema)
+            ),
+            (job_id,),
+        ).fetchone()
+        details = self.conn.execute(
+            sql.SQL("SELECT count(*) AS n FROM {}.job_details WHERE job_id = %s").format(
+                sql.Identifier(self.schema)
+            ),
+            (job_id,),
+        ).fetchone()
+        assert row is not None and details is not None
+        return json.dumps(row["r"], sort_keys=True), int(details["n"])
+
+    def is_live(self, attempt: Attempt) -> bool:
+        job = self.model[attempt.job_id]
+        return job.status == "processing" and job.token == attempt.token
+
+    def fenced(self, attempt: Attempt, query: str, params: dict[str, Any]) -> int:
+        """Run an outcome for ``attempt``; a stale one must leave the row untouched."""
+        live = self.is_live(attempt)
+        before = None if live else self.row_snapshot(attempt.job_id)
+        cur = self.conn.execute(query, params)
+        changed = len(cur.fetchall()) if cur.description else cur.rowcount
+        if live:
+            assert changed == 1, f"the live attempt {attempt} was refused"
+        else:
+            assert changed == 0, f"the stale attempt {attempt} changed the job"
+            assert self.row_snapshot(attempt.job_id) == before, "a stale token changed the row"
+        return changed
+
+    # -- rules -----------------------------------------------------------------------------
+    @initialize(target=jobs, sizes=st.lists(st.integers(1, 3), min_size=1, max_size=3))
+    def some_jobs(self, sizes: list[int]) -> Any:
+        return multiple(*(self.enqueue(n) for n in sizes))
+
+    @rule(target=jobs, max_attempts=st.integers(1, 3))
+    def enqueue(self, max_attempts: int) -> uuid.UUID:
+        params = self.runner.prepare_insert(
+            f"sm.a{max_attempts}",
+            {"n": len(self.model)},
+            None,
+            tenant=TENANT,
+            priority=0,
+            singleton_key=None,
+            user_id=None,
+            metadata=None,
+            queue=None,
+        )
+        rows = self.run(self.q.insert_job, params)
+        job_id = rows[0]["job_id"]
+        self.model[job_id] = ModelJob(job_id, max_attempts)
+        return job_id
+
+    @rule(target=attempts, worker=st.sampled_from(WORKERS), limit=st.integers(1, 3))
+    def claim(self, worker: uuid.UUID, limit: int) -> Any:
+        rows = self.run(
+            self.q.claim_jobs,
+            {"queues": ["default"], "limit": limit, "worker_id": worker, "lease_seconds": LEASE},
+        )
+        claimable = [
+            j
+            for j in self.model.values()
+            if j.status in {"queued", "retrying", "pending"} and j.due
+        ]
+        assert len(rows) == min(limit, len(claimable))
+        claimed = []
+        for row in rows:
+            job = self.model[row["job_id"]]
+            assert job in claimable, f"claimed a job that was {job.status}"
+            job.status, job.holder, job.expired = "processing", worker, False
+            job.attempts += 1
+            job.token += 1
+            assert row["attempts"] == job.attempts and row["lease_token"] == job.token
+            claimed.append(Attempt(job.job_id, job.token, worker))
+        return multiple(*claimed)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def heartbeat(self, worker: uuid.UUID) -> None:
+        rows = self.run(self.q.heartbeat, {"worker_id": worker, "lease_seconds": LEASE})
+        held = {(r["job_id"], r["lease_token"]) for r in rows}
+        expected = {
+            (j.job_id, j.token)
+            for j in self.model.values()
+            if j.status == "processing" and j.holder == worker
+        }
+        assert held == expected
+        for job in self.model.values():
+            if (job.job_id, job.token) in held:
+                job.expired = False  # a beat before the rescue scan renews the lease
+
+    @rule(attempt=attempts, pct=st.integers(0, 100))
+    def progress(self, attempt: Attempt, pct: int) -> None:
+        self.fenced(
+            attempt,
+            self.q.save_progress,
+            {
+                "tenant": TENANT,
+                "job_id": attempt.job_id,
+                "token": attempt.token,
+                "progress": pct,
+                "message": "sm",
+            },
+        )
+
+    @rule(attempt=attempts)
+    def complete(self, attempt: Attempt) -> None:
+        live = self.is_live(attempt)
+        self.fenced(
+            attempt,
+            self.q.complete_jobs,
+            {
+                "tenants": [TENANT],
+                "job_ids": [attempt.job_id],
+                "tokens": [attempt.token],
+                "results": ['{"ok": true}'],
+                "started": [None],
+                "durations": [1.0],
+                "worker_id": str(attempt.worker),
+            },
+        )
+        if live:
+            job = self.model[attempt.job_id]
+            job.status, job.holder = "completed", None
+            job.completions += 1
+
+    @rule(attempt=attempts, wants_retry=st.booleans(), later=st.booleans())
+    def fail(self, attempt: Attempt, wants_retry: bool, later: bool) -> None:
+        job = self.model[attempt.job_id]
+        # As the worker decides: a retry only while the policy has attempts left.
+        retry = wants_retry and job.attempts < job.max_attempts
+        retry_in = (3600.0 if later else 0.0) if retry else None
+        live = self.is_live(attempt)
+        self.fenced(
+            attempt,
+            self.q.fail_jobs,
+            {
+                "tenants": [TENANT],
+                "job_ids": [attempt.job_id],
+                "tokens": [attempt.token],
+                "errors": ['{"type": "E", "message": "boom", "traceback": null}'],
+                "retry_in": [retry_in],
+                "started": [None],
+                "durations": [1.0],
+                "worker_id": str(attempt.worker),
+            },
+        )
+        if live:
+            job.holder = None
+            job.status = "retrying" if retry else "failed"
+            job.due = retry and not later
+
+    @rule(attempt=consumes(attempts))
+    def release(self, attempt: Attempt) -> None:
+        live = self.is_live(attempt)
+        self.fenced(
+            attempt,
+            self.q.release_jobs,
+            {
+                "tenants": [TENANT],
+                "job_ids": [attempt.job_id],
+                "tokens": [attempt.token],
+                "channel": self.runner.db.channel_jobs,
+            },
+        )
+        if live:
+            job = self.model[attempt.job_id]
+            job.status, job.holder, job.due = "queued", None, True
+            job.attempts -= 1
+
+    @rule(job_id=jobs)
+    def cancel(self, job_id: uuid.UUID) -> None:
+        job = self.model[job_id]
+        rows = self.run(
+            self.q.cancel_job,
+            {
+                "tenant": TENANT,
+                "job_id": job_id,
+                "reason": "sm",
+                "cancelled_by": "test",
+                "runner_type": "postgres",
+                "channel": self.runner.db.channel_cancel,
+            },
+        )
+        assert len(rows) == (1 if job.status in LIVE else 0)
+        if job.status in LIVE:
+            job.status, job.holder = "cancelled", None
+
+    @rule(job_id=jobs)
+    def expire_lease(self, job_id: uuid.UUID) -> None:
+        """Move the clock: the lease ends in the past, as if no heartbeat came for 30 s."""
+        cur = self.conn.execute(
+            sql.SQL(
+                "UPDATE {}.jobs SET lease_expires_at = now() - interval '1 second' "
+                "WHERE job_id = %s AND status = 'processing'"
+            ).format(sql.Identifier(self.schema)),
+            (job_id,),
+        )
+        job = self.model[job_id]
+        assert cur.rowcount == (1 if job.status == "processing" else 0)
+        if job.status == "processing":
+            job.expired = True
+
+    @rule()
+    def rescue(self) -> None:
+        rows = self.run(self.q.rescue_expired, {})
+        expected = {j.job_id for j in self.model.values() if j.status == "processing" and j.expired}
+        assert {r["job_id"] for r in rows} == expected
+        for job_id in expected:
+            job = self.model[job_id]
+            job.holder, job.expired, job.due = None, False, True
+            job.status = "failed" if job.attempts >= job.max_attempts else "retrying"
+
+    @rule(attempt=attempts)
+    def lose_lease(self, attempt: Attempt) -> None:
+        """The attempt's worker stalls past its lease and the rescue scan runs: the shortest
+        way to a stale attempt (its job re-queued and perhaps re-claimed by another worker)."""
+        self.expire_lease(attempt.job_id)
+        self.rescue()
+
+    @rule(
+        target=attempts,
+        attempt=attempts,
+        other=st.sampled_from(WORKERS),
+        outcome=st.sampled_from(["complete", "fail", "progress", "release"]),
+    )
+    def zombie_outcome(self, attempt: Attempt, other: uuid.UUID, outcome: str) -> Any:
+        """A zombie: the attempt loses its lease, the job is claimed again, and then the old
+        attempt reports (random sequences reach this path too rarely on their own)."""
+        self.lose_lease(attempt)
+        fresh = self.claim(other, 3)
+        if outcome == "complete":
+            self.complete(attempt)
+        elif outcome == "fail":
+            self.fail(attempt, wants_retry=True, later=False)
+        elif outcome == "progress":
+            self.progress(attempt, 50)
+        else:
+            self.release(attempt)
+        return fresh
+
+    @precondition(lambda self: any(j.status in TERMINAL for j in self.model.values()))
+    @rule(job_id=jobs)
+    def retry_job(self, job_id: uuid.UUID) -> None:
+        job = self.model[job_id]
+        rows = self.run(
+            self.q.monitoring_retry_job,
+            {
+                "tenant": TENANT,
+                "job_id": job_id,
+                "runner_type": "postgres",
+                "requested_by": "test",
+                "channel": self.runner.db.channel_jobs,
+            },
+        )
+        accepted = job.status in {"failed", "cancelled"}
+        assert len(rows) == (1 if accepted else 0)
+        if accepted:
+            job.status, job.attempts, job.due, job.holder = "queued", 0, True, None
+            self.seen_terminal.discard(job_id)  # the one sanctioned way out of a final state
+
+    # -- invariants -------------------------------------------------------------------------
+    @invariant()
+    def database_agrees_with_model(self) -> None:
+        rows = self.conn.execute(
+            sql.SQL(
+                "SELECT job_id, status::text AS status, attempts, max_attempts, lease_token,"
+                " worker_id, lease_expires_at FROM {}.jobs"
+            ).format(sql.Identifier(self.schema))
+        ).fetchall()
+        assert {r["job_id"] for r in rows} == set(self.model), "a job appeared or vanished"
+        completions = {
+            r["job_id"]: r["n"]
+            for r in self.conn.execute(
+                sql.SQL(
+                    "SELECT job_id, count(*) AS n FROM {}.job_details WHERE step_name = "
+                    "'attempt' AND status = 'completed' GROUP BY job_id"
+                ).format(sql.Identifier(self.schema))
+            ).fetchall()
+        }
+        for row in rows:
+            job = self.model[row["job_id"]]
+            status = row["status"]
+            assert status in LIVE | TERMINAL
+            assert (status, row["attempts"], row["lease_token"]) == (
+                job.status,
+                job.attempts,
+                job.token,
+            ), f"database {row} != model {job}"
+            # One live attempt at most: only a processing row holds a worker and a lease.
+            if status == "processing":
+                assert row["worker_id"] == job.holder and row["lease_expires_at"] is not None
+            else:
+                assert row["worker_id"] is None and row["lease_expires_at"] is None
+            assert row["attempts"] <= row["max_attempts"], "attempts exceed the policy"
+            assert completions.get(row["job_id"], 0) == job.completions
+            # Terminal stays terminal, unless an explicit retry_job moved it.
+            assert not (row["job_id"] in self.seen_terminal and status not in TERMINAL), (
+                f"{job} left a terminal state without retry_job"
+            )
+            if status in TERMINAL:
+                self.seen_terminal.add(row["job_id"])
+
+
+def _handler(ctx: Any, data: dict[str, Any]) -> None:
+    return None
+
+
+@pytest.fixture
+def sm_schema(jobrunner_dsn: str) -> Any:
+    schema = f"jrt_sm_{uuid.uuid4().hex[:10]}"
+    asyncio.run(Database(jobrunner_dsn, schema=schema).migrate())
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(jobrunner_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_job_state_machine(jobrunner_dsn: str, sm_schema: str) -> None:
+    registry = JobHandlerRegistry()
+    for n in (1, 2, 3):
+        registry.add(f"sm.a{n}", _handler, retry=RetryPolicy(max_attempts=n))
+    runner = PostgresJobRunner(jobrunner_dsn, schema=sm_schema, registry=registry)
+    with psycopg.connect(jobrunner_dsn, autocommit=True, row_factory=dict_row) as conn:
+        JobStateMachine.conn = conn
+        JobStateMachine.runner = runner
+        JobStateMachine.schema = sm_schema
+        run_state_machine_as_test(
+            JobStateMachine,
+            settings=settings(
+                max_examples=150,
+                stateful_step_count=30,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            ),
+        )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from apps.helpers import details, eventually, job_row
+from apps.helpers import details, eventually, fetch, job_row
 from jobrunner import JobContext, JobHandlerRegistry, JobStatus
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.testing import running_worker
@@ -247,3 +247,46 @@ async def test_bad_worker_flags_fail_cleanly(jobrunner_dsn: str, schema: str, fl
         code = await wp.wait()
     assert code == 2, wp.output
     assert "error:" in wp.output and "Traceback" not in wp.output
+
+
+async def test_two_worker_processes_never_share_an_attempt(
+    runner: PostgresJobRunner,
+    registry: JobHandlerRegistry,
+    jobrunner_dsn: str,
+    schema: str,
+    tmp_path: Path,
+) -> None:
+    registry.add("proc-block", local_block)
+    registry.add("proc-echo", local_block)
+    release = tmp_path / "go"
+    barriers = [
+        await runner.schedule_job("proc-block", {"release_file": str(release)}) for _ in range(2)
+    ]
+    async with (
+        worker_process(jobrunner_dsn, schema, "--concurrency", "1") as one,
+        worker_process(jobrunner_dsn, schema, "--concurrency", "1") as two,
+    ):
+        # each process (concurrency 1) holds one barrier job: both are up and claiming
+        for handle, wp in zip(barriers, (one, two), strict=True):
+            await eventually(
+                lambda h=handle: job_row(runner, h.job_id),  # type: ignore[misc]
+                lambda r: r["status"] == "processing" and r["progress"] == 10,
+                timeout=60,
+                what=f"barrier held ({wp.proc.pid})",
+            )
+        handles = await runner.schedule_jobs("proc-echo", [{"i": i} for i in range(300)])
+        release.touch()
+        infos = [await runner.wait_for_job(h.job_id, timeout=120) for h in handles]
+        one.proc.send_signal(signal.SIGTERM)
+        two.proc.send_signal(signal.SIGTERM)
+        assert await one.wait() == 0 and await two.wait() == 0
+    assert all(i.status is JobStatus.COMPLETED and i.attempts == 1 for i in infos)
+    assert [i.result["echo"] for i in infos] == [{"i": i} for i in range(300)]
+    pids = {i.result["pid"] for i in infos}
+    assert pids == {one.proc.pid, two.proc.pid}
+    rows = await fetch(
+        runner,
+        "SELECT job_id, count(*) AS n FROM {schema}.job_details "
+        "WHERE step_name = 'attempt' GROUP BY job_id",
+    )
+    assert len(rows) == 302 and {r["n"] for r in rows} == {1}

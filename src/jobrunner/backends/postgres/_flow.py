@@ -398,7 +398,7 @@ class FlowGate:
 
     @property
     def active(self) -> bool:
-        """Whether the last claim went through the fair path."""
+        """Whether claims go through the fair path (forced, or flow control on when last read)."""
         return self._force or self._enabled
 
     async def _is_enabled(self, conn: AsyncConn, *, fresh: bool = False) -> bool:
@@ -428,7 +428,8 @@ class FlowGate:
         self, conn: AsyncConn, params: dict[str, Any]
     ) -> list[dict[str, Any]]:
         q = self._db.queries
-        if self._force and not self._indexed:  # forced on: the database may never have been
+        if self._force and not self._indexed:
+            # forced on while flow control may be off in the database: nothing built the index
             await ensure_fair_index(self._db)
             self._indexed = True
         if time.monotonic() - self._stats_checked_at >= STATS_CHECK:
@@ -463,7 +464,6 @@ class FlowGate:
             backoff = BLOCKED_POLL * 2.0 ** max(self._empty_claims - 1, 0)
             return min(backoff, BLOCKED_POLL_MAX)
         return delay
-
 
 
 class SyncFlowControl:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import TYPE_CHECKING
 
 from jobrunner.cli._common import add_database_options, settings_from
+
+if TYPE_CHECKING:
+    from jobrunner._db._database import Database
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the subcommand."""
     parser = sub.add_parser("migrate", help="apply pending schema migrations (idempotent)")
+    rls = parser.add_mutually_exclusive_group()
+    rls.add_argument("--rls", action="store_true",
+                     help="also install Row-Level Security: other roles than the tables' owner "
+                          "see only the rows of the tenant in the setting jobrunner.tenant")
+    rls.add_argument("--drop-rls", action="store_true", help="remove those policies again")
     add_database_options(parser)
     parser.set_defaults(handler=run)
 
@@ -23,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     async def go() -> list[int]:
         db = Database(settings.require_database_url(), schema=settings.schema)
-        return await db.migrate()
+        applied = await db.migrate()
+        if getattr(args, "rls", False) or getattr(args, "drop_rls", False):
+            await _rls(db, install=bool(args.rls))
+        return applied
 
     applied = asyncio.run(go())
     if applied:
@@ -32,3 +44,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"schema {settings.schema} is up to date")
     return 0
+
+
+async def _rls(db: Database, *, install: bool) -> None:
+    import psycopg
+
+    from jobrunner._db import _security
+    from jobrunner._db._errors import translate_errors
+
+    with translate_errors():
+        async with await psycopg.AsyncConnection.connect(db.conninfo, autocommit=True) as conn:
+            if install:
+                tables = await _security.install_rls(conn, db.schema)
+                print(f"row-level security on {', '.join(tables)}: rows visible to other roles "
+                      f"than the owner only where tenant = current_setting('{_security.SETTING}')")
+            else:
+                tables = await _security.remove_rls(conn, db.schema)
+                print(f"row-level security removed from {', '.join(tables)}")

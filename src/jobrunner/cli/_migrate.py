@@ -16,9 +16,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the subcommand."""
     parser = sub.add_parser("migrate", help="apply pending schema migrations (idempotent)")
     rls = parser.add_mutually_exclusive_group()
-    rls.add_argument("--rls", action="store_true",
-                     help="also install Row-Level Security: other roles than the tables' owner "
-                          "see only the rows of the tenant in the setting jobrunner.tenant")
+    rls.add_argument(
+        "--rls",
+        action="store_true",
+        help="also install Row-Level Security: other roles than the tables' owner "
+        "see only the rows of the tenant in the setting jobrunner.tenant",
+    )
     rls.add_argument("--drop-rls", action="store_true", help="remove those policies again")
     add_database_options(parser)
     parser.set_defaults(handler=run)
@@ -39,8 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
     applied = asyncio.run(go())
     if applied:
-        print(f"applied migrations {', '.join(f'{v:04d}' for v in applied)} "
-              f"to schema {settings.schema}")
+        print(
+            f"applied migrations {', '.join(f'{v:04d}' for v in applied)} "
+            f"to schema {settings.schema}"
+        )
     else:
         print(f"schema {settings.schema} is up to date")
     return 0
@@ -56,8 +61,10 @@ async def _rls(db: Database, *, install: bool) -> None:
         async with await psycopg.AsyncConnection.connect(db.conninfo, autocommit=True) as conn:
             if install:
                 tables = await _security.install_rls(conn, db.schema)
-                print(f"row-level security on {', '.join(tables)}: rows visible to other roles "
-                      f"than the owner only where tenant = current_setting('{_security.SETTING}')")
+                print(
+                    f"row-level security on {', '.join(tables)}: rows visible to other roles "
+                    f"than the owner only where tenant = current_setting('{_security.SETTING}')"
+                )
             else:
                 tables = await _security.remove_rls(conn, db.schema)
                 print(f"row-level security removed from {', '.join(tables)}")

@@ -290,3 +290,18 @@ async def test_two_worker_processes_never_share_an_attempt(
         "WHERE step_name = 'attempt' GROUP BY job_id",
     )
     assert len(rows) == 302 and {r["n"] for r in rows} == {1}
+
+
+async def test_stuck_sync_handler_does_not_keep_the_process_alive(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry, jobrunner_dsn: str, schema: str
+) -> None:
+    """A plain ``def`` handler blocked in work that ignores ``ctx.is_cancelled()`` cannot be
+    interrupted; after the grace period its job is re-queued and the process still exits."""
+    registry.add("proc-sync-stuck", local_block)
+    handle = await runner.schedule_job("proc-sync-stuck", {"release_file": None})
+    async with worker_process(jobrunner_dsn, schema, "--grace", "0.5") as wp:
+        await held_by_subprocess(runner, handle.job_id, wp)
+        wp.proc.send_signal(signal.SIGTERM)
+        assert await wp.wait(timeout=60) == 0, wp.output
+    row = await job_row(runner, handle.job_id)
+    assert row["status"] == "queued" and row["attempts"] == 0

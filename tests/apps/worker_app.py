@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 from jobrunner import JobContext, RetryPolicy, job
@@ -27,3 +28,12 @@ async def proc_block(ctx: JobContext, data: dict[str, Any]) -> dict[str, Any]:
 def proc_echo(ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
     """A sync handler returning its input and the process id."""
     return {"echo": data, "pid": os.getpid()}
+
+
+@job("proc-sync-stuck", timeout=600)
+def proc_sync_stuck(ctx: Any, data: dict[str, Any]) -> None:
+    """A sync handler stuck in blocking work that never checks ``ctx.is_cancelled()``."""
+    ctx.set_progress(10, f"started attempt {ctx.attempt} in {os.getpid()}")
+    release = data.get("release_file")
+    while release is None or not os.path.exists(release):
+        time.sleep(0.05)

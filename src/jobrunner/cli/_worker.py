@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     workers: list[object] = []
     code = asyncio.run(_serve(args, workers))
     for worker in workers:
-        # A backend whose SDK runs native threads may have to end the process itself after a
-        # clean shutdown (Temporal: see TemporalWorker.exit_process); it does not return.
+        # A worker may have to end the process itself after a clean shutdown: Temporal's SDK
+        # runs native threads (TemporalWorker.exit_process, never returns); a PostgreSQL
+        # worker's stuck sync handler thread would block interpreter exit (returns if none).
         exit_process = getattr(worker, "exit_process", None)
         if callable(exit_process):
             exit_process(code)

@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import re
+import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobrunner.worker")
 
 _PROBE_PREFIX = "probe:"
+_SYNC_THREAD_PREFIX = "jobrunner-sync"
 #: Seconds a stopping worker keeps trying to write its last outcomes and re-queue leftovers.
 _FINAL_WRITES_TIMEOUT = 10.0
 
@@ -246,7 +250,7 @@ class PostgresWorker(JobWorker):
         await self.runner.start()
         self._executor = ThreadPoolExecutor(
             max_workers=self.settings.sync_threads or self.settings.concurrency,
-            thread_name_prefix="jobrunner-sync",
+            thread_name_prefix=_SYNC_THREAD_PREFIX,
         )
         self._log_banner()
         self._tasks = [
@@ -774,6 +778,31 @@ class PostgresWorker(JobWorker):
         except (JobRunnerError, psycopg.Error, OSError) as exc:
             logger.error("could not re-queue %d jobs (their leases will expire): %s",
                          len(jobs), exc)
+
+    def exit_process(self, code: int) -> None:
+        """After :meth:`run` returned, end the process if a sync handler's thread is stuck.
+
+        The CLI calls this once the worker stopped and the runner closed. A plain ``def``
+        handler that ignores ``ctx.is_cancelled()`` cannot be interrupted, and interpreter exit
+        would wait for its thread forever although its job was already re-queued. Returns when
+        no such thread is left (the normal case).
+        """
+        deadline = time.monotonic() + 1.0
+        stuck = []
+        for thread in threading.enumerate():
+            if thread.name.startswith(_SYNC_THREAD_PREFIX + "_") and not thread.daemon:
+                thread.join(max(deadline - time.monotonic(), 0.0))  # idle ones exit at once
+                if thread.is_alive():
+                    stuck.append(thread.name)
+        if not stuck:
+            return
+        logger.warning("exiting without waiting for %d sync handler thread(s) still running: %s",
+                       len(stuck), ", ".join(stuck))
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
     def _log_banner(self) -> None:
         handlers = ", ".join(self.runner.registry.names()) or "(none)"

@@ -268,3 +268,33 @@ async def test_finished_jobs_cannot_be_cancelled(
     ia, ib = await runner.get_job_status(a.job_id), await runner.get_job_status(b.job_id)
     assert ia is not None and ia.status is JobStatus.COMPLETED and ia.result == 1
     assert ib is not None and ib.status is JobStatus.FAILED
+
+
+async def test_cancel_without_notification_is_caught_by_the_heartbeat(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """If the cancel NOTIFY is lost (listener reconnecting), the next heartbeat finds the job
+    no longer held and stops the handler anyway."""
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    registry.add("quiet-cancel", handler)
+    async with running_worker(runner, lease_seconds=1.5, **SLOW_POLL):
+        handle = await runner.schedule_job("quiet-cancel", {})
+        await asyncio.wait_for(started.wait(), 30)
+        # what cancel_job writes, minus its pg_notify
+        await fetch(
+            runner,
+            "UPDATE {schema}.jobs SET status = 'cancelled', completed_at = now() WHERE job_id = %s",
+            handle.job_id,
+        )
+        await asyncio.wait_for(stopped.wait(), 30)
+    info = await runner.get_job_status(handle.job_id)
+    assert info is not None and info.status is JobStatus.CANCELLED

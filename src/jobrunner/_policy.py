@@ -16,6 +16,14 @@ __all__ = ["DEFAULT_TIMEOUT", "RetryPolicy"]
 DEFAULT_TIMEOUT = 300.0
 
 
+_INF = float("inf")
+
+
+def _is_number(value: object) -> bool:
+    # NaN fails every comparison, so the range checks that follow reject it too.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter for a job's attempts.
@@ -52,12 +60,18 @@ class RetryPolicy:
             self, "initial_interval", as_seconds(self.initial_interval, "initial_interval")
         )
         object.__setattr__(self, "max_interval", as_seconds(self.max_interval, "max_interval"))
-        if not isinstance(self.backoff_coefficient, int | float) or self.backoff_coefficient < 1:
-            raise InvalidArgumentError("backoff_coefficient must be a number >= 1")
+        if not _is_number(self.backoff_coefficient) or not 1 <= self.backoff_coefficient < _INF:
+            raise InvalidArgumentError("backoff_coefficient must be a finite number >= 1")
         if self.max_interval < self.initial_interval:  # type: ignore[operator]
             raise InvalidArgumentError("max_interval must be >= initial_interval")
-        if not 0 <= self.jitter <= 1:
-            raise InvalidArgumentError("jitter must be between 0 and 1")
+        if not _is_number(self.jitter) or not 0 <= self.jitter <= 1:
+            raise InvalidArgumentError("jitter must be a number between 0 and 1")
+        if isinstance(self.non_retryable_errors, str | type) or not isinstance(
+            self.non_retryable_errors, Sequence | set | frozenset
+        ):
+            raise InvalidArgumentError(
+                "non_retryable_errors must be a list of exception types or names"
+            )
         for entry in self.non_retryable_errors:
             if not isinstance(entry, str) and not (
                 isinstance(entry, type) and issubclass(entry, BaseException)

@@ -97,6 +97,14 @@ def test_decide_failure() -> None:
         {"jitter": 1.5},
         {"non_retryable_errors": [42]},
         {"non_retryable_errors": [int]},
+        {"non_retryable_errors": "KeyError"},
+        {"non_retryable_errors": KeyError},
+        {"non_retryable_errors": None},
+        {"backoff_coefficient": True},
+        {"backoff_coefficient": float("nan")},
+        {"backoff_coefficient": float("inf")},
+        {"jitter": "0.1"},
+        {"jitter": float("nan")},
     ],
 )
 def test_invalid_policies(kwargs: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from jobrunner._models import JobError
 from jobrunner._policy import RetryPolicy
 
 MAX_TRACEBACK_CHARS = 20_000
+#: Longest delay a ``Retry`` may ask for (ten years); longer ones are clamped to it so the next
+#: run time stays a valid timestamp.
+MAX_RETRY_DELAY = 10 * 366 * 86400.0
 
 
 def describe_error(exc: BaseException) -> JobError:
@@ -60,10 +64,16 @@ def decide_failure(
         return FailureDecision(None, error)
     if not policy.attempts_left(attempt):
         return FailureDecision(None, error)
-    if isinstance(exc, Retry) and exc.delay is not None:
-        return FailureDecision(exc.delay, error)
+    if isinstance(exc, Retry) and _usable_delay(exc.delay):
+        return FailureDecision(min(float(exc.delay), MAX_RETRY_DELAY), error)  # type: ignore[arg-type]
     delay = policy.delay_after(attempt) if rand is None else policy.delay_after(attempt, rand)
     return FailureDecision(delay, error)
+
+
+def _usable_delay(delay: object) -> bool:
+    # NaN or infinity (Retry accepts any float) would make an invalid next run time: such a
+    # Retry falls back to the policy's backoff.
+    return isinstance(delay, int | float) and not isinstance(delay, bool) and math.isfinite(delay)
 
 
 def timeout_error(timeout: float) -> JobTimeoutError:

@@ -112,6 +112,16 @@ def test_invalid_policies(kwargs: dict[str, Any]) -> None:
         RetryPolicy(**kwargs)
 
 
+def test_unusable_retry_delays() -> None:
+    from jobrunner._outcome import MAX_RETRY_DELAY
+
+    policy = RetryPolicy(initial_interval=2.0, jitter=0.0)
+    for odd in (float("nan"), float("inf")):
+        assert decide_failure(Retry(delay=odd), attempt=1, policy=policy).retry_in == 2.0
+    huge = decide_failure(Retry(delay=1e300), attempt=1, policy=policy).retry_in
+    assert huge == MAX_RETRY_DELAY
+
+
 def test_retry_rejects_negative_delay() -> None:
     with pytest.raises(InvalidArgumentError):
         Retry(delay=-1)

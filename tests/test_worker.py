@@ -810,3 +810,19 @@ async def test_retry_state_survives_a_worker_restart(
         info = await fresh.wait_for_job(handle.job_id, timeout=30)
     assert attempts == [1, 2]
     assert info.status is JobStatus.COMPLETED and info.result == 2 and info.attempts == 2
+
+
+async def test_retry_with_huge_delay_is_stored(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """A Retry asking for an absurd delay still yields a valid next run time (clamped)."""
+    from jobrunner._outcome import MAX_RETRY_DELAY
+
+    async def handler(ctx: JobContext, data: dict[str, Any]) -> None:
+        raise Retry(delay=1e300)
+
+    registry.add("far-future", handler)
+    async with running_worker(runner, **HALF):
+        handle = await runner.schedule_job("far-future", {})
+        _row, delay = await failed_at(runner, handle.job_id)
+    assert delay == MAX_RETRY_DELAY

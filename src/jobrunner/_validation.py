@@ -49,7 +49,7 @@ def as_json_text(value: object, what: str = "data") -> str:
     """Serialise ``value`` to JSON text, rejecting what JSON cannot hold or is too large."""
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidArgumentError(f"{what} must be JSON-serialisable: {exc}") from None
     if len(text.encode()) > MAX_PAYLOAD_BYTES:
         raise InvalidArgumentError(f"{what} exceeds the {MAX_PAYLOAD_BYTES} byte limit")

@@ -21,6 +21,9 @@ from jobrunner.backends.postgres._worker import WorkerSettings
 
 TENANT = uuid.UUID("11111111-1111-1111-1111-111111111111")
 LATER = datetime.now(UTC) + timedelta(hours=1)
+DEEP: list[Any] = []
+for _ in range(5000):
+    DEEP = [DEEP]
 
 
 async def noop(ctx: Any, data: dict[str, Any]) -> None:
@@ -48,6 +51,7 @@ BAD_SCHEDULE_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("NUL in payload", {"data": {"x": "a\x00b"}}),
     ("huge payload", {"data": {"x": "y" * 1_100_000}}),
     ("non-str key", {"data": {(1, 2): "tuple key"}}),
+    ("too deep", {"data": {"x": DEEP}}),
     ("malformed tenant", {"tenant": "not-a-uuid"}),
     ("int tenant", {"tenant": 42}),
     ("truncated tenant", {"tenant": str(TENANT)[:-1]}),

@@ -105,7 +105,7 @@ RETURNING job_id
 UPDATE {schema}.jobs
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 WHERE worker_id = %(worker_id)s AND status = 'processing'
-RETURNING job_id, lease_token
+RETURNING tenant, job_id, lease_token
 
 -- name: rescue_expired
 WITH expired AS (

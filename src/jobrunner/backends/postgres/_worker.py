@@ -212,6 +212,8 @@ class PostgresWorker(JobWorker):
         self._tasks: list[asyncio.Task[None]] = []
         self._next_timer: float | None = None
         self.claimed_total = 0
+        # Rows the database says we hold but we do not run, as of the last heartbeat.
+        self._unknown_held: set[tuple[uuid.UUID, int]] = set()
         self._flow = FlowGate(runner.db, force=settings.fair)
         self._hot: dict[str, psycopg.AsyncConnection[Any]] = {}
 
@@ -612,18 +614,57 @@ class PostgresWorker(JobWorker):
                             "lease_seconds": float(self.settings.lease_seconds),
                         },
                     )
-                    held = {(r["job_id"], r["lease_token"]) for r in await cur.fetchall()}
+                    beat = await cur.fetchall()
+                    held = {(r["job_id"], r["lease_token"]) for r in beat}
             except (JobRunnerError, psycopg.Error, OSError) as exc:
                 logger.warning("heartbeat failed: %s", exc)
                 continue
             pending = {(d[1], d[2]) for d in self._outcomes.done} | {
                 (f[1], f[2]) for f in self._outcomes.failed
             }
+            await self._release_orphans(beat, pending)
             for job in list(self._running.values()):
                 key = (job.job_id, job.token)
                 if job.claimed_at < sent_at and key not in held and key not in pending:
                     logger.warning("job %s lost its lease; stopping its handler", job.job_id)
                     self._abort(job)
+
+    async def _release_orphans(
+        self, beat: list[dict[str, Any]], pending: set[tuple[uuid.UUID, int]]
+    ) -> None:
+        """Hand back rows we hold in the database but do not run.
+
+        A claim whose reply was lost (the connection died after the commit) leaves rows with
+        our worker id that no handler runs; the heartbeat would renew their leases for as long
+        as this process lives. A row unknown in two heartbeats in a row is released (fenced by
+        its token, attempt not counted). Skipped while outcomes are being written: a row in
+        that batch is known, just not listed in ``pending`` any more.
+        """
+        known = {(j.job_id, j.token) for j in self._running.values()} | pending
+        unknown = {(r["job_id"], r["lease_token"]) for r in beat} - known
+        if self._flush_lock.locked():
+            self._unknown_held &= unknown
+            return
+        orphans, self._unknown_held = unknown & self._unknown_held, unknown
+        if not orphans:
+            return
+        rows = [r for r in beat if (r["job_id"], r["lease_token"]) in orphans]
+        logger.warning("releasing %d jobs claimed by this worker but not running here (a "
+                       "claim's reply was lost)", len(rows))
+        try:
+            async with self.runner.db.connection() as conn:
+                await conn.execute(
+                    self.runner.db.queries.release_jobs,
+                    {
+                        "tenants": [r["tenant"] for r in rows],
+                        "job_ids": [r["job_id"] for r in rows],
+                        "tokens": [r["lease_token"] for r in rows],
+                        "channel": self.runner.db.channel_jobs,
+                    },
+                )
+            self._unknown_held -= orphans
+        except (JobRunnerError, psycopg.Error, OSError) as exc:
+            logger.warning("releasing orphaned claims failed: %s", exc)
 
     async def _rescue_loop(self) -> None:
         q = self.runner.db.queries

@@ -649,8 +649,11 @@ class PostgresWorker(JobWorker):
         if not orphans:
             return
         rows = [r for r in beat if (r["job_id"], r["lease_token"]) in orphans]
-        logger.warning("releasing %d jobs claimed by this worker but not running here (a "
-                       "claim's reply was lost)", len(rows))
+        logger.warning(
+            "releasing %d jobs claimed by this worker but not running here (a "
+            "claim's reply was lost)",
+            len(rows),
+        )
         try:
             async with self.runner.db.connection() as conn:
                 await conn.execute(

@@ -80,3 +80,14 @@ def bench(session: nox.Session) -> None:
     """
     _install(session)
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def chaos(session: nox.Session) -> None:
+    """The fault-injection suite, full form (docs/guarantees.md): kill -9, frozen worker,
+    pg_terminate_backend, PostgreSQL restart, silent listener, SIGTERM; one JSON report per
+    scenario, all of them in chaos/RESULTS.json. Bounded to 8 minutes; fails on any lost job
+    or accepted fenced-off completion. ``nox -s chaos -- kill-9`` runs one scenario."""
+    _install(session)
+    args = session.posargs or ["--full", "--out", "chaos/RESULTS.json"]
+    session.run("python", "-m", "chaos", "--time-limit", "480", *args)

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
+from typing import Any
 
 from chaos.scenarios import SCENARIOS, default_dsn
+
+
+def _out_of_time(signum: int, frame: Any) -> None:
+    raise SystemExit("chaos: time limit reached")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         "--dsn", default=None, help="database (default: JOBRUNNER_TEST_DSN or local)"
     )
     parser.add_argument("--out", default=None, help="also write all reports to this JSON file")
+    parser.add_argument(
+        "--time-limit", type=int, default=0, help="abort (exit 2) after this many seconds"
+    )
     args = parser.parse_args(argv)
+    if args.time_limit:
+        # Workers are children in their own scenario: the harness's finally blocks stop them.
+        signal.signal(signal.SIGALRM, _out_of_time)
+        signal.alarm(args.time_limit)
     dsn = args.dsn or default_dsn()
     reports = []
     bad = False

@@ -265,6 +265,18 @@ def test_cli_migrate_in_process(
     assert cli_main(["migrate", "--database-url", jobrunner_dsn, "--schema", schema]) == 0
     assert "is up to date" in capsys.readouterr().out
     assert cli_main(["migrate", "--database-url", jobrunner_dsn, "--schema", "bad-name!"]) == 2
+    assert "invalid schema name" in capsys.readouterr().err
+
+
+def test_cli_migrate_without_database(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("JOBRUNNER_DATABASE_URL", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli_main(["migrate"]) == 2
+    assert "JOBRUNNER_DATABASE_URL" in capsys.readouterr().err
+    assert cli_main(["migrate", "--database-url", "postgresql://postgres@127.0.0.1:1/x"]) == 2
+    assert "database unavailable" in capsys.readouterr().err
 
 
 def _seed_columns() -> dict[str, list[tuple[str, str, bool]]]:

@@ -241,7 +241,15 @@ async def test_second_signal_forces_exit(
     assert row["status"] == "queued" and row["attempts"] == 0
 
 
-@pytest.mark.parametrize("flag", ["--concurrency=0", "--lease=-1", "--app=apps.no_such_module"])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--concurrency=0",
+        "--lease=-1",
+        "--app=apps.no_such_module",
+        "--database-url=postgresql://postgres@127.0.0.1:1/none",
+    ],
+)
 async def test_bad_worker_flags_fail_cleanly(jobrunner_dsn: str, schema: str, flag: str) -> None:
     async with worker_process(jobrunner_dsn, schema, flag) as wp:
         code = await wp.wait()

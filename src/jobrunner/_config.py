@@ -81,6 +81,8 @@ class Settings:
             pool = int(env.get("JOBRUNNER_POOL_SIZE", "10"))
         except ValueError:
             raise ConfigurationError("JOBRUNNER_POOL_SIZE must be an integer") from None
+        if pool < 1:
+            raise ConfigurationError("JOBRUNNER_POOL_SIZE must be at least 1")
         return cls(
             runner_type=runner_type,
             database_url=env.get("JOBRUNNER_DATABASE_URL") or env.get("DATABASE_URL") or None,

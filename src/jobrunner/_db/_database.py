@@ -45,8 +45,14 @@ class Database:
     def __init__(
         self, conninfo: str, *, schema: str = "jobrunner", min_size: int = 1, max_size: int = 10
     ) -> None:
+        if not isinstance(conninfo, str) or not conninfo:
+            raise InvalidArgumentError("conninfo must be a non-empty connection string or URL")
+        for name, size in (("min_size", min_size), ("max_size", max_size)):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise InvalidArgumentError(f"pool {name} must be a positive integer")
         self.conninfo = conninfo
         self.schema = check_schema(schema)
+        min_size = min(min_size, max_size)
         self.queries: Queries = queries_for(self.schema)
         self._pool = AsyncConnectionPool(
             conninfo,

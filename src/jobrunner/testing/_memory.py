@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from jobrunner._context import JobContext, SyncJobContext
 from jobrunner._errors import HandlerNotFoundError, InvalidArgumentError
+from jobrunner._jobargs import JobArgs, job_args, recurring_args
 from jobrunner._models import (
     LIVE_STATUSES,
     JobDetails,
@@ -43,26 +44,17 @@ from jobrunner._outcome import decide_failure, describe_error, timeout_error
 from jobrunner._recurrence import (
     DEFAULT_MISFIRE_GRACE,
     Recurrence,
-    as_max_catch_up,
-    as_missed_tick_policy,
-    as_overlap_policy,
-    parse_recurrence,
     plan_ticks,
 )
 from jobrunner._runner import ALL_TENANTS, AllTenants, HistoryScope, JobRunner, JobWorker, TenantArg
 from jobrunner._validation import (
-    SYSTEM_USER,
     as_aware_datetime,
     as_data,
-    as_job_name,
-    as_optional_key,
-    as_priority,
-    as_queue,
     as_seconds,
     as_tenant,
     as_uuid,
 )
-from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec, JobHandlerRegistry
+from jobrunner.registry import HandlerSpec, JobHandlerRegistry
 from jobrunner.testing._clock import Clock, FakeClock, SystemClock
 
 __all__ = ["InMemoryJobRunner", "MemoryWorker"]
@@ -414,33 +406,42 @@ class InMemoryJobRunner(JobRunner):
         queue: str | None,
         schedule_id: uuid.UUID | None = None,
     ) -> _Job:
-        """Validate like PostgresJobRunner.prepare_insert and build (not store) a job."""
-        name = as_job_name(name)
-        spec = self.registry.find(name)
-        if spec is None and self.require_registered:
-            raise HandlerNotFoundError(name)
-        payload = _roundtrip(as_data(data))
-        meta = _roundtrip(as_data(metadata, "metadata"))
-        when = None if run_at is None else as_aware_datetime(run_at)
-        tenant_id = as_tenant(tenant)
+        """Validate as every backend does and build (not store) a job."""
+        args = job_args(
+            self.registry,
+            self.require_registered,
+            name,
+            data,
+            run_at,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=singleton_key,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
+        )
+        return self._job_from(args, schedule_id)
+
+    def _job_from(self, args: JobArgs, schedule_id: uuid.UUID | None = None) -> _Job:
         now = self.clock.now()
-        due = when is None or when <= now
+        due = args.run_at is None or args.run_at <= now
         return _Job(
-            tenant=tenant_id,
+            tenant=args.tenant,
             job_id=uuid.uuid4(),
-            name=name,
-            data=payload,
-            metadata=meta,
+            name=args.name,
+            # Stored as the database would hand them back (JSON round trip).
+            data=_roundtrip(args.data),
+            metadata=_roundtrip(args.metadata),
             status=JobStatus.QUEUED if due else JobStatus.PENDING,
             created_at=now,
             updated_at=now,
-            user_id=SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id"),
-            queue=as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE),
-            priority=as_priority(priority),
-            run_at=now if when is None else when,
-            max_attempts=spec.retry.max_attempts if spec else 3,
+            user_id=args.user_id,
+            queue=args.queue,
+            priority=args.priority,
+            run_at=now if args.run_at is None else args.run_at,
+            max_attempts=args.max_attempts,
             seq=next(self._seq),
-            singleton_key=as_optional_key(singleton_key, "singleton_key"),
+            singleton_key=args.singleton_key,
             schedule_id=schedule_id,
         )
 
@@ -830,25 +831,28 @@ class InMemoryJobRunner(JobRunner):
         As on PostgreSQL: an update keeps the schedule's id, paused state and next tick unless
         the expression or timezone changed, which recomputes the next tick from now.
         """
-        rec = parse_recurrence(expression, timezone)
-        missed = as_missed_tick_policy(missed_ticks)
-        overlap_policy = as_overlap_policy(overlap)
-        catch_up = as_max_catch_up(max_catch_up)
-        template = self._new_job(
+        args = recurring_args(
+            self.registry,
+            self.require_registered,
             name,
             data,
-            None,
+            expression,
             tenant=tenant,
+            timezone=timezone,
+            singleton_key=singleton_key,
+            missed_ticks=missed_ticks,
+            overlap=overlap,
+            max_catch_up=max_catch_up,
             priority=priority,
-            singleton_key=None,
+            queue=queue,
             user_id=user_id,
             metadata=metadata,
-            queue=queue,
         )
+        rec, missed, overlap_policy = args.recurrence, args.missed_ticks, args.overlap
+        catch_up = args.max_catch_up
+        template = self._job_from(args.job)
         now = self.clock.now()
-        key = (
-            as_optional_key(singleton_key, "singleton_key") or f"{template.name}:{template.tenant}"
-        )
+        key = args.job.singleton_key or f"{template.name}:{template.tenant}"
         existing = next(
             (
                 s

@@ -18,27 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
-from jobrunner._errors import HandlerNotFoundError
+from jobrunner._jobargs import recurring_args
 from jobrunner._models import JobStatus, MissedTickPolicy, OverlapPolicy, ScheduledJob, ScheduleInfo
-from jobrunner._recurrence import (
-    Recurrence,
-    as_max_catch_up,
-    as_missed_tick_policy,
-    as_overlap_policy,
-    parse_recurrence,
-)
-from jobrunner._validation import (
-    SYSTEM_USER,
-    as_aware_datetime,
-    as_data,
-    as_job_name,
-    as_optional_key,
-    as_priority,
-    as_queue,
-    as_tenant,
-    as_uuid,
-)
-from jobrunner.registry import DEFAULT_QUEUE
+from jobrunner._recurrence import Recurrence, parse_recurrence
+from jobrunner._validation import as_aware_datetime
 
 if TYPE_CHECKING:
     from jobrunner._db._database import AsyncConn
@@ -168,31 +151,41 @@ async def upsert_schedule(
         HandlerNotFoundError: ``name`` has no handler (unless ``require_registered=False``).
         InvalidArgumentError: any other malformed argument.
     """
-    name = as_job_name(name)
-    spec = runner.registry.find(name)
-    if spec is None and runner.require_registered:
-        raise HandlerNotFoundError(name)
-    tenant_id = as_tenant(tenant)
-    rec = parse_recurrence(expression, timezone)
-    payload = as_data(data)
-    user_meta = as_data(metadata, "metadata")
-    key = as_optional_key(singleton_key, "singleton_key") or default_singleton_key(name, tenant_id)
+    args = recurring_args(
+        runner.registry,
+        runner.require_registered,
+        name,
+        data,
+        expression,
+        tenant=tenant,
+        timezone=timezone,
+        singleton_key=singleton_key,
+        missed_ticks=missed_ticks,
+        overlap=overlap,
+        max_catch_up=max_catch_up,
+        priority=priority,
+        queue=queue,
+        user_id=user_id,
+        metadata=metadata,
+    )
+    job, rec, tenant_id = args.job, args.recurrence, args.job.tenant
+    key = job.singleton_key or default_singleton_key(job.name, tenant_id)
     params: dict[str, Any] = {
         "tenant": tenant_id,
         "singleton_key": key,
-        "name": name,
-        "data": Jsonb(payload),
-        "user_metadata": Jsonb(user_meta),
+        "name": job.name,
+        "data": Jsonb(job.data),
+        "user_metadata": Jsonb(job.metadata),
         "expression": rec.expression,
         "timezone": rec.timezone,
         "kind": rec.kind,
-        "missed_ticks": as_missed_tick_policy(missed_ticks).value,
-        "overlap": as_overlap_policy(overlap).value,
-        "max_catch_up": as_max_catch_up(max_catch_up),
-        "priority": as_priority(priority),
-        "queue": as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE),
-        "max_attempts": spec.retry.max_attempts if spec else 3,
-        "user_id": SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id"),
+        "missed_ticks": args.missed_ticks.value,
+        "overlap": args.overlap.value,
+        "max_catch_up": args.max_catch_up,
+        "priority": job.priority,
+        "queue": job.queue,
+        "max_attempts": job.max_attempts,
+        "user_id": job.user_id,
         "runner_type": runner.runner_type,
         "lock_key": f"{runner.schema}:{tenant_id}:{key}",
     }

@@ -29,11 +29,11 @@ from temporalio.service import RPCError, RPCStatusCode
 from jobrunner._db._database import Database
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
-    HandlerNotFoundError,
     InvalidArgumentError,
     ScheduleError,
     UnavailableError,
 )
+from jobrunner._jobargs import job_args, recurring_args
 from jobrunner._models import (
     JobDetails,
     JobInfo,
@@ -45,21 +45,10 @@ from jobrunner._models import (
     ScheduledJob,
     ScheduleInfo,
 )
-from jobrunner._recurrence import (
-    as_max_catch_up,
-    as_missed_tick_policy,
-    as_overlap_policy,
-    parse_recurrence,
-)
 from jobrunner._runner import AllTenants, HistoryScope, JobRunner, TenantArg
 from jobrunner._validation import (
-    SYSTEM_USER,
     as_aware_datetime,
     as_data,
-    as_job_name,
-    as_optional_key,
-    as_priority,
-    as_queue,
     as_tenant,
     as_uuid,
 )
@@ -73,7 +62,7 @@ from jobrunner.backends.temporal._types import (
     WORKFLOW_NAME,
     JobInput,
 )
-from jobrunner.registry import DEFAULT_QUEUE, JobHandlerRegistry
+from jobrunner.registry import JobHandlerRegistry
 
 if TYPE_CHECKING:
     from jobrunner.backends.temporal._worker import TemporalWorker
@@ -229,49 +218,49 @@ class TemporalJobRunner(JobRunner):
                 "database transaction and a Temporal workflow start atomically (see "
                 "docs/backends.md); schedule after your transaction commits"
             )
-        name = as_job_name(name)
-        spec = self.registry.find(name)
-        if spec is None and self.require_registered:
-            raise HandlerNotFoundError(name)
-        payload = as_data(data)
-        meta = as_data(metadata, "metadata")
-        when = None if run_at is None else as_aware_datetime(run_at)
-        tenant_id = as_tenant(tenant)
-        job_id = uuid.uuid4()
-        policy = policy_input(spec) if spec is not None else None
-        queue_name = (
-            as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE)
+        args = job_args(
+            self.registry,
+            self.require_registered,
+            name,
+            data,
+            run_at,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=singleton_key,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
         )
-        prio = as_priority(priority)
+        job_id = uuid.uuid4()
         params: dict[str, Any] = {
-            "tenant": tenant_id,
+            "tenant": args.tenant,
             "job_id": job_id,
-            "name": name,
-            "metadata": Jsonb(meta),
-            "run_at": when,
-            "user_id": SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id"),
+            "name": args.name,
+            "metadata": Jsonb(args.metadata),
+            "run_at": args.run_at,
+            "user_id": args.user_id,
             "runner_type": self.runner_type,
-            "external_id": workflow_id(name, job_id),
-            "queue": queue_name,
-            "priority": prio,
-            "data": Jsonb(payload),
-            "max_attempts": policy.max_attempts if policy else 3,
-            "singleton_key": as_optional_key(singleton_key, "singleton_key"),
+            "external_id": workflow_id(args.name, job_id),
+            "queue": args.queue,
+            "priority": args.priority,
+            "data": Jsonb(args.data),
+            "max_attempts": args.max_attempts,
+            "singleton_key": args.singleton_key,
             "schedule_id": None,
             "notify": False,
             "channel": self.db.channel_jobs,
         }
         job = JobInput(
             job_id=str(job_id),
-            tenant=str(tenant_id),
-            name=name,
-            data=payload,
-            policy=policy,
+            tenant=str(args.tenant),
+            name=args.name,
+            data=args.data,
+            policy=policy_input(args.spec) if args.spec is not None else None,
             heartbeat_timeout=self.heartbeat_timeout,
-            queue=queue_name,
-            priority=prio,
-            user_id=str(params["user_id"]),
-            metadata=meta,
+            queue=args.queue,
+            priority=args.priority,
+            user_id=str(args.user_id),
+            metadata=args.metadata,
         )
         return params, job
 
@@ -721,27 +710,25 @@ class TemporalJobRunner(JobRunner):
         The schedule id is ``singleton_key`` or ``recurring-<name>-<tenant>``; Temporal
         schedule ids are unique per namespace, so a key another tenant uses is refused.
         """
-        name = as_job_name(name)
-        spec = self.registry.find(name)
-        if spec is None and self.require_registered:
-            raise HandlerNotFoundError(name)
-        payload = as_data(data)
-        meta = as_data(metadata, "metadata")
-        # The same parser and checks as the other backends (cron, macros, intervals, zones).
-        recurrence = parse_recurrence(expression, timezone)
-        tz = recurrence.timezone
-        missed = as_missed_tick_policy(missed_ticks)
-        overlap_policy = as_overlap_policy(overlap)
-        max_catch_up = as_max_catch_up(max_catch_up)
-        tenant_id = as_tenant(tenant)
-        key = as_optional_key(singleton_key, "singleton_key")
-        schedule_id = _schedules.schedule_id_for(name, tenant_id, key)
-        prio = as_priority(priority)
-        queue_name = (
-            as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE)
+        args = recurring_args(
+            self.registry,
+            self.require_registered,
+            name,
+            data,
+            expression,
+            tenant=tenant,
+            timezone=timezone,
+            singleton_key=singleton_key,
+            missed_ticks=missed_ticks,
+            overlap=overlap,
+            max_catch_up=max_catch_up,
+            priority=priority,
+            queue=queue,
+            user_id=user_id,
+            metadata=metadata,
         )
-        user = SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id")
-        policy = policy_input(spec) if spec is not None else None
+        req, tenant_id = args.job, args.job.tenant
+        schedule_id = _schedules.schedule_id_for(req.name, tenant_id, req.singleton_key)
         await self._ensure_started()
 
         async with self.db.connection() as conn:
@@ -760,50 +747,50 @@ class TemporalJobRunner(JobRunner):
             tracker = await self._tracker(tenant_id, tracker_id)
             paused = bool(tracker and (tracker["metadata"] or {}).get("paused"))
         row_meta = _schedules.describe_metadata(
-            recurrence=recurrence,
-            timezone=tz,
-            missed_ticks=missed,
-            overlap=overlap_policy,
-            max_catch_up=max_catch_up,
-            extra=meta,
+            recurrence=args.recurrence,
+            timezone=args.recurrence.timezone,
+            missed_ticks=args.missed_ticks,
+            overlap=args.overlap,
+            max_catch_up=args.max_catch_up,
+            extra=req.metadata,
             paused=paused,
         )
         job = JobInput(
             job_id=None,
             tenant=str(tenant_id),
-            name=name,
-            data=payload,
-            policy=policy,
+            name=req.name,
+            data=req.data,
+            policy=policy_input(req.spec) if req.spec is not None else None,
             heartbeat_timeout=self.heartbeat_timeout,
             schedule_id=str(tracker_id),
-            queue=queue_name,
-            priority=prio,
-            user_id=str(user),
-            metadata=meta,
+            queue=req.queue,
+            priority=req.priority,
+            user_id=str(req.user_id),
+            metadata=req.metadata,
         )
         schedule = _schedules.build_schedule(
-            recurrence=recurrence,
-            timezone=tz,
+            recurrence=args.recurrence,
+            timezone=args.recurrence.timezone,
             job=job,
-            workflow_id=f"job-{name}-{schedule_id}",
+            workflow_id=f"job-{req.name}-{schedule_id}",
             task_queue=self.task_queue,
-            missed_ticks=missed,
-            overlap=overlap_policy,
-            max_catch_up=max_catch_up,
+            missed_ticks=args.missed_ticks,
+            overlap=args.overlap,
+            max_catch_up=args.max_catch_up,
             paused=paused,
         )
         params = {
             "tenant": tenant_id,
             "job_id": tracker_id,
-            "name": name,
+            "name": req.name,
             "metadata": Jsonb(row_meta),
-            "user_id": user,
+            "user_id": req.user_id,
             "schedule_id": schedule_id,
-            "queue": queue_name,
-            "priority": prio,
-            "data": Jsonb(payload),
-            "max_attempts": policy.max_attempts if policy else 3,
-            "singleton_key": key or schedule_id,
+            "queue": req.queue,
+            "priority": req.priority,
+            "data": Jsonb(req.data),
+            "max_attempts": req.max_attempts,
+            "singleton_key": req.singleton_key or schedule_id,
         }
         if existing is None:
             async with self.db.connection() as conn:
@@ -833,7 +820,7 @@ class TemporalJobRunner(JobRunner):
                     memo={
                         "tenant": str(tenant_id),
                         "tracker_job_id": str(tracker_id),
-                        "name": name,
+                        "name": req.name,
                     },
                 )
             except Exception as exc:

@@ -1,0 +1,160 @@
+"""Scheduling arguments, checked in one place for every backend.
+
+``schedule_job`` and ``schedule_recurring_job`` take the same arguments on the PostgreSQL, the
+Temporal and the in-memory runner. Checking them here keeps the rules (and which typed error a
+bad argument raises) the same on all of them, and everything is refused before any write.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from jobrunner._errors import HandlerNotFoundError
+from jobrunner._models import MissedTickPolicy, OverlapPolicy
+from jobrunner._recurrence import (
+    Recurrence,
+    as_max_catch_up,
+    as_missed_tick_policy,
+    as_overlap_policy,
+    parse_recurrence,
+)
+from jobrunner._validation import (
+    SYSTEM_USER,
+    as_aware_datetime,
+    as_data,
+    as_job_name,
+    as_optional_key,
+    as_priority,
+    as_queue,
+    as_tenant,
+    as_uuid,
+)
+from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec, JobHandlerRegistry
+
+__all__ = ["JobArgs", "RecurringArgs", "job_args", "recurring_args"]
+
+#: Attempts of a job whose name has no local handler (``require_registered=False``).
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class JobArgs:
+    """Validated ``schedule_job`` arguments."""
+
+    name: str
+    spec: HandlerSpec | None
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    run_at: datetime | None
+    tenant: uuid.UUID
+    user_id: uuid.UUID
+    queue: str
+    priority: int
+    singleton_key: str | None
+
+    @property
+    def max_attempts(self) -> int:
+        """The handler's attempt budget, or the default for an unknown name."""
+        return self.spec.retry.max_attempts if self.spec else DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True, slots=True)
+class RecurringArgs:
+    """Validated ``schedule_recurring_job`` arguments (``job.singleton_key`` as given)."""
+
+    job: JobArgs
+    recurrence: Recurrence
+    missed_ticks: MissedTickPolicy
+    overlap: OverlapPolicy
+    max_catch_up: int
+
+
+def job_args(
+    registry: JobHandlerRegistry,
+    require_registered: bool,
+    name: object,
+    data: Mapping[str, Any] | None,
+    run_at: object = None,
+    *,
+    tenant: object,
+    priority: object,
+    singleton_key: object,
+    user_id: object,
+    metadata: Mapping[str, Any] | None,
+    queue: object,
+) -> JobArgs:
+    """Check every scheduling argument; the queue defaults to the handler's.
+
+    Raises:
+        HandlerNotFoundError: ``name`` has no handler and ``require_registered`` is set.
+        InvalidArgumentError: any other malformed argument.
+    """
+    job_name = as_job_name(name)
+    spec = registry.find(job_name)
+    if spec is None and require_registered:
+        raise HandlerNotFoundError(job_name)
+    payload = as_data(data)
+    meta = as_data(metadata, "metadata")
+    when = None if run_at is None else as_aware_datetime(run_at)
+    return JobArgs(
+        name=job_name,
+        spec=spec,
+        data=payload,
+        metadata=meta,
+        run_at=when,
+        tenant=as_tenant(tenant),
+        user_id=SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id"),
+        queue=as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE),
+        priority=as_priority(priority),
+        singleton_key=as_optional_key(singleton_key, "singleton_key"),
+    )
+
+
+def recurring_args(
+    registry: JobHandlerRegistry,
+    require_registered: bool,
+    name: object,
+    data: Mapping[str, Any] | None,
+    expression: object,
+    *,
+    tenant: object,
+    timezone: object,
+    singleton_key: object,
+    missed_ticks: object,
+    overlap: object,
+    max_catch_up: object,
+    priority: object,
+    queue: object,
+    user_id: object,
+    metadata: Mapping[str, Any] | None,
+) -> RecurringArgs:
+    """:func:`job_args` plus the recurrence and its policies.
+
+    Raises:
+        ScheduleError: bad expression, timezone or policy.
+        HandlerNotFoundError: ``name`` has no handler and ``require_registered`` is set.
+        InvalidArgumentError: any other malformed argument.
+    """
+    job = job_args(
+        registry,
+        require_registered,
+        name,
+        data,
+        tenant=tenant,
+        priority=priority,
+        singleton_key=singleton_key,
+        user_id=user_id,
+        metadata=metadata,
+        queue=queue,
+    )
+    return RecurringArgs(
+        job=job,
+        recurrence=parse_recurrence(expression, timezone),
+        missed_ticks=as_missed_tick_policy(missed_ticks),
+        overlap=as_overlap_policy(overlap),
+        max_catch_up=as_max_catch_up(max_catch_up),
+    )

@@ -22,7 +22,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from psycopg import sql
 
@@ -30,12 +30,13 @@ from jobrunner._db._database import Database
 from jobrunner._db._store import JobStore, row_to_info, utc
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._models import LIVE_STATUSES, JobDetails, JobPage, JobStatus, Metrics
-from jobrunner._runner import AllTenants
-from jobrunner._validation import as_seconds, as_tenant
+from jobrunner._runner import AllTenants, HistoryScope, TenantArg
+from jobrunner._validation import as_seconds, as_tenant, as_uuid
 
 __all__ = [
     "CLEAR_SCOPES",
     "MAX_LIST_LIMIT",
+    "DatabaseMonitoring",
     "clear_history",
     "decode_cursor",
     "encode_cursor",
@@ -380,3 +381,67 @@ async def clear_history(
         removed += max(count, 0)
         if count < CLEAR_BATCH:
             return removed
+
+
+class DatabaseMonitoring:
+    """The ``JobRunner`` monitoring methods for a runner whose jobs live in ``self.db``.
+
+    Mixed in (before :class:`JobRunner`) by every database-backed runner, so each reads the
+    shared tables through the functions above and none repeats the delegation.
+    """
+
+    if TYPE_CHECKING:
+        db: Database
+
+        async def _ensure_started(self) -> None: ...
+
+    async def get_job_details(
+        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+    ) -> JobDetails | None:
+        """The job with data, attempts, steps and errors."""
+        await self._ensure_started()
+        return await get_job_details(self.db, as_tenant(tenant), as_uuid(job_id, "job_id"))
+
+    async def list_jobs(
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
+        name: str | None = None,
+        runner_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first with keyset pagination (every backend's rows)."""
+        await self._ensure_started()
+        return await list_jobs(
+            self.db,
+            tenant=tenant,
+            status=status,
+            name=name,
+            runner_type=runner_type,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    async def get_metrics(self, *, tenant: TenantArg | AllTenants = None) -> Metrics:
+        """Counts, rates, throughput and queue age."""
+        await self._ensure_started()
+        return await get_metrics(self.db, tenant=tenant)
+
+    async def clear_history(
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        scope: HistoryScope = "finished",
+        older_than: timedelta | float | None = None,
+    ) -> int:
+        """Delete finished jobs (never a live job or a live schedule)."""
+        await self._ensure_started()
+        return await clear_history(self.db, tenant=tenant, scope=scope, older_than=older_than)

@@ -27,6 +27,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobrunner._db._database import Database
+from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     InvalidArgumentError,
@@ -35,17 +36,14 @@ from jobrunner._errors import (
 )
 from jobrunner._jobargs import job_args, recurring_args
 from jobrunner._models import (
-    JobDetails,
     JobInfo,
-    JobPage,
     JobStatus,
-    Metrics,
     MissedTickPolicy,
     OverlapPolicy,
     ScheduledJob,
     ScheduleInfo,
 )
-from jobrunner._runner import AllTenants, HistoryScope, JobRunner, TenantArg
+from jobrunner._runner import JobRunner, TenantArg
 from jobrunner._validation import (
     as_aware_datetime,
     as_data,
@@ -74,7 +72,7 @@ START_CONCURRENCY = 32
 BULK_BATCH = 1000
 
 
-class TemporalJobRunner(JobRunner):
+class TemporalJobRunner(DatabaseMonitoring, JobRunner):
     """Jobs as Temporal workflows, with their state in the shared PostgreSQL tables.
 
     Args:
@@ -581,69 +579,6 @@ class TemporalJobRunner(JobRunner):
             raise UnavailableError(f"could not restart job {key} on Temporal: {exc}") from exc
         await self._save_run_id(tenant_id, key, handle)
         return True
-
-    async def get_job_details(
-        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
-    ) -> JobDetails | None:
-        """The job with data, attempts, steps and errors."""
-        from jobrunner._db import _monitoring
-
-        await self._ensure_started()
-        return await _monitoring.get_job_details(
-            self.db, as_tenant(tenant), as_uuid(job_id, "job_id")
-        )
-
-    async def list_jobs(
-        self,
-        *,
-        tenant: TenantArg | AllTenants = None,
-        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
-        name: str | None = None,
-        runner_type: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        search: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> JobPage:
-        """Jobs newest first with keyset pagination (both backends' rows)."""
-        from jobrunner._db import _monitoring
-
-        await self._ensure_started()
-        return await _monitoring.list_jobs(
-            self.db,
-            tenant=tenant,
-            status=status,
-            name=name,
-            runner_type=runner_type,
-            created_after=created_after,
-            created_before=created_before,
-            search=search,
-            limit=limit,
-            cursor=cursor,
-        )
-
-    async def get_metrics(self, *, tenant: TenantArg | AllTenants = None) -> Metrics:
-        """Counts, rates, throughput and queue age."""
-        from jobrunner._db import _monitoring
-
-        await self._ensure_started()
-        return await _monitoring.get_metrics(self.db, tenant=tenant)
-
-    async def clear_history(
-        self,
-        *,
-        tenant: TenantArg | AllTenants = None,
-        scope: HistoryScope = "finished",
-        older_than: timedelta | float | None = None,
-    ) -> int:
-        """Delete finished jobs (never a live job or a live schedule)."""
-        from jobrunner._db import _monitoring
-
-        await self._ensure_started()
-        return await _monitoring.clear_history(
-            self.db, tenant=tenant, scope=scope, older_than=older_than
-        )
 
     # -- Temporal-specific ------------------------------------------------------------------
     async def _workflow_of(self, job_id: uuid.UUID | str, tenant: TenantArg) -> str | None:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import importlib
 import json
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobrunner._config import Settings
 from jobrunner._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from jobrunner._runner import JobRunner
+
+T = TypeVar("T")
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +36,26 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     if getattr(args, "schema", None):
         changes["schema"] = args.schema
     return dataclasses.replace(settings, **changes)
+
+
+def run_with_runner(args: argparse.Namespace, work: Callable[[JobRunner], Awaitable[T]]) -> T:
+    """Run ``work`` on a runner built from the settings, closing the runner afterwards."""
+
+    async def go() -> T:
+        from jobrunner._factory import JobRunnerFactory
+
+        runner = await JobRunnerFactory.create(settings_from(args))
+        try:
+            return await work(runner)
+        finally:
+            await runner.close()
+
+    return asyncio.run(go())
+
+
+def format_time(value: datetime | None) -> str:
+    """A UTC timestamp to the second for tables; ``-`` for none."""
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def import_apps(modules: list[str]) -> None:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import re
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._models import JobInfo, JobStatus, Metrics
-from jobrunner._runner import ALL_TENANTS, AllTenants, JobRunner
-from jobrunner.cli._common import add_database_options, print_json, print_table, settings_from
+from jobrunner._runner import ALL_TENANTS, AllTenants
+from jobrunner.cli._common import (
+    add_database_options,
+    format_time,
+    print_json,
+    print_table,
+    run_with_runner,
+)
 
-T = TypeVar("T")
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -138,25 +142,6 @@ def _when(raw: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _run(args: argparse.Namespace, work: Callable[[JobRunner], Awaitable[T]]) -> T:
-    async def go() -> T:
-        from jobrunner._factory import JobRunnerFactory
-
-        runner = await JobRunnerFactory.create(settings_from(args))
-        try:
-            return await work(runner)
-        finally:
-            await runner.close()
-
-    return asyncio.run(go())
-
-
-def _ts(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _duration(job: JobInfo) -> str:
     if job.started_at is None or job.completed_at is None:
         return "-"
@@ -171,7 +156,7 @@ def _status_text(status: JobStatus | str) -> str:
 
 # -- metrics ------------------------------------------------------------------------------------
 def _metrics(args: argparse.Namespace) -> int:
-    metrics: Metrics = _run(args, lambda r: r.get_metrics(tenant=_tenant(args)))
+    metrics: Metrics = run_with_runner(args, lambda r: r.get_metrics(tenant=_tenant(args)))
     if args.json:
         print_json(metrics)
         return 0
@@ -218,7 +203,7 @@ def _metrics(args: argparse.Namespace) -> int:
 # -- jobs -----------------------------------------------------------------------------------------
 def _list(args: argparse.Namespace) -> int:
     statuses = [s.strip() for item in args.status for s in item.split(",") if s.strip()]
-    page = _run(
+    page = run_with_runner(
         args,
         lambda r: r.list_jobs(
             tenant=_tenant(args),
@@ -258,9 +243,9 @@ def _list(args: argparse.Namespace) -> int:
             _status_text(job.status),
             job.runner_type,
             f"{job.attempts}/{job.max_attempts}",
-            _ts(job.created_at),
-            _ts(job.started_at),
-            _ts(job.completed_at),
+            format_time(job.created_at),
+            format_time(job.started_at),
+            format_time(job.completed_at),
             _duration(job),
             "" if job.error is None else _one_line(job.error.message, 60),
         ]
@@ -282,7 +267,7 @@ def _one_line(text: str, width: int) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    details = _run(args, lambda r: r.get_job_details(args.job_id, tenant=args.tenant))
+    details = run_with_runner(args, lambda r: r.get_job_details(args.job_id, tenant=args.tenant))
     if details is None:
         print(f"error: no job {args.job_id} for this tenant", file=sys.stderr)
         return 1
@@ -302,10 +287,10 @@ def _show(args: argparse.Namespace) -> int:
         ],
         ["attempts", f"{job.attempts} of {job.max_attempts}"],
         ["queue / priority", f"{job.queue} / {job.priority}"],
-        ["created", _ts(job.created_at)],
-        ["due", _ts(job.run_at)],
-        ["started", _ts(job.started_at)],
-        ["ended", _ts(job.completed_at)],
+        ["created", format_time(job.created_at)],
+        ["due", format_time(job.run_at)],
+        ["started", format_time(job.started_at)],
+        ["ended", format_time(job.completed_at)],
         ["duration", _duration(job)],
         ["external id", job.external_id or "-"],
         ["external run id", job.external_run_id or "-"],
@@ -319,7 +304,7 @@ def _show(args: argparse.Namespace) -> int:
                 [
                     s.step_name,
                     _status_text(s.status),
-                    _ts(s.processed_at),
+                    format_time(s.processed_at),
                     s.retry_count,
                     f"{s.metadata['duration_ms']:.0f}ms"
                     if isinstance(s.metadata.get("duration_ms"), int | float)
@@ -330,8 +315,6 @@ def _show(args: argparse.Namespace) -> int:
         )
     else:
         print("(none)")
-    import json
-
     print("\ndata\n" + json.dumps(details.data, indent=2, default=str))
     print("\nmetadata\n" + json.dumps(job.metadata, indent=2, default=str))
     if job.result is not None:
@@ -344,7 +327,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    done = _run(
+    done = run_with_runner(
         args,
         lambda r: r.cancel_job(
             args.job_id, tenant=args.tenant, reason=args.reason, cancelled_by="cli"
@@ -354,7 +337,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    done = _run(args, lambda r: r.retry_job(args.job_id, tenant=args.tenant))
+    done = run_with_runner(args, lambda r: r.retry_job(args.job_id, tenant=args.tenant))
     return _report(
         args,
         done,
@@ -393,7 +376,7 @@ def _clear(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    removed = _run(
+    removed = run_with_runner(
         args,
         lambda r: r.clear_history(tenant=_tenant(args), scope=args.scope, older_than=older),
     )

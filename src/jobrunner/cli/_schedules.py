@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from jobrunner._models import ScheduleInfo
 from jobrunner._runner import JobRunner
 from jobrunner._validation import as_tenant, as_uuid
-from jobrunner.cli._common import add_database_options, print_json, print_table, settings_from
-
-T = TypeVar("T")
+from jobrunner.cli._common import (
+    add_database_options,
+    format_time,
+    print_json,
+    print_table,
+    run_with_runner,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,30 +45,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_database_options(parser)
 
 
-def _run(args: argparse.Namespace, work: Callable[[JobRunner], Awaitable[T]]) -> T:
-    async def go() -> T:
-        from jobrunner._factory import JobRunnerFactory
-
-        runner = await JobRunnerFactory.create(settings_from(args))
-        try:
-            return await work(runner)
-        finally:
-            await runner.close()
-
-    return asyncio.run(go())
-
-
-def _ts(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _list(args: argparse.Namespace) -> int:
     tenant = as_tenant(args.tenant)
 
     async def work(runner: JobRunner) -> list[ScheduleInfo]:
         return await runner.list_schedules(tenant=tenant)
 
-    found = _run(args, work)
+    found = run_with_runner(args, work)
     if args.json:
         print_json(found)
         return 0
@@ -92,8 +76,8 @@ def _list(args: argparse.Namespace) -> int:
                 s.expression,
                 s.timezone,
                 "paused" if s.paused else "active",
-                _ts(s.next_run_at),
-                _ts(s.last_run_at),
+                format_time(s.next_run_at),
+                format_time(s.last_run_at),
                 s.last_run_status.value if s.last_run_status else "-",
             ]
             for s in found
@@ -119,7 +103,7 @@ def _change(args: argparse.Namespace) -> int:
             schedule_id, tenant=tenant, reason=args.reason, cancelled_by="cli"
         )
 
-    ok = _run(args, work)
+    ok = run_with_runner(args, work)
     result: dict[str, Any] = {"schedule_id": str(schedule_id), "action": action, "ok": ok}
     if args.json:
         print_json(result)

@@ -487,3 +487,25 @@ async def test_list_jobs_pages_newest_first_and_metrics_count(backend: Backend) 
 
 
 _FAST_ARGS = {"initial_interval": 0.01, "max_interval": 0.05, "jitter": 0.0}
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"cursor": 123},
+        {"cursor": "not a cursor"},
+        {"status": 5},
+        {"status": []},
+        {"status": ["done"]},
+        {"search": ""},
+        {"name": "x" * 201},
+        {"created_after": datetime(2024, 1, 1)},
+        {"limit": 0},
+    ],
+    ids=repr,
+)
+async def test_list_jobs_refuses_malformed_filters_alike(
+    backend: Backend, filters: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidArgumentError):
+        await backend.runner.list_jobs(**filters)

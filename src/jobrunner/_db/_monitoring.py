@@ -21,6 +21,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,6 +43,7 @@ __all__ = [
     "encode_cursor",
     "get_job_details",
     "get_metrics",
+    "list_filters",
     "list_jobs",
     "retry_job",
 ]
@@ -197,12 +199,54 @@ def _bound(value: object, what: str) -> datetime | None:
         raise InvalidArgumentError(f"{what} must be a datetime")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidArgumentError(f"{what} must be timezone-aware (naive datetimes are ambiguous)")
-    return _naive_utc(value)
+    return value
 
 
 def escape_like(text: str) -> str:
     """Escape ``\\``, ``%`` and ``_`` so user text matches literally in ``ILIKE ... ESCAPE``."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilters:
+    """Validated ``list_jobs`` filters (``tenant`` is ``None`` for ``ALL_TENANTS``)."""
+
+    tenant: uuid.UUID | None
+    statuses: list[str] | None
+    name: str | None
+    runner_type: str | None
+    created_after: datetime | None
+    created_before: datetime | None
+    search: str | None
+    limit: int
+
+
+def list_filters(
+    *,
+    tenant: object,
+    status: object,
+    name: object,
+    runner_type: object,
+    created_after: object,
+    created_before: object,
+    search: object,
+    limit: object,
+) -> ListFilters:
+    """Check ``list_jobs`` filters; every backend calls this so each refuses the same input.
+
+    Raises:
+        InvalidArgumentError: a filter or the limit is malformed.
+    """
+    scope = _tenant_scope(tenant)
+    statuses = _statuses(status)
+    name_v = _short_text(name, "name")
+    runner_v = _short_text(runner_type, "runner_type", limit=50)
+    after = _bound(created_after, "created_after")
+    before = _bound(created_before, "created_before")
+    search_v = _short_text(search, "search", limit=MAX_SEARCH_LENGTH)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return ListFilters(scope, statuses, name_v, runner_v, after, before, search_v, limit)
 
 
 async def list_jobs(
@@ -223,45 +267,46 @@ async def list_jobs(
     Raises:
         InvalidArgumentError: a filter, the limit or the cursor is malformed.
     """
-    scope = _tenant_scope(tenant)
-    statuses = _statuses(status)
-    name_v = _short_text(name, "name")
-    runner_v = _short_text(runner_type, "runner_type", limit=50)
-    after = _bound(created_after, "created_after")
-    before = _bound(created_before, "created_before")
-    search_v = _short_text(search, "search", limit=MAX_SEARCH_LENGTH)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
-        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
+    f = list_filters(
+        tenant=tenant,
+        status=status,
+        name=name,
+        runner_type=runner_type,
+        created_after=created_after,
+        created_before=created_before,
+        search=search,
+        limit=limit,
+    )
     position = None if cursor is None else decode_cursor(cursor)  # type: ignore[arg-type]
 
     clauses: list[str] = []
-    params: dict[str, Any] = {"limit": limit + 1}
-    if scope is not None:
+    params: dict[str, Any] = {"limit": f.limit + 1}
+    if f.tenant is not None:
         clauses.append(_TENANT_CLAUSE)
-        params["tenant"] = scope
-    if statuses is not None:
+        params["tenant"] = f.tenant
+    if f.statuses is not None:
         enum_array = sql.SQL("{}.job_status[]").format(sql.Identifier(db.schema)).as_string(None)
         clauses.append(f"AND status = ANY(%(statuses)s::{enum_array})")
-        params["statuses"] = statuses
-    if name_v is not None:
+        params["statuses"] = f.statuses
+    if f.name is not None:
         clauses.append("AND type = %(name)s")
-        params["name"] = name_v
-    if runner_v is not None:
+        params["name"] = f.name
+    if f.runner_type is not None:
         clauses.append("AND runner_type = %(runner_type)s")
-        params["runner_type"] = runner_v
-    if after is not None:
+        params["runner_type"] = f.runner_type
+    if f.created_after is not None:
         clauses.append("AND created_at >= %(created_after)s")
-        params["created_after"] = after
-    if before is not None:
+        params["created_after"] = _naive_utc(f.created_after)
+    if f.created_before is not None:
         clauses.append("AND created_at < %(created_before)s")
-        params["created_before"] = before
-    if search_v is not None:
+        params["created_before"] = _naive_utc(f.created_before)
+    if f.search is not None:
         clauses.append(
             "AND (type ILIKE %(pattern)s ESCAPE '\\' OR job_id::text ILIKE %(pattern)s ESCAPE '\\'"
             " OR (error ->> 'message') ILIKE %(pattern)s ESCAPE '\\'"
             " OR (error ->> 'type') ILIKE %(pattern)s ESCAPE '\\')"
         )
-        params["pattern"] = f"%{escape_like(search_v)}%"
+        params["pattern"] = f"%{escape_like(f.search)}%"
     if position is not None:
         created, last_id = position
         params["cursor_id"] = last_id
@@ -277,8 +322,8 @@ async def list_jobs(
     async with db.connection() as conn:
         cur = await conn.execute(query.encode(), params)
         rows = await cur.fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    more = len(rows) > f.limit
+    rows = rows[: f.limit]
     jobs = [row_to_info(r) for r in rows]
     next_cursor = None
     if more and rows:

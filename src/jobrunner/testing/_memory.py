@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from jobrunner._context import JobContext, SyncJobContext
+from jobrunner._db._monitoring import list_filters
 from jobrunner._errors import HandlerNotFoundError, InvalidArgumentError
 from jobrunner._jobargs import JobArgs, job_args, recurring_args
 from jobrunner._models import (
@@ -709,15 +710,17 @@ class InMemoryJobRunner(JobRunner):
         cursor: str | None = None,
     ) -> JobPage:
         """Jobs newest first, filtered, with an opaque cursor for the next page."""
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 500:
-            raise InvalidArgumentError("limit must be an integer from 1 to 500")
-        statuses = _statuses(status)
-        if created_after is not None:
-            as_aware_datetime(created_after, "created_after")
-        if created_before is not None:
-            as_aware_datetime(created_before, "created_before")
-        if search is not None and not isinstance(search, str):
-            raise InvalidArgumentError("search must be a string")
+        f = list_filters(
+            tenant=tenant,
+            status=status,
+            name=name,
+            runner_type=runner_type,
+            created_after=created_after,
+            created_before=created_before,
+            search=search,
+            limit=limit,
+        )
+        statuses = None if f.statuses is None else {JobStatus(s) for s in f.statuses}
         after_seq = _decode_cursor(cursor)
         jobs = sorted(self._scoped(tenant), key=lambda j: (j.created_at, j.seq), reverse=True)
         picked: list[_Job] = []
@@ -1434,18 +1437,6 @@ def _attempt_meta(started_at: datetime, started: float) -> dict[str, Any]:
     }
 
 
-def _statuses(
-    status: JobStatus | str | Sequence[JobStatus | str] | None,
-) -> frozenset[JobStatus] | None:
-    if status is None:
-        return None
-    values = [status] if isinstance(status, JobStatus | str) else list(status)
-    try:
-        return frozenset(JobStatus(v) for v in values)
-    except ValueError:
-        raise InvalidArgumentError(f"unknown status in {status!r}") from None
-
-
 def _matches(job: _Job, search: str) -> bool:
     """As PostgreSQL's list_jobs: name, id, error message or error type (case-insensitive)."""
     needle = search.lower()
@@ -1467,6 +1458,8 @@ def _encode_cursor(job: _Job) -> str:
 def _decode_cursor(cursor: str | None) -> tuple[datetime, int] | None:
     if cursor is None:
         return None
+    if not isinstance(cursor, str):
+        raise InvalidArgumentError("cursor is not one this runner returned")
     try:
         stamp, seq = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         return datetime.fromisoformat(stamp), int(seq)

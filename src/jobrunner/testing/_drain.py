@@ -278,10 +278,8 @@ async def _fire_schedules(runner: PostgresJobRunner, until: datetime | None) -> 
     the in-memory runner, so ``missed_ticks`` does not collapse them. Jobs of future ticks are
     ``pending`` at their tick and made due by the caller.
     """
-    try:
-        from jobrunner.backends.postgres._scheduler import fire_due
-    except ImportError:  # pragma: no cover - schedules not built into this version
-        return
+    from jobrunner.backends.postgres._scheduler import fire_due
+
     next_tick = sql.SQL(
         "SELECT min(next_run_at) AS at FROM {}.schedules "
         "WHERE NOT paused AND runner_type = 'postgres'"

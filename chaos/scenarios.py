@@ -53,6 +53,18 @@ def _holding(sc: Scenario) -> list[Any]:
     return found
 
 
+def _mid_handler(sc: Scenario) -> list[Any]:
+    """Live workers with a handler that has started (ledger) and not finished right now."""
+    rows = sc.q(
+        "SELECT DISTINCT l.pid FROM {s}.chaos_ledger l JOIN {s}.jobs j USING (job_id) "
+        "WHERE j.status = 'processing' AND l.phase = 'start' AND l.token = j.lease_token "
+        "AND NOT EXISTS (SELECT 1 FROM {s}.chaos_ledger d WHERE d.job_id = l.job_id "
+        "AND d.token = l.token AND d.phase = 'done')"
+    )
+    pids = {int(r["pid"]) for r in rows}
+    return [p for p in sc.live_workers() if p.pid in pids]
+
+
 def _finish(sc: Scenario, timeout: float) -> Report:
     finished = sc.wait_all_final(timeout)
     sc.stop_all()
@@ -388,7 +400,8 @@ def temporal(dsn: str, *, full: bool = False) -> Report:
             "lost": 0,
             "fencing_violations": 0,
         }
-    jobs, concurrency, kills = (1000, 10, 3) if full else (200, 5, 1)
+    # Longer jobs than elsewhere, so that kills land mid-activity (Temporal is slower per job).
+    jobs, concurrency, kills = (600, 10, 3) if full else (150, 5, 1)
     heartbeat = 3.0
     workdir = Path(tempfile.mkdtemp(prefix="chaos-temporal-"))
     server = TemporalDevServer(workdir)
@@ -412,7 +425,7 @@ def temporal(dsn: str, *, full: bool = False) -> Report:
                 auto_migrate=False,
                 pool_size=2,
             )
-            sc.enqueue(jobs)
+            sc.enqueue(jobs, ms=(100, 300))
             for _ in range(2):
                 sc.spawn(concurrency=concurrency)
             _wait_ready(sc)
@@ -420,7 +433,7 @@ def temporal(dsn: str, *, full: bool = False) -> Report:
                 victims: list[Any] = []
 
                 def found(into: list[Any] = victims) -> bool:
-                    into[:] = _holding(sc)
+                    into[:] = _mid_handler(sc)
                     return bool(into) or sc.live_count() == 0
 
                 sc.wait_until(found, 120, step=0.05)

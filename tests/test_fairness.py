@@ -37,8 +37,12 @@ async def claim(
 ) -> list[dict[str, Any]]:
     """One claim as a worker would make it; returns the claimed rows."""
     gate = FlowGate(runner.db, force=force)
-    params = {"queues": ["default"], "limit": limit, "worker_id": uuid.uuid4(),
-              "lease_seconds": 30.0}
+    params = {
+        "queues": ["default"],
+        "limit": limit,
+        "worker_id": uuid.uuid4(),
+        "lease_seconds": 30.0,
+    }
     async with runner.db.connection() as conn:
         rows = await gate.claim(conn, params)
         if rows is None:
@@ -54,10 +58,15 @@ async def finish(runner: PostgresJobRunner, rows: list[dict[str, Any]]) -> None:
     async with runner.db.connection() as conn:
         await conn.execute(
             runner.db.queries.complete_jobs,
-            {"tenants": [r["tenant"] for r in rows], "job_ids": [r["job_id"] for r in rows],
-             "tokens": [r["lease_token"] for r in rows], "results": [None] * len(rows),
-             "started": [r["started_at"] for r in rows], "durations": [1.0] * len(rows),
-             "worker_id": str(uuid.uuid4())},
+            {
+                "tenants": [r["tenant"] for r in rows],
+                "job_ids": [r["job_id"] for r in rows],
+                "tokens": [r["lease_token"] for r in rows],
+                "results": [None] * len(rows),
+                "started": [r["started_at"] for r in rows],
+                "durations": [1.0] * len(rows),
+                "worker_id": str(uuid.uuid4()),
+            },
         )
 
 
@@ -149,15 +158,20 @@ async def test_rescue_and_release_free_capacity(prunner: PostgresJobRunner) -> N
     async with prunner.db.connection() as conn:
         await conn.execute(
             prunner.db.queries.release_jobs,
-            {"tenants": [held["tenant"]], "job_ids": [held["job_id"]],
-             "tokens": [held["lease_token"]], "channel": prunner.db.channel_jobs},
+            {
+                "tenants": [held["tenant"]],
+                "job_ids": [held["job_id"]],
+                "tokens": [held["lease_token"]],
+                "channel": prunner.db.channel_jobs,
+            },
         )
     (held2,) = await claim(prunner, 5)
     assert await claim(prunner, 5) == []
     async with prunner.db.connection() as conn:  # the worker died: its lease runs out
         await conn.execute(
-            f'UPDATE "{prunner.schema}".jobs SET lease_expires_at = now() - interval \'1 s\' '
-            "WHERE job_id = %s", (held2["job_id"],),
+            f"UPDATE \"{prunner.schema}\".jobs SET lease_expires_at = now() - interval '1 s' "
+            "WHERE job_id = %s",
+            (held2["job_id"],),
         )
         await conn.execute(prunner.db.queries.rescue_expired)
     assert len(await claim(prunner, 5)) == 1
@@ -270,8 +284,9 @@ async def test_bad_arguments_are_refused_and_nothing_is_written(
 
 async def test_sync_twin_controls_flow(jobrunner_dsn: str, schema: str) -> None:
     async def build() -> PostgresJobRunner:
-        made = PostgresJobRunner(jobrunner_dsn, schema=schema, require_registered=False,
-                                 pool_size=2)
+        made = PostgresJobRunner(
+            jobrunner_dsn, schema=schema, require_registered=False, pool_size=2
+        )
         await made.start()
         return made
 

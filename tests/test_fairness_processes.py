@@ -58,8 +58,7 @@ def flow_schema(jobrunner_dsn: str) -> Iterator[str]:
         yield schema
     finally:
         with psycopg.connect(jobrunner_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                sql.Identifier(schema)))
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +75,21 @@ def workers(
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "jobrunner.cli", "worker", "--app", "apps.fairness_app",
-             "--concurrency", str(CONCURRENCY), "--grace", "5"],
-            env=env, stdout=subprocess.DEVNULL, stderr=(logs / f"worker{n}.log").open("wb"),
+            [
+                sys.executable,
+                "-m",
+                "jobrunner.cli",
+                "worker",
+                "--app",
+                "apps.fairness_app",
+                "--concurrency",
+                str(CONCURRENCY),
+                "--grace",
+                "5",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(logs / f"worker{n}.log").open("wb"),
         )
         for n in range(WORKERS)
     ]
@@ -121,8 +132,9 @@ async def fetch(runner: PostgresJobRunner, query: str, *params: Any) -> list[dic
         return list(await cur.fetchall())
 
 
-async def wait_finished(runner: PostgresJobRunner, tenants: list[uuid.UUID], timeout: float = 120
-                        ) -> None:
+async def wait_finished(
+    runner: PostgresJobRunner, tenants: list[uuid.UUID], timeout: float = 120
+) -> None:
     """Poll (no event spans processes) until no job of ``tenants`` is live."""
     deadline = time.monotonic() + timeout
     while True:
@@ -138,8 +150,9 @@ async def wait_finished(runner: PostgresJobRunner, tenants: list[uuid.UUID], tim
         await asyncio.sleep(0.1)
 
 
-async def max_overlap(runner: PostgresJobRunner, tenants: list[uuid.UUID], key: str
-                      ) -> dict[Any, int]:
+async def max_overlap(
+    runner: PostgresJobRunner, tenants: list[uuid.UUID], key: str
+) -> dict[Any, int]:
     """Most ledger intervals of each ``key`` group open at once (an end before a start at a tie)."""
     rows = await fetch(
         runner,
@@ -149,8 +162,7 @@ async def max_overlap(runner: PostgresJobRunner, tenants: list[uuid.UUID], key: 
     events: dict[Any, list[tuple[Any, int]]] = {}
     for r in rows:
         assert r["ended"] is not None
-        group = {"tenant": r["tenant"], "name": r["name"],
-                 "pair": (r["tenant"], r["name"])}[key]
+        group = {"tenant": r["tenant"], "name": r["name"], "pair": (r["tenant"], r["name"])}[key]
         events.setdefault(group, []).extend([(r["started"], 1), (r["ended"], -1)])
     result = {}
     for group, evs in events.items():
@@ -204,15 +216,26 @@ async def test_a_limit_changed_at_run_time_is_picked_up(frunner: PostgresJobRunn
     await frunner.flow.set_concurrency_limit(tenant=t, limit=1)
     jobs = await frunner.schedule_jobs("work", [{"ms": 30}] * 16, tenant=t)
     deadline = time.monotonic() + 60
-    while len(await fetch(frunner, "SELECT 1 FROM {schema}.flow_ledger WHERE tenant = %s "
-                                   "AND ended IS NOT NULL", t)) < 3:
+    while (
+        len(
+            await fetch(
+                frunner,
+                "SELECT 1 FROM {schema}.flow_ledger WHERE tenant = %s AND ended IS NOT NULL",
+                t,
+            )
+        )
+        < 3
+    ):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     await frunner.flow.set_concurrency_limit(tenant=t, limit=4)
     (changed,) = await fetch(frunner, "SELECT clock_timestamp() AS at")
     await wait_finished(frunner, [t])
-    rows = await fetch(frunner, "SELECT started, ended FROM {schema}.flow_ledger "
-                                "WHERE tenant = %s ORDER BY started", t)
+    rows = await fetch(
+        frunner,
+        "SELECT started, ended FROM {schema}.flow_ledger WHERE tenant = %s ORDER BY started",
+        t,
+    )
     assert len(rows) == len(jobs)
     before = [r for r in rows if r["started"] < changed["at"]]
     for a, b in itertools.pairwise(before):
@@ -231,8 +254,11 @@ async def test_rate_limits_hold_across_worker_processes(frunner: PostgresJobRunn
     await wait_finished(frunner, [ta, tb, tc])
     # Claim instants (started_at is the claim's clock under the flow lock).
     for who, count in (([ta, tb], 4), ([tc], 3)):
-        rows = await fetch(frunner, "SELECT started_at FROM {schema}.jobs WHERE tenant = ANY(%s) "
-                                    "ORDER BY started_at", who)
+        rows = await fetch(
+            frunner,
+            "SELECT started_at FROM {schema}.jobs WHERE tenant = ANY(%s) ORDER BY started_at",
+            who,
+        )
         times = [r["started_at"] for r in rows]
         assert len(times) == 12 if count == 4 else 7
         for i in range(len(times) - count):
@@ -249,9 +275,13 @@ async def test_pause_resume_and_purge_across_processes(frunner: PostgresJobRunne
     paused_name = await frunner.schedule_job("report", {"ms": 5}, tenant=other)
     marker = await frunner.schedule_job("work", {"ms": 5}, tenant=other)
     await frunner.wait_for_job(marker.job_id, tenant=other, timeout=60)
-    states = await fetch(frunner, "SELECT status::text AS s, count(*) AS n FROM {schema}.jobs "
-                                  "WHERE tenant = ANY(%s) AND job_id <> %s GROUP BY 1",
-                         [held, other], marker.job_id)
+    states = await fetch(
+        frunner,
+        "SELECT status::text AS s, count(*) AS n FROM {schema}.jobs "
+        "WHERE tenant = ANY(%s) AND job_id <> %s GROUP BY 1",
+        [held, other],
+        marker.job_id,
+    )
     assert {r["s"]: r["n"] for r in states} == {"queued": 6}
     await frunner.flow.resume(tenant=held)
     await frunner.flow.resume(tenant=other, name="report")
@@ -274,35 +304,47 @@ async def test_fairness_scenario_small_tenant_next_to_a_backlog(
             frunner,
             "SELECT extract(epoch FROM started_at - (created_at AT TIME ZONE 'UTC'))::float8 "
             "AS d FROM {schema}.jobs WHERE tenant = %s AND metadata->>'tag' = %s "
-            "ORDER BY 1", small, tag)
+            "ORDER BY 1",
+            small,
+            tag,
+        )
         return [r["d"] for r in rows]
 
-    await frunner.schedule_jobs("quick", [{"ms": 5}] * burst, tenant=small,
-                                metadata={"tag": "alone"})
+    await frunner.schedule_jobs(
+        "quick", [{"ms": 5}] * burst, tenant=small, metadata={"tag": "alone"}
+    )
     alone = await delays("alone", burst)
     await frunner.schedule_jobs("quick", [{"ms": 5}] * backlog, tenant=big)
-    await frunner.schedule_jobs("quick", [{"ms": 5}] * burst, tenant=small,
-                                metadata={"tag": "backlog"})
+    await frunner.schedule_jobs(
+        "quick", [{"ms": 5}] * burst, tenant=small, metadata={"tag": "backlog"}
+    )
     crowded = await delays("backlog", 2 * burst)
     # Structural proof: while B's burst was served, A got about as many claims, not its backlog.
     (row,) = await fetch(
         frunner,
         "SELECT count(*) FILTER (WHERE tenant = %s AND started_at <= (SELECT max(started_at) "
         "FROM {schema}.jobs WHERE tenant = %s)) AS a_before FROM {schema}.jobs",
-        big, small)
+        big,
+        small,
+    )
     purged = await frunner.flow.purge_tenant(big)
     await wait_finished(frunner, [big, small])
-    done = await fetch(frunner, "SELECT count(*) AS n FROM {schema}.jobs WHERE tenant = %s "
-                                "AND status = 'completed'", big)
+    done = await fetch(
+        frunner,
+        "SELECT count(*) AS n FROM {schema}.jobs WHERE tenant = %s AND status = 'completed'",
+        big,
+    )
     await frunner.flow.set_fair_claiming(False)
 
     def pct(values: list[float], p: float) -> float:
         return values[min(len(values) - 1, round(p * (len(values) - 1)))] * 1000
 
-    print(f"\nB start delay alone: p50 {pct(alone, .5):.0f} ms p99 {pct(alone, .99):.0f} ms; "
-          f"with A backlog {backlog}: p50 {pct(crowded, .5):.0f} ms "
-          f"p99 {pct(crowded, .99):.0f} ms; A claims before B's last: {row['a_before']}; "
-          f"purged {purged}")
+    print(
+        f"\nB start delay alone: p50 {pct(alone, 0.5):.0f} ms p99 {pct(alone, 0.99):.0f} ms; "
+        f"with A backlog {backlog}: p50 {pct(crowded, 0.5):.0f} ms "
+        f"p99 {pct(crowded, 0.99):.0f} ms; A claims before B's last: {row['a_before']}; "
+        f"purged {purged}"
+    )
     assert len(alone) == len(crowded) == burst
     assert row["a_before"] < backlog / 3
     assert purged + done[0]["n"] == backlog  # the purge removed queued jobs only
@@ -311,8 +353,11 @@ async def test_fairness_scenario_small_tenant_next_to_a_backlog(
 async def wait_until_done(runner: PostgresJobRunner, tenant: uuid.UUID, count: int) -> None:
     deadline = time.monotonic() + 120
     while True:
-        rows = await fetch(runner, "SELECT count(*) AS n FROM {schema}.jobs WHERE tenant = %s "
-                                   "AND status = 'completed'", tenant)
+        rows = await fetch(
+            runner,
+            "SELECT count(*) AS n FROM {schema}.jobs WHERE tenant = %s AND status = 'completed'",
+            tenant,
+        )
         if rows[0]["n"] >= count:
             return
         assert time.monotonic() < deadline

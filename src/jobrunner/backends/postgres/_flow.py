@@ -30,7 +30,12 @@ if TYPE_CHECKING:
     from jobrunner._db._database import AsyncConn, Database
 
 __all__ = [
-    "FlowControl", "FlowGate", "FlowRule", "SyncFlowControl", "ensure_fair_index", "flow_metrics",
+    "FlowControl",
+    "FlowGate",
+    "FlowRule",
+    "SyncFlowControl",
+    "ensure_fair_index",
+    "flow_metrics",
 ]
 
 #: Seconds a worker trusts its cached "flow control is on/off" flag. Turning flow control on is
@@ -171,29 +176,53 @@ class FlowControl:
             await conn.execute(q.flow_lock, {"key": _lock_key(self._db.schema)})
             cur = await conn.execute(q.flow_get_rule, key)
             row = await cur.fetchone()
-            current: dict[str, Any] = dict(row) if row else {
-                "tenant": tenant, "name": name, "max_running": None, "rate_count": None,
-                "rate_period": None, "paused": False, "weight": None,
-            }
+            current: dict[str, Any] = (
+                dict(row)
+                if row
+                else {
+                    "tenant": tenant,
+                    "name": name,
+                    "max_running": None,
+                    "rate_count": None,
+                    "rate_period": None,
+                    "paused": False,
+                    "weight": None,
+                }
+            )
             current.update(fields)
             empty = (
-                current["max_running"] is None and current["rate_count"] is None
-                and not current["paused"] and current["weight"] is None
+                current["max_running"] is None
+                and current["rate_count"] is None
+                and not current["paused"]
+                and current["weight"] is None
             )
             if empty:
                 await conn.execute(q.flow_delete_rule, key)
             else:
                 await conn.execute(
                     q.flow_save_rule,
-                    {k: current[k] for k in ("tenant", "name", "max_running", "rate_count",
-                                             "rate_period", "paused", "weight")},
+                    {
+                        k: current[k]
+                        for k in (
+                            "tenant",
+                            "name",
+                            "max_running",
+                            "rate_count",
+                            "rate_period",
+                            "paused",
+                            "weight",
+                        )
+                    },
                 )
             await conn.execute(q.flow_refresh_state, {"fair": None})
             await conn.execute(q.flow_notify, {"channel": self._db.channel_jobs})
         return None if empty else _rule(current)
 
     async def set_concurrency_limit(
-        self, *, tenant: TenantArg | AllTenants = None, name: str | None = None,
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        name: str | None = None,
         limit: int | None,
     ) -> FlowRule | None:
         """Cap the attempts of a tenant, a job name, or a (tenant, name) pair running at once.
@@ -213,8 +242,12 @@ class FlowControl:
         return await self._change(tenant_id, job_name, max_running=value)
 
     async def set_rate_limit(
-        self, *, tenant: TenantArg | AllTenants = None, name: str | None = None,
-        count: int | None, per: timedelta | float = 1.0,
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        name: str | None = None,
+        count: int | None,
+        per: timedelta | float = 1.0,
     ) -> FlowRule | None:
         """Allow at most ``count`` claims per ``per`` (a sliding window) for a scope.
 
@@ -235,13 +268,13 @@ class FlowControl:
         """Give a tenant ``weight`` times the share of a weight-1 tenant (``None``: back to 1)."""
         tenant_id = as_tenant(tenant)
         if weight is not None and (
-            isinstance(weight, bool) or not isinstance(weight, int | float)
-            or not math.isfinite(weight) or not 0.001 <= weight <= 1000
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not math.isfinite(weight)
+            or not 0.001 <= weight <= 1000
         ):
             raise InvalidArgumentError("weight must be a number between 0.001 and 1000")
-        return await self._change(
-            tenant_id, None, weight=None if weight is None else float(weight)
-        )
+        return await self._change(tenant_id, None, weight=None if weight is None else float(weight))
 
     async def pause(
         self, *, tenant: TenantArg | AllTenants = None, name: str | None = None
@@ -266,8 +299,13 @@ class FlowControl:
         """Remove every rule of one scope."""
         tenant_id, job_name = _scope(tenant, name)
         await self._change(
-            tenant_id, job_name, max_running=None, rate_count=None, rate_period=None,
-            paused=False, weight=None,
+            tenant_id,
+            job_name,
+            max_running=None,
+            rate_count=None,
+            rate_period=None,
+            paused=False,
+            weight=None,
         )
 
     async def set_fair_claiming(self, enabled: bool) -> None:
@@ -424,9 +462,7 @@ class FlowGate:
             return await self._claim_fair(conn, params)
         return []
 
-    async def _claim_fair(
-        self, conn: AsyncConn, params: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+    async def _claim_fair(self, conn: AsyncConn, params: dict[str, Any]) -> list[dict[str, Any]]:
         q = self._db.queries
         if self._force and not self._indexed:
             # forced on while flow control may be off in the database: nothing built the index
@@ -474,20 +510,31 @@ class SyncFlowControl:
         self._call = call
 
     def set_concurrency_limit(
-        self, *, tenant: TenantArg | AllTenants = None, name: str | None = None,
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        name: str | None = None,
         limit: int | None,
     ) -> FlowRule | None:
         """See :meth:`FlowControl.set_concurrency_limit`."""
-        return cast(FlowRule | None, self._call(
-            self._flow.set_concurrency_limit(tenant=tenant, name=name, limit=limit)))
+        return cast(
+            FlowRule | None,
+            self._call(self._flow.set_concurrency_limit(tenant=tenant, name=name, limit=limit)),
+        )
 
     def set_rate_limit(
-        self, *, tenant: TenantArg | AllTenants = None, name: str | None = None,
-        count: int | None, per: timedelta | float = 1.0,
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        name: str | None = None,
+        count: int | None,
+        per: timedelta | float = 1.0,
     ) -> FlowRule | None:
         """See :meth:`FlowControl.set_rate_limit`."""
-        return cast(FlowRule | None, self._call(
-            self._flow.set_rate_limit(tenant=tenant, name=name, count=count, per=per)))
+        return cast(
+            FlowRule | None,
+            self._call(self._flow.set_rate_limit(tenant=tenant, name=name, count=count, per=per)),
+        )
 
     def set_tenant_weight(self, tenant: TenantArg, weight: float | None) -> FlowRule | None:
         """See :meth:`FlowControl.set_tenant_weight`."""

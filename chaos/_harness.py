@@ -457,12 +457,15 @@ class Scenario:
                 continue
             completed.append(max(ends) - fault.at)
             if fault.pid is not None:
-                times = [
+                # Jobs whose outcome was already on its way when the fault hit were never
+                # rescued; the others were, and the last of them sets the figure.
+                firsts = [
                     min((t for t in rescued[j] if t >= fault.at - 0.01), default=None)
                     for j in fault.affected
                 ]
-                if times and all(t is not None for t in times):
-                    requeued.append(max(times) - fault.at)  # type: ignore[type-var]
+                times = [t for t in firsts if t is not None]
+                if times:
+                    requeued.append(max(times) - fault.at)
 
         def stats(values: list[float]) -> dict[str, float] | None:
             if not values:

@@ -20,7 +20,9 @@ from jobrunner._errors import InvalidArgumentError
 
 logger = logging.getLogger("jobrunner.db")
 
-_SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# At most 53 characters: NOTIFY channels are named <schema>_<suffix> (longest suffix
+# "_schedules") and PostgreSQL refuses channel names over 63 bytes.
+_SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,52}$")
 
 AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
 

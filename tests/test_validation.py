@@ -224,6 +224,9 @@ async def test_bad_runner_construction(jobrunner_dsn: str) -> None:
         PostgresJobRunner(None)
     with pytest.raises(InvalidArgumentError, match="schema"):
         PostgresJobRunner(jobrunner_dsn, schema='x"; DROP TABLE jobs; --')
+    with pytest.raises(InvalidArgumentError, match="schema"):
+        PostgresJobRunner(jobrunner_dsn, schema="s" * 54)  # its NOTIFY channels would not fit
+    PostgresJobRunner(jobrunner_dsn, schema="s" * 53)
     for size in (0, -1, "3", True, 2.5):
         with pytest.raises(InvalidArgumentError, match="pool"):
             PostgresJobRunner(jobrunner_dsn, pool_size=size)  # type: ignore[arg-type]

@@ -309,3 +309,25 @@ async def test_concurrent_singleton_calls_create_one_job(
     assert len({h.job_id for h in handles}) == 1
     assert sum(h.created for h in handles) == 1
     assert await count_jobs(runners[0]) == 1
+
+
+async def test_longest_schema_name_works_end_to_end(
+    jobrunner_dsn: str, registry: JobHandlerRegistry
+) -> None:
+    import psycopg
+    from psycopg import sql
+
+    schema = ("jrt_long_" + uuid.uuid4().hex * 2)[:53]
+    registry.add("long-schema", noop)
+    long_runner = PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry, pool_size=2)
+    try:
+        async with running_worker(long_runner, poll_interval=60.0):
+            handle = await long_runner.schedule_job("long-schema", {"n": 1})
+            info = await long_runner.wait_for_job(handle.job_id, timeout=30)
+        assert info.status is JobStatus.COMPLETED and info.result == {"echo": {"n": 1}}
+    finally:
+        await long_runner.close()
+        async with await psycopg.AsyncConnection.connect(jobrunner_dsn, autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+            )

@@ -113,4 +113,7 @@ def as_queue(value: object) -> str:
     queue = as_optional_key(value, "queue")
     if queue is None:
         raise InvalidArgumentError("queue must be a non-empty printable string")
+    if queue.startswith("probe:"):
+        # Workers' listener health probes use NOTIFY payloads with this prefix.
+        raise InvalidArgumentError("queue names must not start with 'probe:'")
     return queue

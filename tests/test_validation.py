@@ -66,6 +66,7 @@ BAD_SCHEDULE_CALLS: list[tuple[str, dict[str, Any]]] = [
     ("metadata list", {"metadata": ["a"]}),
     ("empty queue", {"queue": ""}),
     ("queue with newline", {"queue": "a\nb"}),
+    ("reserved queue prefix", {"queue": "probe:x"}),
     ("bad name", {"name": ""}),
     ("non-str name", {"name": 7}),
     ("connection of wrong type", {"connection": "postgresql://x"}),

@@ -106,9 +106,12 @@ def test_sync_twin_other_tenant_is_not_found(
     two_tenants: dict[str, Any], method: str, key: str, expected: Any
 ) -> None:
     env = two_tenants
-    with SyncJobRunner(
-        PostgresJobRunner(env["dsn"], schema=env["schema"], registry=env["registry"])
-    ) as runner, unchanged(env):
+    with (
+        SyncJobRunner(
+            PostgresJobRunner(env["dsn"], schema=env["schema"], registry=env["registry"])
+        ) as runner,
+        unchanged(env),
+    ):
         assert getattr(runner, method)(env["ids"][key], tenant=B) == expected
 
 

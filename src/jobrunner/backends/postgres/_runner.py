@@ -7,7 +7,7 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -16,40 +16,34 @@ from psycopg.types.json import Jsonb
 
 from jobrunner._db._database import Database
 from jobrunner._db._errors import translate_errors
-from jobrunner._db._store import JobStore, json_param
+from jobrunner._db._monitoring import DatabaseMonitoring
+from jobrunner._db._store import JobStore
 from jobrunner._errors import InvalidArgumentError
+from jobrunner._jobargs import job_args
 from jobrunner._models import (
-    JobDetails,
     JobInfo,
-    JobPage,
-    JobStatus,
     Metrics,
     MissedTickPolicy,
     OverlapPolicy,
     ScheduledJob,
     ScheduleInfo,
 )
-from jobrunner._runner import AllTenants, HistoryScope, JobRunner, TenantArg
+from jobrunner._runner import AllTenants, JobRunner, TenantArg
 from jobrunner._validation import (
-    SYSTEM_USER,
     as_aware_datetime,
     as_data,
-    as_job_name,
     as_json_text,
-    as_optional_key,
-    as_priority,
-    as_queue,
     as_tenant,
     as_uuid,
 )
-from jobrunner.registry import DEFAULT_QUEUE, JobHandlerRegistry
+from jobrunner.registry import JobHandlerRegistry
 
 logger = logging.getLogger("jobrunner.postgres")
 
 BULK_BATCH = 1000
 
 
-class PostgresJobRunner(JobRunner):
+class PostgresJobRunner(DatabaseMonitoring, JobRunner):
     """The default backend: jobs live in PostgreSQL and workers claim them with SKIP LOCKED.
 
     Args:
@@ -158,29 +152,33 @@ class PostgresJobRunner(JobRunner):
 
         Raises before anything is written; shared by the async runner and its sync twin.
         """
-        name = as_job_name(name)
-        spec = self.registry.find(name)
-        if spec is None and self.require_registered:
-            from jobrunner._errors import HandlerNotFoundError
-
-            raise HandlerNotFoundError(name)
-        payload = as_data(data)
-        meta = as_data(metadata, "metadata")
-        when = None if run_at is None else as_aware_datetime(run_at)
+        args = job_args(
+            self.registry,
+            self.require_registered,
+            name,
+            data,
+            run_at,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=singleton_key,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
+        )
         return {
-            "tenant": as_tenant(tenant),
+            "tenant": args.tenant,
             "job_id": uuid.uuid4(),
-            "name": name,
-            "metadata": Jsonb(meta),
-            "run_at": when,
-            "user_id": SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id"),
+            "name": args.name,
+            "metadata": Jsonb(args.metadata),
+            "run_at": args.run_at,
+            "user_id": args.user_id,
             "runner_type": self.runner_type,
             "external_id": None,
-            "queue": as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE),
-            "priority": as_priority(priority),
-            "data": Jsonb(payload),
-            "max_attempts": spec.retry.max_attempts if spec else 3,
-            "singleton_key": as_optional_key(singleton_key, "singleton_key"),
+            "queue": args.queue,
+            "priority": args.priority,
+            "data": Jsonb(args.data),
+            "max_attempts": args.max_attempts,
+            "singleton_key": args.singleton_key,
             "schedule_id": schedule_id,
             "notify": True,
             "channel": self.db.channel_jobs,
@@ -234,8 +232,15 @@ class PostgresJobRunner(JobRunner):
     ) -> ScheduledJob:
         """Enqueue a job now; see :meth:`JobRunner.schedule_job`."""
         params = self.prepare_insert(
-            name, data, None, tenant=tenant, priority=priority, singleton_key=singleton_key,
-            user_id=user_id, metadata=metadata, queue=queue,
+            name,
+            data,
+            None,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=singleton_key,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
         )
         return await self._insert(params, connection)
 
@@ -256,8 +261,15 @@ class PostgresJobRunner(JobRunner):
         """Enqueue a job due at ``run_at``; see :meth:`JobRunner.schedule_job_at`."""
         as_aware_datetime(run_at)
         params = self.prepare_insert(
-            name, data, run_at, tenant=tenant, priority=priority, singleton_key=singleton_key,
-            user_id=user_id, metadata=metadata, queue=queue,
+            name,
+            data,
+            run_at,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=singleton_key,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
         )
         return await self._insert(params, connection)
 
@@ -285,8 +297,15 @@ class PostgresJobRunner(JobRunner):
             raise InvalidArgumentError("data must be an iterable of mappings") from None
         payloads = BulkPayloads([_payload_text(item, i) for i, item in enumerate(items)])
         base = self.prepare_insert(
-            name, None, run_at, tenant=tenant, priority=priority, singleton_key=None,
-            user_id=user_id, metadata=metadata, queue=queue,
+            name,
+            None,
+            run_at,
+            tenant=tenant,
+            priority=priority,
+            singleton_key=None,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
         )
         # One urandom call for the whole batch: uuid4() per id cost as much as validating it.
         raw = os.urandom(16 * len(payloads))
@@ -308,8 +327,14 @@ class PostgresJobRunner(JobRunner):
     ) -> list[ScheduledJob]:
         """Enqueue many jobs, one statement per batch of 1,000, all in one transaction."""
         base, ids, payloads = self.prepare_bulk(
-            name, data, tenant=tenant, priority=priority, run_at=run_at, user_id=user_id,
-            metadata=metadata, queue=queue,
+            name,
+            data,
+            tenant=tenant,
+            priority=priority,
+            run_at=run_at,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
         )
         if not ids:
             return []
@@ -401,63 +426,11 @@ class PostgresJobRunner(JobRunner):
             self.db, as_tenant(tenant), as_uuid(job_id, "job_id"), runner_type=self.runner_type
         )
 
-    async def get_job_details(
-        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
-    ) -> JobDetails | None:
-        """The job with data, attempts, steps and errors."""
-        from jobrunner._db import _monitoring
-
-        await self._ensure_started()
-        return await _monitoring.get_job_details(
-            self.db, as_tenant(tenant), as_uuid(job_id, "job_id")
-        )
-
-    async def list_jobs(
-        self,
-        *,
-        tenant: TenantArg | AllTenants = None,
-        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
-        name: str | None = None,
-        runner_type: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        search: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> JobPage:
-        """Jobs newest first with keyset pagination."""
-        from jobrunner._db import _monitoring
-
-        await self._ensure_started()
-        return await _monitoring.list_jobs(
-            self.db, tenant=tenant, status=status, name=name, runner_type=runner_type,
-            created_after=created_after, created_before=created_before, search=search,
-            limit=limit, cursor=cursor,
-        )
-
     async def get_metrics(self, *, tenant: TenantArg | AllTenants = None) -> Metrics:
         """Counts, rates, throughput and queue age."""
-        from jobrunner._db import _monitoring
-
-        await self._ensure_started()
-        metrics = await _monitoring.get_metrics(self.db, tenant=tenant)
+        metrics = await super().get_metrics(tenant=tenant)
         metrics.extra["flow"] = await self.flow_metrics(tenant=tenant)
         return metrics
-
-    async def clear_history(
-        self,
-        *,
-        tenant: TenantArg | AllTenants = None,
-        scope: HistoryScope = "finished",
-        older_than: timedelta | float | None = None,
-    ) -> int:
-        """Delete finished jobs (never a live job or a live schedule)."""
-        from jobrunner._db import _monitoring
-
-        await self._ensure_started()
-        return await _monitoring.clear_history(
-            self.db, tenant=tenant, scope=scope, older_than=older_than
-        )
 
     # -- recurring --------------------------------------------------------------------------
     async def schedule_recurring_job(
@@ -482,9 +455,19 @@ class PostgresJobRunner(JobRunner):
 
         await self._ensure_started()
         return await _schedules.upsert_schedule(
-            self, name, data, expression, tenant=tenant, timezone=timezone,
-            singleton_key=singleton_key, missed_ticks=missed_ticks, overlap=overlap,
-            max_catch_up=max_catch_up, priority=priority, queue=queue, user_id=user_id,
+            self,
+            name,
+            data,
+            expression,
+            tenant=tenant,
+            timezone=timezone,
+            singleton_key=singleton_key,
+            missed_ticks=missed_ticks,
+            overlap=overlap,
+            max_catch_up=max_catch_up,
+            priority=priority,
+            queue=queue,
+            user_id=user_id,
             metadata=metadata,
         )
 

@@ -22,8 +22,9 @@ def main() -> int:
     nox = bindir / "nox"
     if not nox.exists():
         venv.EnvBuilder(with_pip=True, clear=True).create(TOOLS)
-        subprocess.run([str(bindir / "python"), "-m", "pip", "install", "-q", "nox>=2024.4"],
-                       check=True)
+        subprocess.run(
+            [str(bindir / "python"), "-m", "pip", "install", "-q", "nox>=2024.4"], check=True
+        )
     session, extra = args[0], args[1:]
     cmd = [str(nox), "-f", str(ROOT / "noxfile.py"), "-s", session]
     if extra:

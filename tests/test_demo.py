@@ -8,11 +8,18 @@ import sys
 
 
 def test_demo_runs_on_a_private_postgres_with_no_configuration() -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"JOBRUNNER_DATABASE_URL", "DATABASE_URL", "JOB_RUNNER_TYPE"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"JOBRUNNER_DATABASE_URL", "DATABASE_URL", "JOB_RUNNER_TYPE"}
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "jobrunner.demo"],
-        env=env, capture_output=True, text=True, timeout=180, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     out = proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -14,11 +14,19 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def test_quickstart_example_runs(jobrunner_dsn: str, schema: str) -> None:
-    env = dict(os.environ, JOBRUNNER_DATABASE_URL=jobrunner_dsn, JOBRUNNER_SCHEMA=schema,
-               JOB_RUNNER_TYPE="postgres")
+    env = dict(
+        os.environ,
+        JOBRUNNER_DATABASE_URL=jobrunner_dsn,
+        JOBRUNNER_SCHEMA=schema,
+        JOB_RUNNER_TYPE="postgres",
+    )
     proc = subprocess.run(
         [sys.executable, str(DOCS / "examples" / "quickstart.py")],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "completed {'pdf': 'invoice-c-1.pdf'}" in proc.stdout

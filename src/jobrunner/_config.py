@@ -11,8 +11,14 @@ from jobrunner._errors import ConfigurationError
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
-RUNNER_ALIASES = {"postgres": "postgres", "pgboss": "postgres", "pg-boss": "postgres",
-                  "postgresql": "postgres", "temporal": "temporal", "memory": "memory"}
+RUNNER_ALIASES = {
+    "postgres": "postgres",
+    "pgboss": "postgres",
+    "pg-boss": "postgres",
+    "postgresql": "postgres",
+    "temporal": "temporal",
+    "memory": "memory",
+}
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:

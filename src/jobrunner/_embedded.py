@@ -100,14 +100,34 @@ class EmbeddedPostgres:
         os.chmod(root, 0o755)
         port = free_port()
         subprocess.run(
-            self._cmd(str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                      "--auth=trust", "-E", "UTF8", "--no-sync"),
-            check=True, capture_output=True,
+            self._cmd(
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ),
+            check=True,
+            capture_output=True,
         )
         subprocess.run(
-            self._cmd(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
-                      "-o", f"-p {port} -h 127.0.0.1 -k {root} -c fsync=on", "start"),
-            check=True, capture_output=True,
+            self._cmd(
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -h 127.0.0.1 -k {root} -c fsync=on",
+                "start",
+            ),
+            check=True,
+            capture_output=True,
         )
         self._datadir = data
         self.dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -135,9 +155,19 @@ class EmbeddedPostgres:
         subprocess.run(
             # -l: without a log file the new postmaster keeps our captured pipes open and
             # subprocess.run never returns.
-            self._cmd(str(self._bindir / "pg_ctl"), "-D", str(self._datadir), "-w", "-m", "fast",
-                      "-l", str(self._datadir.parent / "log"), "restart"),
-            check=True, capture_output=True,
+            self._cmd(
+                str(self._bindir / "pg_ctl"),
+                "-D",
+                str(self._datadir),
+                "-w",
+                "-m",
+                "fast",
+                "-l",
+                str(self._datadir.parent / "log"),
+                "restart",
+            ),
+            check=True,
+            capture_output=True,
         )
 
     def stop(self) -> None:
@@ -145,9 +175,17 @@ class EmbeddedPostgres:
         if self._bindir is not None and self._datadir is not None:
             with contextlib.suppress(subprocess.CalledProcessError, OSError):
                 subprocess.run(
-                    self._cmd(str(self._bindir / "pg_ctl"), "-D", str(self._datadir), "-w",
-                              "-m", "immediate", "stop"),
-                    check=True, capture_output=True,
+                    self._cmd(
+                        str(self._bindir / "pg_ctl"),
+                        "-D",
+                        str(self._datadir),
+                        "-w",
+                        "-m",
+                        "immediate",
+                        "stop",
+                    ),
+                    check=True,
+                    capture_output=True,
                 )
             self._datadir = None
         if self._pgserver is not None:

@@ -99,7 +99,11 @@ class SyncJobRunner:
         return self._call(self.runner.is_healthy())
 
     def schedule_job(
-        self, name: str, data: Mapping[str, Any] | None = None, *, connection: Any = None,
+        self,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        connection: Any = None,
         **options: Any,
     ) -> ScheduledJob:
         """See :meth:`JobRunner.schedule_job`; ``connection`` is a sync psycopg connection."""
@@ -108,8 +112,13 @@ class SyncJobRunner:
         return self._call(self.runner.schedule_job(name, data, **options))
 
     def schedule_job_at(
-        self, name: str, data: Mapping[str, Any] | None, run_at: datetime, *,
-        connection: Any = None, **options: Any,
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime,
+        *,
+        connection: Any = None,
+        **options: Any,
     ) -> ScheduledJob:
         """See :meth:`JobRunner.schedule_job_at`."""
         if connection is not None:
@@ -119,7 +128,11 @@ class SyncJobRunner:
         return self._call(self.runner.schedule_job_at(name, data, run_at, **options))
 
     def schedule_jobs(
-        self, name: str, data: Iterable[Mapping[str, Any] | None], *, connection: Any = None,
+        self,
+        name: str,
+        data: Iterable[Mapping[str, Any] | None],
+        *,
+        connection: Any = None,
         **options: Any,
     ) -> list[ScheduledJob]:
         """See :meth:`JobRunner.schedule_jobs`."""
@@ -128,18 +141,24 @@ class SyncJobRunner:
             pg = self._postgres()
             conn = _sync_connection(connection)
             base, ids, payloads = pg.prepare_bulk(
-                name, data, tenant=options.get("tenant"), priority=options.get("priority", 0),
-                run_at=options.get("run_at"), user_id=options.get("user_id"),
-                metadata=options.get("metadata"), queue=options.get("queue"),
+                name,
+                data,
+                tenant=options.get("tenant"),
+                priority=options.get("priority", 0),
+                run_at=options.get("run_at"),
+                user_id=options.get("user_id"),
+                metadata=options.get("metadata"),
+                queue=options.get("queue"),
             )
             with translate_errors():
                 for start in range(0, len(ids), 1000):
-                    params = dict(base, job_ids=ids[start : start + 1000],
-                                  datas=payloads[start : start + 1000])
+                    params = dict(
+                        base,
+                        job_ids=ids[start : start + 1000],
+                        datas=payloads[start : start + 1000],
+                    )
                     conn.execute(pg.db.queries.insert_jobs_bulk, params)
-            return [
-                ScheduledJob(job_id=i, external_id=str(i), tenant=base["tenant"]) for i in ids
-            ]
+            return [ScheduledJob(job_id=i, external_id=str(i), tenant=base["tenant"]) for i in ids]
         return self._call(self.runner.schedule_jobs(name, data, **options))
 
     def schedule_recurring_job(
@@ -212,9 +231,14 @@ class SyncJobRunner:
         conn = _sync_connection(connection)
         _check_options("schedule_job", options, _SINGLE_OPTIONS)
         params = pg.prepare_insert(
-            name, data, run_at, tenant=options.get("tenant"),
-            priority=options.get("priority", 0), singleton_key=options.get("singleton_key"),
-            user_id=options.get("user_id"), metadata=options.get("metadata"),
+            name,
+            data,
+            run_at,
+            tenant=options.get("tenant"),
+            priority=options.get("priority", 0),
+            singleton_key=options.get("singleton_key"),
+            user_id=options.get("user_id"),
+            metadata=options.get("metadata"),
             queue=options.get("queue"),
         )
         with translate_errors():
@@ -224,8 +248,12 @@ class SyncJobRunner:
             if row is None and params["singleton_key"] is not None:
                 existing = cur.execute(pg.db.queries.find_singleton, params).fetchone()
                 if existing is not None:
-                    return ScheduledJob(job_id=existing[0], external_id=str(existing[0]),
-                                        tenant=params["tenant"], created=False)
+                    return ScheduledJob(
+                        job_id=existing[0],
+                        external_id=str(existing[0]),
+                        tenant=params["tenant"],
+                        created=False,
+                    )
         if row is None:
             return self._insert_with(connection, name, data, run_at, options)
         return ScheduledJob(job_id=row[0], external_id=str(row[0]), tenant=params["tenant"])

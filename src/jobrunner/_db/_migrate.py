@@ -32,9 +32,7 @@ def available_migrations() -> list[Migration]:
     for entry in folder.iterdir():
         match = _FILE.match(entry.name)
         if match:
-            found.append(
-                Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8"))
-            )
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
@@ -63,9 +61,7 @@ async def migrate(
         if target is not None and migration.version > target:
             break
         async with conn.transaction():
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_key(schema),)
-            )
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_key(schema),))
             await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
             await conn.execute(
                 sql.SQL(
@@ -92,8 +88,9 @@ async def migrate(
                 (migration.version, migration.name),
             )
             applied.append(migration.version)
-            logger.info("applied migration %04d_%s to schema %s", migration.version,
-                        migration.name, schema)
+            logger.info(
+                "applied migration %04d_%s to schema %s", migration.version, migration.name, schema
+            )
     return applied
 
 

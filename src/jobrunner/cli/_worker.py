@@ -15,8 +15,13 @@ logger = logging.getLogger("jobrunner.cli")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the subcommand."""
     parser = sub.add_parser("worker", help="run a worker for the registered handlers")
-    parser.add_argument("--app", action="append", default=[], required=True,
-                        help="module(s) that register handlers; repeat or comma-separate")
+    parser.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        required=True,
+        help="module(s) that register handlers; repeat or comma-separate",
+    )
     parser.add_argument("--concurrency", type=int, default=None, help="handlers run at once")
     parser.add_argument(
         "--queues",
@@ -24,10 +29,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="comma-separated queues (default: the registered handlers' queues and 'default')",
     )
     parser.add_argument("--lease", type=float, default=None, help="lease seconds (default 30)")
-    parser.add_argument("--grace", type=float, default=None,
-                        help="seconds running jobs get on shutdown (default 30)")
-    parser.add_argument("--no-scheduler", action="store_true",
-                        help="do not fire recurring schedules in this worker (PostgreSQL)")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="seconds running jobs get on shutdown (default 30)",
+    )
+    parser.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="do not fire recurring schedules in this worker (PostgreSQL)",
+    )
     add_database_options(parser)
     parser.set_defaults(handler=run)
 
@@ -70,12 +82,16 @@ async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen == 1:
-            logger.info("received %s: finishing running jobs (send again to force)",
-                        signal.Signals(signum).name)
+            logger.info(
+                "received %s: finishing running jobs (send again to force)",
+                signal.Signals(signum).name,
+            )
             stop_tasks.append(loop.create_task(worker.stop()))
         else:
-            logger.warning("received %s again: stopping now, re-queueing running jobs",
-                           signal.Signals(signum).name)
+            logger.warning(
+                "received %s again: stopping now, re-queueing running jobs",
+                signal.Signals(signum).name,
+            )
             stop_tasks.append(loop.create_task(worker.stop(grace=0)))
 
     for sig in (signal.SIGTERM, signal.SIGINT):

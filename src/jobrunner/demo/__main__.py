@@ -82,16 +82,23 @@ async def main() -> int:
                 print("\nwhat happened:")
                 for label, info in results.items():
                     print(describe(label, info))
-                print(f"\n  the delayed job started {lag.total_seconds() * 1000:.0f} ms after "
-                      "its due time")
+                print(
+                    f"\n  the delayed job started {lag.total_seconds() * 1000:.0f} ms after "
+                    "its due time"
+                )
                 details = await runner.get_job_details(flaky.job_id, tenant=TENANT)
                 assert details is not None
                 print("  sync-crm history (job_details):")
                 for step in details.steps:
-                    print(f"    {step.step_name:<10} {step.status.value:<10} "
-                          f"attempt={step.retry_count}")
+                    print(
+                        f"    {step.step_name:<10} {step.status.value:<10} "
+                        f"attempt={step.retry_count}"
+                    )
             ok = [r.status.value for r in results.values()] == [
-                "completed", "completed", "completed", "cancelled"
+                "completed",
+                "completed",
+                "completed",
+                "cancelled",
             ]
     print("\ndemo finished:", "all jobs behaved as expected" if ok else "UNEXPECTED OUTCOME")
     return 0 if ok else 1

@@ -33,8 +33,9 @@ def send_reminder(ctx: Any, data: dict[str, Any]) -> dict[str, Any]:
 
 @job(
     "sync-crm",
-    retry=RetryPolicy(max_attempts=3, initial_interval=0.2, backoff_coefficient=2.0,
-                      max_interval=1.0),
+    retry=RetryPolicy(
+        max_attempts=3, initial_interval=0.2, backoff_coefficient=2.0, max_interval=1.0
+    ),
 )
 async def sync_crm(ctx: JobContext, data: dict[str, Any]) -> dict[str, Any]:
     """Fails on its first attempt (a flaky remote API), succeeds on the retry."""

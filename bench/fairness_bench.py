@@ -42,8 +42,12 @@ rows: list[tuple[str, str, float, str]] = []
 
 def record(workload: str, metric: str, value: float, unit: str) -> None:
     rows.append((workload, metric, value, unit))
-    print(json.dumps({"workload": workload, "metric": metric, "value": round(value, 3),
-                      "unit": unit}), flush=True)
+    print(
+        json.dumps(
+            {"workload": workload, "metric": metric, "value": round(value, 3), "unit": unit}
+        ),
+        flush=True,
+    )
 
 
 def registry() -> JobHandlerRegistry:
@@ -61,8 +65,9 @@ def registry() -> JobHandlerRegistry:
 
 
 async def fresh(dsn: str) -> PostgresJobRunner:
-    runner = PostgresJobRunner(dsn, schema=f"fairbench_{uuid.uuid4().hex[:8]}",
-                               registry=registry(), pool_size=6)
+    runner = PostgresJobRunner(
+        dsn, schema=f"fairbench_{uuid.uuid4().hex[:8]}", registry=registry(), pool_size=6
+    )
     await runner.start()
     return runner
 
@@ -102,8 +107,9 @@ async def drain(n: int, mode: str, dsn: str) -> None:
         worker = runner.create_worker(concurrency=100, claim_batch=100)
         started = time.perf_counter()
         task = asyncio.create_task(worker.run())
-        await wait_count(runner, "SELECT count(*) FROM {schema}.jobs WHERE status = 'completed'",
-                         total)
+        await wait_count(
+            runner, "SELECT count(*) FROM {schema}.jobs WHERE status = 'completed'", total
+        )
         elapsed = time.perf_counter() - started
         await worker.stop()
         await task
@@ -121,8 +127,12 @@ async def enqueue(n: int, with_index: bool, dsn: str) -> None:
         for _ in range(n // 1000):
             await runner.schedule_jobs("noop", [{}] * 1000, tenant=uuid.uuid4())
         elapsed = time.perf_counter() - started
-        record("enqueue", f"jobs_per_s_{'with' if with_index else 'without'}_fair_index",
-               n // 1000 * 1000 / elapsed, "jobs/s")
+        record(
+            "enqueue",
+            f"jobs_per_s_{'with' if with_index else 'without'}_fair_index",
+            n // 1000 * 1000 / elapsed,
+            "jobs/s",
+        )
     finally:
         await drop(runner)
 
@@ -134,10 +144,17 @@ async def guard(dsn: str, claims: int = 1800) -> None:
         await runner.schedule_jobs("noop", [{}] * (claims * 10 + 10), tenant=uuid.uuid4())
         await scalar(runner, "ANALYZE {schema}.jobs")
         with_guard = runner.db.queries.claim_jobs
-        without = "\n".join(line for line in with_guard.splitlines()
-                            if "flow_state" not in line and "flow control on" not in line)
-        params = {"queues": ["default"], "limit": 10, "worker_id": uuid.uuid4(),
-                  "lease_seconds": 30.0}
+        without = "\n".join(
+            line
+            for line in with_guard.splitlines()
+            if "flow_state" not in line and "flow control on" not in line
+        )
+        params = {
+            "queues": ["default"],
+            "limit": 10,
+            "worker_id": uuid.uuid4(),
+            "lease_seconds": 30.0,
+        }
         times: dict[bool, list[float]] = {True: [], False: []}
         async with runner.db.connection() as conn:
             for i in range(claims):  # alternate so drift hits both alike
@@ -170,9 +187,14 @@ async def scenario(backlog: int, fair: bool, dsn: str, burst: int = 100) -> None
 
         async def b_delays(tag: str) -> list[float]:
             await runner.schedule_jobs("work", [{}] * burst, tenant=small, metadata={"tag": tag})
-            await wait_count(runner, "SELECT count(*) FROM {schema}.jobs WHERE tenant = %s "
-                             "AND metadata->>'tag' = %s AND started_at IS NOT NULL",
-                             burst, small, tag)
+            await wait_count(
+                runner,
+                "SELECT count(*) FROM {schema}.jobs WHERE tenant = %s "
+                "AND metadata->>'tag' = %s AND started_at IS NOT NULL",
+                burst,
+                small,
+                tag,
+            )
             text = sql.SQL(
                 "SELECT extract(epoch FROM started_at - (created_at AT TIME ZONE 'UTC')) * 1000 "
                 "AS ms FROM {schema}.jobs WHERE tenant = %s AND metadata->>'tag' = %s"
@@ -186,10 +208,15 @@ async def scenario(backlog: int, fair: bool, dsn: str, burst: int = 100) -> None
             await runner.schedule_jobs("work", [{}] * min(10_000, backlog - start), tenant=big)
         crowded = await b_delays("backlog")
         a_during = await scalar(
-            runner, "SELECT count(*) FROM {schema}.jobs WHERE tenant = %s AND started_at BETWEEN "
+            runner,
+            "SELECT count(*) FROM {schema}.jobs WHERE tenant = %s AND started_at BETWEEN "
             "(SELECT min(created_at AT TIME ZONE 'UTC') FROM {schema}.jobs "
             " WHERE tenant = %s AND metadata->>'tag' = 'backlog') AND "
-            "(SELECT max(started_at) FROM {schema}.jobs WHERE tenant = %s)", big, small, small)
+            "(SELECT max(started_at) FROM {schema}.jobs WHERE tenant = %s)",
+            big,
+            small,
+            small,
+        )
         for name, values in (("alone", alone), (f"backlog_{backlog}", crowded)):
             record(f"scenario_{label}", f"b_p50_{name}", pct(values, 0.5), "ms")
             record(f"scenario_{label}", f"b_p99_{name}", pct(values, 0.99), "ms")

@@ -90,8 +90,11 @@ class Bench:
 
     def mean(self, workload: str, metric: str) -> float | None:
         """Mean over every recording (the baselines run at the start and at the end)."""
-        found = [float(r["value"]) for r in self.figures
-                 if r["workload"] == workload and r["metric"] == metric]
+        found = [
+            float(r["value"])
+            for r in self.figures
+            if r["workload"] == workload and r["metric"] == metric
+        ]
         return statistics.fmean(found) if found else None
 
     def value(self, workload: str, metric: str) -> float | None:
@@ -118,8 +121,9 @@ def fresh_database(bench: Bench, label: str) -> Any:
         yield _with_db(bench.dsn, name)
     finally:
         with psycopg.connect(bench.dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def backend_cpu(dsn: str) -> dict[int, float] | None:
@@ -129,9 +133,13 @@ def backend_cpu(dsn: str) -> dict[int, float] | None:
     """
     tick = os.sysconf("SC_CLK_TCK")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        pids = [r[0] for r in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND pid <> pg_backend_pid()")]
+        pids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+        ]
     out: dict[int, float] = {}
     for pid in pids:
         try:
@@ -188,9 +196,16 @@ class WorkerProc:
     @classmethod
     async def spawn(cls, dsn: str, mode: str, settings: dict[str, Any]) -> WorkerProc:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(WORKER), "--dsn", dsn, "--mode", mode,
-            "--settings", json.dumps(settings),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            str(WORKER),
+            "--dsn",
+            dsn,
+            "--mode",
+            mode,
+            "--settings",
+            json.dumps(settings),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
             limit=2**24,
         )
         return cls(proc)
@@ -227,8 +242,9 @@ class WorkerProc:
         await self.proc.wait()
         await self._reader
         if self.result is None:
-            raise RuntimeError(f"worker {self.proc.pid} exited ({self.proc.returncode}) "
-                               "without a result")
+            raise RuntimeError(
+                f"worker {self.proc.pid} exited ({self.proc.returncode}) without a result"
+            )
         return self.result
 
 
@@ -260,9 +276,12 @@ async def run_drain(
     start = min(w.started_at for w in workers if w.started_at is not None)
     calls = sum(r["calls"] for r in results)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        counts = dict(conn.execute(
-            "SELECT status::text, count(*) FROM jobrunner.jobs WHERE type = %s GROUP BY 1",
-            (JOB_NAME,)).fetchall())
+        counts = dict(
+            conn.execute(
+                "SELECT status::text, count(*) FROM jobrunner.jobs WHERE type = %s GROUP BY 1",
+                (JOB_NAME,),
+            ).fetchall()
+        )
     return {
         "seconds": end[0] - start,
         "jobs_per_s": n / (end[0] - start),
@@ -282,9 +301,14 @@ def pgbench(bench: Bench, *args: str, dsn: str) -> float:
         raise RuntimeError("pgbench not found on PATH")
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     env = dict(os.environ)
-    env.update({"PGHOST": str(params.get("host", "")), "PGPORT": str(params.get("port", 5432)),
-                "PGUSER": str(params.get("user", "postgres")),
-                "PGDATABASE": str(params["dbname"])})
+    env.update(
+        {
+            "PGHOST": str(params.get("host", "")),
+            "PGPORT": str(params.get("port", 5432)),
+            "PGUSER": str(params.get("user", "postgres")),
+            "PGDATABASE": str(params["dbname"]),
+        }
+    )
     if params.get("password"):
         env["PGPASSWORD"] = str(params["password"])
     out = subprocess.run([exe, *args], env=env, check=True, capture_output=True, text=True)
@@ -299,16 +323,18 @@ async def w_baselines(bench: Bench) -> None:
     with fresh_database(bench, "pgbench") as dsn:
         pgbench(bench, "-i", "-q", "-s", "10" if s is FULL else "1", dsn=dsn)
         maintenance(dsn, "CHECKPOINT")
-        tps = pgbench(bench, "-n", "-N", "-c", "8", "-j", "2", "-T", str(s.pgbench_seconds),
-                      dsn=dsn)
+        tps = pgbench(
+            bench, "-n", "-N", "-c", "8", "-j", "2", "-T", str(s.pgbench_seconds), dsn=dsn
+        )
         bench.record("pgbench_simple_update", "tps", tps, "tx/s", clients=8)
     with fresh_database(bench, "insert") as dsn:
         maintenance(dsn, "CREATE TABLE bench_insert (id bigserial PRIMARY KEY, v integer)")
         with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as fh:
             fh.write(INSERT_SCRIPT)
         try:
-            tps = pgbench(bench, "-n", "-c", "1", "-T", str(s.insert_seconds), "-f", fh.name,
-                          dsn=dsn)
+            tps = pgbench(
+                bench, "-n", "-c", "1", "-T", str(s.insert_seconds), "-f", fh.name, dsn=dsn
+            )
         finally:
             os.unlink(fh.name)
         bench.record("pgbench_single_insert", "tps", tps, "tx/s", clients=1)
@@ -338,8 +364,9 @@ async def w_enqueue_single(bench: Bench) -> None:
                 await runner.schedule_job(JOB_NAME, {"warm": i})
             done = 0
             for r in range(rounds):
-                baseline.append(pgbench(bench, "-n", "-c", "1", "-T", str(slice_s), "-f",
-                                        fh.name, dsn=ins))
+                baseline.append(
+                    pgbench(bench, "-n", "-c", "1", "-T", str(slice_s), "-f", fh.name, dsn=ins)
+                )
                 count = per_round if r < rounds - 1 else n - done
                 t0 = time.perf_counter()
                 for i in range(done, done + count):
@@ -353,8 +380,14 @@ async def w_enqueue_single(bench: Bench) -> None:
             total = conn.execute("SELECT count(*) FROM jobrunner.jobs").fetchone()[0]  # type: ignore[index]
     assert total == n + 20, total
     bench.record("enqueue_single", "jobs_per_s", n / elapsed, "jobs/s", jobs=n, rounds=rounds)
-    bench.record("enqueue_single", "paired_insert_tps", statistics.fmean(baseline), "tx/s",
-                 rounds=rounds, samples=[round(b) for b in baseline])
+    bench.record(
+        "enqueue_single",
+        "paired_insert_tps",
+        statistics.fmean(baseline),
+        "tx/s",
+        rounds=rounds,
+        samples=[round(b) for b in baseline],
+    )
 
 
 async def w_enqueue_batch(bench: Bench) -> None:
@@ -396,11 +429,20 @@ async def _one_drain(bench: Bench, label: str, dsn: str) -> None:
     _check_drain(res, n)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         # Later rounds on the same database: this round's jobs become history too.
-        await conn.execute("UPDATE jobrunner.jobs SET type = 'bench.history' WHERE type = %s",
-                           (JOB_NAME,))
+        await conn.execute(
+            "UPDATE jobrunner.jobs SET type = 'bench.history' WHERE type = %s", (JOB_NAME,)
+        )
     bench.drains.setdefault(label, []).append(res)
-    print(json.dumps({"sample": label, "jobs_per_s": round(res["jobs_per_s"], 1),
-                      "pg_cpu_s": res["pg_cpu_s"]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "sample": label,
+                "jobs_per_s": round(res["jobs_per_s"], 1),
+                "pg_cpu_s": res["pg_cpu_s"],
+            }
+        ),
+        flush=True,
+    )
 
 
 def _record_drains(bench: Bench, label: str, finished_rows: int) -> None:
@@ -408,15 +450,23 @@ def _record_drains(bench: Bench, label: str, finished_rows: int) -> None:
     runs = bench.drains[label]
     n = bench.sizes.drain
     mid = statistics.median
-    bench.record(label, "jobs_per_s", mid(r["jobs_per_s"] for r in runs), "jobs/s", jobs=n,
-                 finished_rows=finished_rows, runs=len(runs),
-                 samples=[round(r["jobs_per_s"]) for r in runs])
+    bench.record(
+        label,
+        "jobs_per_s",
+        mid(r["jobs_per_s"] for r in runs),
+        "jobs/s",
+        jobs=n,
+        finished_rows=finished_rows,
+        runs=len(runs),
+        samples=[round(r["jobs_per_s"]) for r in runs],
+    )
     bench.record(label, "worker_peak_rss", max(r["peak_rss_mb"] for r in runs), "MiB")
     cpu = [r["pg_cpu_s"] for r in runs if r["pg_cpu_s"] is not None]
     if cpu:
         bench.record(label, "pg_cpu_per_job", mid(cpu) / n * 1e6, "us/job")
-    bench.record(label, "worker_cpu_per_job", mid(r["worker_cpu_s"] for r in runs) / n * 1e6,
-                 "us/job")
+    bench.record(
+        label, "worker_cpu_per_job", mid(r["worker_cpu_s"] for r in runs) / n * 1e6, "us/job"
+    )
 
 
 async def w_drain(bench: Bench) -> None:
@@ -442,7 +492,8 @@ def _check_drain(res: dict[str, Any], n: int) -> None:
     if res["calls"] != n or res["db_completed"] != n or res["db_other"]:
         raise AssertionError(
             f"drain of {n}: {res['calls']} handler calls, {res['db_completed']} completed, "
-            f"others {res['db_other']}")
+            f"others {res['db_other']}"
+        )
 
 
 async def _load_history(bench: Bench, dsn: str, n: int) -> None:
@@ -454,11 +505,14 @@ async def _load_history(bench: Bench, dsn: str, n: int) -> None:
     tenants = [uuid.UUID(int=(0x4000 << 64) + t) for t in range(16)]
     now = datetime.now(UTC).replace(tzinfo=None)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        with conn.cursor() as cur, cur.copy(
-            "COPY jobrunner.jobs (tenant, job_id, type, status, created_at, updated_at, user_id,"
-            " data, result, progress, attempts, max_attempts, run_at, started_at,"
-            " completed_at, lease_token) FROM STDIN"
-        ) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY jobrunner.jobs (tenant, job_id, type, status, created_at, updated_at, user_id,"
+                " data, result, progress, attempts, max_attempts, run_at, started_at,"
+                " completed_at, lease_token) FROM STDIN"
+            ) as copy,
+        ):
             chunk: list[str] = []
             for g in range(n):
                 at = (now - timedelta(seconds=2 * (n - g))).isoformat()
@@ -466,8 +520,9 @@ async def _load_history(bench: Bench, dsn: str, n: int) -> None:
                 result = "\\N" if status == "failed" else '{"ok": true}'
                 chunk.append(
                     f"{tenants[g % 16]}\t{uuid.uuid4()}\tbench.history\t{status}\t{at}\t{at}\t"
-                    f"00000000-0000-0000-0000-000000000000\t{{\"i\": {g}}}\t{result}\t100\t1\t1\t"
-                    f"{at}+00\t{at}+00\t{at}+00\t1\n")
+                    f'00000000-0000-0000-0000-000000000000\t{{"i": {g}}}\t{result}\t100\t1\t1\t'
+                    f"{at}+00\t{at}+00\t{at}+00\t1\n"
+                )
                 if len(chunk) >= 20_000:
                     copy.write("".join(chunk))
                     chunk = []
@@ -490,8 +545,14 @@ async def w_scale_out(bench: Bench) -> None:
             await _prepare_drain(dsn, n)
             res = await run_drain(bench, dsn, n, processes, RECOMMENDED)
         _check_drain(res, n)
-        bench.record("scale_out", f"jobs_per_s_{processes}_workers", res["jobs_per_s"], "jobs/s",
-                     processes=processes, jobs=n)
+        bench.record(
+            "scale_out",
+            f"jobs_per_s_{processes}_workers",
+            res["jobs_per_s"],
+            "jobs/s",
+            processes=processes,
+            jobs=n,
+        )
 
 
 async def _paced_worker_run(
@@ -505,8 +566,9 @@ async def _paced_worker_run(
     await worker.wait_for("started")
     try:
         for i in range(5):  # warm the producer's connection and prepared statements
-            await runner.schedule_job(JOB_NAME, {"warm": i, "t": time.monotonic(),
-                                                 "due": time.time()})
+            await runner.schedule_job(
+                JOB_NAME, {"warm": i, "t": time.monotonic(), "due": time.time()}
+            )
         await asyncio.sleep(1.0)  # the worker is idle (and listening) when the run starts
         base = worker.committed
         t_next = time.monotonic()
@@ -555,8 +617,7 @@ async def w_scheduled(bench: Bench) -> None:
         samples = await _paced_worker_run(bench, dsn, "scheduled", n, enqueue)
         # the run waits for all n completions, which come delay seconds after the last enqueue
     for q in (50, 99):
-        bench.record("scheduled", f"lag_p{q}", _pct(samples, q) * 1000, "ms", jobs=n,
-                     delay_s=delay)
+        bench.record("scheduled", f"lag_p{q}", _pct(samples, q) * 1000, "ms", jobs=n, delay_s=delay)
 
 
 WORKLOADS: dict[str, Callable[[Bench], Any]] = {
@@ -582,10 +643,17 @@ def machine_facts(dsn: str) -> dict[str, str]:
     }
     with psycopg.connect(dsn, autocommit=True) as conn:
         facts["postgresql"] = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-        for name in ("fsync", "synchronous_commit", "shared_buffers", "wal_level",
-                     "max_connections", "work_mem"):
-            facts[name] = str(conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))
-                              .fetchone()[0])  # type: ignore[index]
+        for name in (
+            "fsync",
+            "synchronous_commit",
+            "shared_buffers",
+            "wal_level",
+            "max_connections",
+            "work_mem",
+        ):
+            facts[name] = str(
+                conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
+            )  # type: ignore[index]
     facts["worker settings"] = json.dumps(RECOMMENDED)
     facts["load average at start"] = LOAD_AT_START
     facts["load average at end"] = _loadavg()
@@ -623,15 +691,15 @@ def targets(bench: Bench) -> list[tuple[str, str, str, bool | None]]:
     v = bench.value
     rows: list[tuple[str, str, str, bool | None]] = []
 
-    def add(name: str, figure: float | None, goal: float, unit: str, higher: bool,
-            base: str = "") -> None:
+    def add(
+        name: str, figure: float | None, goal: float, unit: str, higher: bool, base: str = ""
+    ) -> None:
         if figure is None:
             rows.append((name, "-", "not measured", None))
             return
         met = figure >= goal if higher else figure < goal
         ratio = figure / goal if goal else float("inf")
-        rows.append((name, f"{figure:,.3g} {unit}{base}",
-                     f"{ratio:.2f} x target", met))
+        rows.append((name, f"{figure:,.3g} {unit}{base}", f"{ratio:.2f} x target", met))
 
     pgb = bench.mean("pgbench_simple_update", "tps")
     # The INSERT baseline run in rounds alternating with enqueue-single (same load), else
@@ -639,27 +707,45 @@ def targets(bench: Bench) -> list[tuple[str, str, str, bool | None]]:
     ins = v("enqueue_single", "paired_insert_tps") or bench.mean("pgbench_single_insert", "tps")
     drain = v("drain", "jobs_per_s")
     if drain is not None and pgb:
-        add("drain >= 2.5 x pgbench -N TPS", drain / pgb, 2.5, "x pgbench", True,
-            f" ({drain:,.0f} jobs/s vs {pgb:,.0f} tps)")
+        add(
+            "drain >= 2.5 x pgbench -N TPS",
+            drain / pgb,
+            2.5,
+            "x pgbench",
+            True,
+            f" ({drain:,.0f} jobs/s vs {pgb:,.0f} tps)",
+        )
     add("drain worker peak RSS < 60 MiB", v("drain", "worker_peak_rss"), 60, "MiB", False)
     add("drain PostgreSQL CPU < 100 us/job", v("drain", "pg_cpu_per_job"), 100, "us/job", False)
     single = v("enqueue_single", "jobs_per_s")
     if single is not None and ins:
-        add("enqueue-single >= 0.6 x one-client INSERT TPS", single / ins, 0.6, "x INSERT",
-            True, f" ({single:,.0f} jobs/s vs {ins:,.0f} tps)")
-    add("enqueue-batch >= 100k jobs/s", v("enqueue_batch", "jobs_per_s"), 100_000, "jobs/s",
-        True)
+        add(
+            "enqueue-single >= 0.6 x one-client INSERT TPS",
+            single / ins,
+            0.6,
+            "x INSERT",
+            True,
+            f" ({single:,.0f} jobs/s vs {ins:,.0f} tps)",
+        )
+    add("enqueue-batch >= 100k jobs/s", v("enqueue_batch", "jobs_per_s"), 100_000, "jobs/s", True)
     add("latency p99 < 5 ms", v("latency", "p99"), 5, "ms", False)
     add("scheduled lag p99 < 20 ms", v("scheduled", "lag_p99"), 20, "ms", False)
     hist = v("drain_history", "jobs_per_s")
     if hist is not None and drain:
-        add("history drain >= 0.9 x empty drain", hist / drain, 0.9, "x empty", True,
-            f" ({hist:,.0f} vs {drain:,.0f} jobs/s)")
+        add(
+            "history drain >= 0.9 x empty drain",
+            hist / drain,
+            0.9,
+            "x empty",
+            True,
+            f" ({hist:,.0f} vs {drain:,.0f} jobs/s)",
+        )
     return rows
 
 
-def write_results(bench: Bench, path: Path, facts: dict[str, str], mode: str,
-                  elapsed: float) -> None:
+def write_results(
+    bench: Bench, path: Path, facts: dict[str, str], mode: str, elapsed: float
+) -> None:
     lines = [
         "# jobrunner benchmark results",
         "",
@@ -687,11 +773,17 @@ def write_results(bench: Bench, path: Path, facts: dict[str, str], mode: str,
     scale = [r for r in bench.figures if r["workload"] == "scale_out"]
     if scale:
         base = scale[0]["value"]
-        lines += ["", "## Scale-out (drain, worker processes)", "",
-                  "| processes | jobs/s | vs 1 process |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Scale-out (drain, worker processes)",
+            "",
+            "| processes | jobs/s | vs 1 process |",
+            "|---|---|---|",
+        ]
         for row in scale:
-            lines.append(f"| {row['processes']} | {row['value']:,.0f} | "
-                         f"{row['value'] / base:.2f} x |")
+            lines.append(
+                f"| {row['processes']} | {row['value']:,.0f} | {row['value'] / base:.2f} x |"
+            )
     if bench.notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in bench.notes]]
     path.write_text("\n".join(lines) + "\n")
@@ -700,15 +792,22 @@ def write_results(bench: Bench, path: Path, facts: dict[str, str], mode: str,
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few hundred jobs (CI)")
-    parser.add_argument("--dsn", default=DEFAULT_DSN,
-                        help="server to create the scratch databases on (needs CREATEDB)")
-    parser.add_argument("--only", default="", help="comma-separated workloads: "
-                        + ",".join(WORKLOADS))
-    parser.add_argument("--results", default=None,
-                        help="Markdown summary path (default bench/RESULTS.md for a full run, "
-                             "none for smoke)")
-    parser.add_argument("--settings", default="",
-                        help="JSON overriding the recommended worker settings")
+    parser.add_argument(
+        "--dsn",
+        default=DEFAULT_DSN,
+        help="server to create the scratch databases on (needs CREATEDB)",
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated workloads: " + ",".join(WORKLOADS)
+    )
+    parser.add_argument(
+        "--results",
+        default=None,
+        help="Markdown summary path (default bench/RESULTS.md for a full run, none for smoke)",
+    )
+    parser.add_argument(
+        "--settings", default="", help="JSON overriding the recommended worker settings"
+    )
     args = parser.parse_args(argv)
     if args.settings:
         RECOMMENDED.update(json.loads(args.settings))
@@ -727,11 +826,17 @@ async def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     results = args.results or (None if args.smoke else str(HERE / "RESULTS.md"))
     if results:
-        write_results(bench, Path(results), machine_facts(args.dsn),
-                      "smoke" if args.smoke else "full", elapsed)
+        write_results(
+            bench,
+            Path(results),
+            machine_facts(args.dsn),
+            "smoke" if args.smoke else "full",
+            elapsed,
+        )
     for name, figure, ratio, met in targets(bench):
-        print(json.dumps({"target": name, "measured": figure, "ratio": ratio, "met": met}),
-              flush=True)
+        print(
+            json.dumps({"target": name, "measured": figure, "ratio": ratio, "met": met}), flush=True
+        )
     return 0
 
 

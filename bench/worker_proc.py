@@ -55,8 +55,13 @@ class CountingWorker(PostgresWorker):
     async def _write_outcomes(self, batch: Any) -> None:
         await super()._write_outcomes(batch)
         self.committed += len(batch)
-        emit("committed", n=len(batch), total=self.committed, t=time.monotonic(),
-             cpu=time.process_time())
+        emit(
+            "committed",
+            n=len(batch),
+            total=self.committed,
+            t=time.monotonic(),
+            cpu=time.process_time(),
+        )
 
 
 async def main() -> None:

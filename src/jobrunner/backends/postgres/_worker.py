@@ -424,8 +424,14 @@ class PostgresWorker(JobWorker):
                 return
             await ctx.flush_progress()
             self._outcomes.done.append(
-                (job.tenant, job.job_id, job.token, text, started_wall,
-                 (time.monotonic() - started) * 1000)
+                (
+                    job.tenant,
+                    job.job_id,
+                    job.token,
+                    text,
+                    started_wall,
+                    (time.monotonic() - started) * 1000,
+                )
             )
             self._schedule_flush()
         finally:
@@ -468,8 +474,15 @@ class PostgresWorker(JobWorker):
         started: float,
     ) -> None:
         self._outcomes.failed.append(
-            (job.tenant, job.job_id, job.token, json.dumps(error), retry_in, started_wall,
-             (time.monotonic() - started) * 1000)
+            (
+                job.tenant,
+                job.job_id,
+                job.token,
+                json.dumps(error),
+                retry_in,
+                started_wall,
+                (time.monotonic() - started) * 1000,
+            )
         )
         self._schedule_flush()
         if retry_in is not None and retry_in < self.settings.poll_interval:
@@ -820,8 +833,9 @@ class PostgresWorker(JobWorker):
                 )
             logger.info("re-queued %d unfinished jobs", len(jobs))
         except (JobRunnerError, psycopg.Error, OSError) as exc:
-            logger.error("could not re-queue %d jobs (their leases will expire): %s",
-                         len(jobs), exc)
+            logger.error(
+                "could not re-queue %d jobs (their leases will expire): %s", len(jobs), exc
+            )
 
     def exit_process(self, code: int) -> None:
         """After :meth:`run` returned, end the process if a sync handler's thread is stuck.
@@ -840,8 +854,11 @@ class PostgresWorker(JobWorker):
                     stuck.append(thread.name)
         if not stuck:
             return
-        logger.warning("exiting without waiting for %d sync handler thread(s) still running: %s",
-                       len(stuck), ", ".join(stuck))
+        logger.warning(
+            "exiting without waiting for %d sync handler thread(s) still running: %s",
+            len(stuck),
+            ", ".join(stuck),
+        )
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):

@@ -394,12 +394,8 @@ def temporal(dsn: str, *, full: bool = False) -> Report:
     try:
         from jobrunner.backends.temporal import TemporalJobRunner
     except ImportError:
-        return {
-            "scenario": "temporal",
-            "skipped": "the Temporal backend is not installed",
-            "lost": 0,
-            "fencing_violations": 0,
-        }
+        # Not a pass: ``problems`` counts a skip as a failure unless it was asked for.
+        return {"scenario": "temporal", "skipped": "the Temporal backend is not installed"}
     # Longer jobs than elsewhere, so that kills land mid-activity (Temporal is slower per job).
     jobs, concurrency, kills = (600, 10, 3) if full else (150, 5, 1)
     heartbeat = 3.0
@@ -466,6 +462,23 @@ SCENARIOS: dict[str, Callable[..., Report]] = {
     "sigterm-burst": sigterm_burst,
     "temporal": temporal,
 }
+
+
+def problems(report: Report, *, allow_skip: bool = False) -> list[str]:
+    """Why ``report`` fails (empty when it passes): a job lost or still live, a completion
+    accepted from a fenced-off attempt, an extra run no fault explains, or a skipped scenario
+    (unless ``allow_skip``)."""
+    if "skipped" in report:
+        return [] if allow_skip else [f"skipped: {report['skipped']}"]
+    found = []
+    if not report.get("finished"):
+        found.append("jobs still live at the deadline")
+    for key in ("lost", "fencing_violations", "extra_runs_unexplained"):
+        if report.get(key, 1):
+            found.append(f"{key}: {report.get(key, 'missing')}")
+    if report.get("completed") != report.get("jobs"):
+        found.append(f"completed {report.get('completed')} of {report.get('jobs')} jobs")
+    return found
 
 
 def default_dsn() -> str:

@@ -508,8 +508,8 @@ async def _load_history(bench: Bench, dsn: str, n: int) -> None:
         with (
             conn.cursor() as cur,
             cur.copy(
-                "COPY jobrunner.jobs (tenant, job_id, type, status, created_at, updated_at, user_id,"
-                " data, result, progress, attempts, max_attempts, run_at, started_at,"
+                "COPY jobrunner.jobs (tenant, job_id, type, status, created_at, updated_at,"
+                " user_id, data, result, progress, attempts, max_attempts, run_at, started_at,"
                 " completed_at, lease_token) FROM STDIN"
             ) as copy,
         ):

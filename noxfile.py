@@ -1,4 +1,9 @@
-"""Developer and CI sessions. ``python dev.py SESSION`` runs them without a global nox."""
+"""Developer and CI sessions. ``python dev.py SESSION`` runs them without a global nox.
+
+Sessions pin no Python version: nox builds each session's virtualenv with the interpreter it
+runs under (``dev.py`` runs nox with the ``python3`` you started it with, 3.11 or newer), so a
+machine with only Python 3.12 or 3.13 runs every session instead of skipping them all.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,19 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_external_run = False
+# A session whose interpreter is missing is an error, never a silent (green) skip.
+nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
+# Everything ruff checks and format-checks: the package, its tests, the example app, the
+# benchmark and fault-injection suites and the developer scripts.
+LINT_PATHS = ["src", "tests", "examples", "bench", "chaos", "noxfile.py", "dev.py"]
 
 
 def _install(session: nox.Session, extras: str = "dev") -> None:
     session.install("-e", f".[{extras}]")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite against real PostgreSQL, Temporal and Chromium, then lint and types.
 
@@ -29,15 +38,15 @@ def tests(session: nox.Session) -> None:
         session.notify("examples")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and format check."""
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "src", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def examples(session: nox.Session) -> None:
     """The example downstream app's own tests, run the way a user runs them.
 
@@ -57,21 +66,21 @@ def examples(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package."""
     _install(session)
     session.run("mypy", "--strict", "src/jobrunner")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job: a worker on a private PostgreSQL runs the example app's jobs."""
     _install(session)
     session.run("python", "-m", "jobrunner.demo", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def bench(session: nox.Session) -> None:
     """The benchmark suite (docs/performance.md): full run writes bench/RESULTS.md.
 
@@ -82,7 +91,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/run.py", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def chaos(session: nox.Session) -> None:
     """The fault-injection suite, full form (docs/guarantees.md): kill -9, frozen worker,
     pg_terminate_backend, PostgreSQL restart, silent listener, SIGTERM; one JSON report per

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import importlib
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -59,7 +60,15 @@ def format_time(value: datetime | None) -> str:
 
 
 def import_apps(modules: list[str]) -> None:
-    """Import the modules that register handlers (``--app``)."""
+    """Import the modules that register handlers (``--app``).
+
+    The current directory goes first on ``sys.path`` (as uvicorn and celery do), so
+    ``jobrunner-worker --app myapp.jobs`` run next to ``myapp/`` finds it: a console script's
+    ``sys.path`` starts with the script's own directory, not the working directory.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     for name in modules:
         for part in name.split(","):
             part = part.strip()

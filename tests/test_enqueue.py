@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -331,3 +332,55 @@ async def test_longest_schema_name_works_end_to_end(
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
             )
+
+
+async def test_enqueue_survives_killed_pooled_connections(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """The enqueue skips the pool's liveness round trip; a dead pooled connection makes it
+    retry on a checked one, so a server-side kill of every pooled connection loses no job
+    and raises nothing."""
+    registry.add("generate-invoice", noop)
+    pids: list[int] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(4):  # the runner's whole pool (pool_size=4), all open at once
+            conn = await stack.enter_async_context(runner.db.connection())
+            row = await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone()
+            pids.append(row["pid"])  # type: ignore[index]
+    killer = await runner.db.dedicated_connection()
+    try:
+        for pid in pids:
+            await killer.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        handles = [await runner.schedule_job("generate-invoice", {"i": i}) for i in range(3)]
+    finally:
+        await killer.close()
+    assert [h.created for h in handles] == [True, True, True]
+    assert await count_jobs(runner) == 3
+
+
+async def test_enqueue_retry_after_a_lost_reply_reports_the_committed_job(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first try commits but its reply is lost (connection dropped): the retry meets the
+    job's own primary key and reports the job as created, once."""
+    from jobrunner import UnavailableError
+
+    registry.add("generate-invoice", noop)
+    real = PostgresJobRunner._insert_pooled
+    calls: list[bool] = []
+
+    async def commit_then_lose_reply(
+        self: PostgresJobRunner, params: dict[str, Any], *, checked: bool
+    ) -> ScheduledJob:
+        calls.append(checked)
+        result = await real(self, params, checked=checked)
+        if len(calls) == 1:
+            raise UnavailableError("connection lost after commit")
+        return result
+
+    monkeypatch.setattr(PostgresJobRunner, "_insert_pooled", commit_then_lose_reply)
+    handle = await runner.schedule_job("generate-invoice", {"cycle": "c-9"})
+    assert calls == [False, True]
+    assert handle.created is True
+    rows = await fetch(runner, "SELECT job_id FROM {schema}.jobs WHERE type = 'generate-invoice'")
+    assert [r["job_id"] for r in rows] == [handle.job_id]

@@ -63,7 +63,8 @@ class Database:
             kwargs={"autocommit": True, "row_factory": dict_row},
             open=False,
             name=f"jobrunner-{schema}",
-            check=AsyncConnectionPool.check_connection,
+            # No pool-wide liveness check: it costs a round trip per checkout. connection()
+            # runs it itself unless the caller can retry (see its docstring).
         )
         self._opened = False
 
@@ -92,11 +93,35 @@ class Database:
             await self._pool.close()
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConn]:
-        """A pooled autocommit connection with dict rows; driver errors are translated."""
+    async def connection(self, *, checked: bool = True) -> AsyncIterator[AsyncConn]:
+        """A pooled autocommit connection with dict rows; driver errors are translated.
+
+        Args:
+            checked: Make sure the connection is alive before handing it out (one round trip;
+                a dead one is discarded and another taken). Callers whose statement is
+                idempotent pass ``False`` and, on :class:`UnavailableError`, retry once with a
+                checked connection: the hot enqueue path saves the round trip that way
+                (docs/performance.md).
+        """
         with translate_errors():
+            async with self._checkout(checked) as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _checkout(self, checked: bool) -> AsyncIterator[AsyncConn]:
+        for _ in range(self._pool.max_size + 1):
             async with self._pool.connection() as conn:
+                if checked:
+                    try:
+                        await AsyncConnectionPool.check_connection(conn)
+                    except psycopg.OperationalError:
+                        continue  # broken: the pool discards it when it comes back
                 yield cast(AsyncConn, conn)
+                return
+        # Every connection we were given was dead: a fresh one tells why, or works.
+        async with self._pool.connection() as conn:
+            await AsyncConnectionPool.check_connection(conn)
+            yield cast(AsyncConn, conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConn]:

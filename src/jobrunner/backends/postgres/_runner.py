@@ -18,7 +18,7 @@ from jobrunner._db._database import Database
 from jobrunner._db._errors import translate_errors
 from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._store import JobStore
-from jobrunner._errors import InvalidArgumentError
+from jobrunner._errors import DatabaseError, InvalidArgumentError, UnavailableError
 from jobrunner._jobargs import job_args
 from jobrunner._models import (
     JobInfo,
@@ -201,21 +201,37 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
                     existing = await cur.fetchone()
                     if existing is not None:
                         return _handle(existing[0], params["tenant"], created=False)
-        else:
-            await self._ensure_started()
-            async with self.db.connection() as conn:
-                cur2 = await conn.execute(self.db.queries.insert_job, params)
-                found = await cur2.fetchone()
-                row = None if found is None else (found["job_id"],)
-                if row is None and params["singleton_key"] is not None:
-                    cur2 = await conn.execute(self.db.queries.find_singleton, params)
-                    existing2 = await cur2.fetchone()
-                    if existing2 is not None:
-                        return _handle(existing2["job_id"], params["tenant"], created=False)
-        if row is None:
-            # The singleton's holder finished between the two statements: try once more.
-            return await self._insert(params, connection)
-        return _handle(row[0], params["tenant"], created=True)
+            if row is None:
+                # The singleton's holder finished between the two statements: try once more.
+                return await self._insert(params, connection)
+            return _handle(row[0], params["tenant"], created=True)
+        await self._ensure_started()
+        try:
+            # Performance (docs/performance.md): no liveness round trip before the insert; a
+            # dead pooled connection fails it, and it is retried on a checked one.
+            return await self._insert_pooled(params, checked=False)
+        except UnavailableError:
+            try:
+                return await self._insert_pooled(params, checked=True)
+            except DatabaseError as exc:
+                if _is_own_insert(exc):
+                    # The first try committed, only its reply was lost: the job exists.
+                    return _handle(params["job_id"], params["tenant"], created=True)
+                raise
+
+    async def _insert_pooled(self, params: dict[str, Any], *, checked: bool) -> ScheduledJob:
+        async with self.db.connection(checked=checked) as conn:
+            cur = await conn.execute(self.db.queries.insert_job, params)
+            found = await cur.fetchone()
+            if found is not None:
+                return _handle(found["job_id"], params["tenant"], created=True)
+            if params["singleton_key"] is not None:
+                cur = await conn.execute(self.db.queries.find_singleton, params)
+                existing = await cur.fetchone()
+                if existing is not None:
+                    return _handle(existing["job_id"], params["tenant"], created=False)
+        # The singleton's holder finished between the two statements: try once more.
+        return await self._insert_pooled(params, checked=checked)
 
     async def schedule_job(
         self,
@@ -537,6 +553,16 @@ def _payload_text(item: object, index: int) -> str:
     if not isinstance(item, Mapping):
         as_data(item, f"data[{index}]")  # raises the usual InvalidArgumentError
     return as_json_text(item, f"data[{index}]")
+
+
+def _is_own_insert(exc: DatabaseError) -> bool:
+    """Whether an insert failed on the primary key: the job id is the client's own, so a
+    retried insert that meets it finds the first try's committed row."""
+    cause = exc.__cause__
+    return (
+        isinstance(cause, psycopg.errors.UniqueViolation)
+        and cause.diag.constraint_name == "jobs_pkey"
+    )
 
 
 def _handle(job_id: Any, tenant: uuid.UUID, *, created: bool) -> ScheduledJob:

@@ -296,19 +296,23 @@ class PostgresWorker(JobWorker):
             if claimed >= limit:
                 await asyncio.sleep(0)
                 continue
-            if claimed:
-                continue
+            if claimed and self._flow.active:
+                continue  # a fair claim may stop short of what is claimable
+            # Fewer than asked: nothing else was due. No second claim to make sure; a job
+            # enqueued since the claim began has set _wake (cleared before the claim).
             await self._sleep_or_wake(await self._idle_delay())
 
     async def _idle_delay(self) -> float:
         delay = self.settings.poll_interval
         try:
-            async with self.runner.db.connection() as conn:
+            # On the claim connection: it is free between claims, and a pooled checkout
+            # would cost its liveness round trip after every claim.
+            async with self._hot_connection("claim") as conn:
                 cur = await conn.execute(
                     self.runner.db.queries.next_due_in, {"queues": list(self.queues)}
                 )
                 row = await cur.fetchone()
-        except (JobRunnerError, psycopg.Error):
+        except (JobRunnerError, psycopg.Error, OSError):
             return min(delay, 1.0)
         if row and row["seconds"] is not None:
             delay = min(delay, max(float(row["seconds"]), 0.0))

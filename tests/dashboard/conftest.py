@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -59,33 +60,77 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
         item.rep_call = report  # type: ignore[attr-defined]
 
 
-def _ensure_chromium() -> str:
+CHROMIUM_NAMES = ["chromium", "chromium-browser", "google-chrome"]
+
+
+def _system_chromium() -> str | None:
+    """A Chromium installed on the system: /usr/bin/chromium, else one on PATH."""
     if Path(CHROMIUM).exists():
         return CHROMIUM
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        # The test set-up installs the browser it needs (about a minute, once per machine).
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _apt_install_chromium() -> None:
+    """As root on Debian/Ubuntu: install the distribution's Chromium (about a minute, once)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    subprocess.run(install, check=False, capture_output=True, timeout=900, env=env)
+    if _system_chromium() is None:
+        subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600)
+        subprocess.run(install, check=False, capture_output=True, timeout=900, env=env)
+
+
+def _playwright_install_chromium() -> str | None:
+    """Download Playwright's own Chromium (a laptop without a system browser or root).
+
+    Returns None when it worked, else what went wrong.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "playwright", "install", "chromium"],
             check=False,
             capture_output=True,
+            text=True,
             timeout=900,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
-        if not Path(CHROMIUM).exists():
-            subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600)
-            subprocess.run(
-                ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-                check=False,
-                capture_output=True,
-                timeout=900,
-                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            )
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"the browser tests need Chromium at {CHROMIUM}: run `apt-get install -y chromium` "
-            "as root (Playwright's own browser download does not work on these machines)"
-        )
-    return CHROMIUM
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if proc.returncode != 0:
+        return (proc.stderr or proc.stdout).strip()[-2000:] or f"exit status {proc.returncode}"
+    return None
+
+
+def _ensure_chromium() -> str | None:
+    """The browser for the suite: a system Chromium's path, or None for Playwright's own.
+
+    In order: /usr/bin/chromium or chromium / chromium-browser / google-chrome on PATH; as root
+    with apt-get, the distribution's package; else ``python -m playwright install chromium``.
+    """
+    path = _system_chromium()
+    if path is not None:
+        return path
+    tried = [f"{CHROMIUM} and {', '.join(CHROMIUM_NAMES)} on PATH: not found"]
+    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
+        _apt_install_chromium()
+        path = _system_chromium()
+        if path is not None:
+            return path
+        tried.append("apt-get install chromium: did not install it")
+    problem = _playwright_install_chromium()
+    if problem is None:
+        return None
+    tried.append(f"python -m playwright install chromium: {problem}")
+    pytest.fail(
+        "the browser tests need Chromium; tried:\n  "
+        + "\n  ".join(tried)
+        + "\nInstall Chromium (e.g. `apt-get install -y chromium` as root) or run "
+        "`python -m playwright install chromium`.",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +140,7 @@ def browser() -> Iterator[Any]:
     path = _ensure_chromium()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
+        # executable_path=None: Playwright's own Chromium (from `playwright install`).
         chromium = pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()

@@ -27,12 +27,17 @@ class JobSink(Protocol):
         """Persist progress for the job of ``ctx``."""
 
     async def start_step(self, ctx: JobContext, name: str) -> uuid.UUID:
-        """Write a ``processing`` step row and return its detail id."""
+        """Write a ``processing`` step row and return its detail id.
+
+        Fenced by the attempt (``ctx.lease_token``): when the attempt is over, write nothing,
+        call ``ctx.mark_cancelled()`` and return an id that matches no row.
+        """
 
     async def finish_step(
         self, ctx: JobContext, detail_id: uuid.UUID, *, ok: bool, result: Any, error: Any
     ) -> None:
-        """Mark a step row ``completed`` (with ``result``) or ``failed`` (with ``error``)."""
+        """Mark a step row ``completed`` (with ``result``) or ``failed`` (with ``error``);
+        a no-op once the attempt is over."""
 
 
 @dataclass
@@ -42,6 +47,9 @@ class StepHandle:
     name: str
     detail_id: uuid.UUID
     result: Any = None
+    #: False when nothing was written (no sink, or the attempt was already over): the block
+    #: still runs, its outcome is not recorded.
+    recorded: bool = field(default=True, repr=False, compare=False)
 
 
 @dataclass(eq=False)
@@ -117,7 +125,7 @@ class JobContext:
     async def flush_progress(self) -> None:
         """Write a throttled progress value now (the backend calls this when an attempt ends)."""
         pending, self._pending_progress = self._pending_progress, None
-        if pending is not None and self._sink is not None:
+        if pending is not None and self._sink is not None and not self._cancel_flag:
             self._last_progress_at = self._clock()
             await self._sink.save_progress(self, pending[0], pending[1])
 
@@ -133,23 +141,43 @@ class JobContext:
 
         The row is ``processing`` while the block runs, then ``completed`` (with
         ``handle.result``) or ``failed`` (with the error); its ``retry_count`` is the attempt.
+
+        Steps are fenced like progress: once the attempt is over (cancelled, timed out, its
+        lease lost) a step writes nothing, and one started then raises
+        ``asyncio.CancelledError``.
         """
-        if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
-            raise InvalidArgumentError("step name must be a non-empty string (max 200 chars)")
-        detail_id = uuid.uuid4() if self._sink is None else await self._sink.start_step(self, name)
-        handle = StepHandle(name=name, detail_id=detail_id)
+        handle = await self._begin_step(name)
+        if self._cancel_flag:
+            raise asyncio.CancelledError(f"job {self.job_id} was cancelled; step {name!r} skipped")
         try:
             yield handle
         except BaseException as exc:
-            if self._sink is not None:
-                await asyncio.shield(
-                    self._sink.finish_step(
-                        self, detail_id, ok=False, result=None, error=_error_json(exc)
-                    )
-                )
+            await asyncio.shield(self._end_step(handle, exc))
             raise
-        if self._sink is not None:
-            await self._sink.finish_step(self, detail_id, ok=True, result=handle.result, error=None)
+        await self._end_step(handle, None)
+
+    async def _begin_step(self, name: str) -> StepHandle:
+        """Write the ``processing`` row unless the attempt is over (then record nothing)."""
+        if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
+            raise InvalidArgumentError("step name must be a non-empty string (max 200 chars)")
+        if self._sink is None or self._cancel_flag:
+            return StepHandle(name=name, detail_id=uuid.uuid4(), recorded=False)
+        detail_id = await self._sink.start_step(self, name)
+        # A sink that finds the attempt fenced off marks this context cancelled.
+        return StepHandle(name=name, detail_id=detail_id, recorded=not self._cancel_flag)
+
+    async def _end_step(self, handle: StepHandle, exc: BaseException | None) -> None:
+        """Close the step row; nothing once the attempt is over (its outcome is recorded)."""
+        if self._sink is None or not handle.recorded or self._cancel_flag:
+            return
+        if exc is None:
+            await self._sink.finish_step(
+                self, handle.detail_id, ok=True, result=handle.result, error=None
+            )
+        else:
+            await self._sink.finish_step(
+                self, handle.detail_id, ok=False, result=None, error=_error_json(exc)
+            )
 
 
 class SyncJobContext:
@@ -187,20 +215,21 @@ class SyncJobContext:
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[StepHandle]:
-        """Record a named step around the block (see :meth:`JobContext.step`)."""
-        manager = self._inner.step(name)
-        handle = self._call(manager.__aenter__)
+        """Record a named step around the block (see :meth:`JobContext.step`).
+
+        Once the attempt is over (cancelled, past its timeout, lease lost) the block still runs
+        but nothing is written; ``is_cancelled()`` is then true.
+        """
+        inner = self._inner
+        handle = self._call(lambda: inner._begin_step(name))
         try:
             yield handle
         except BaseException as exc:
             error = exc
-            suppress = self._call(
-                lambda: manager.__aexit__(type(error), error, error.__traceback__)
-            )
-            if not suppress:
-                raise
+            self._call(lambda: inner._end_step(handle, error))
+            raise
         else:
-            self._call(lambda: manager.__aexit__(None, None, None))
+            self._call(lambda: inner._end_step(handle, None))
 
 
 def _check_progress(progress: object, message: object) -> int:

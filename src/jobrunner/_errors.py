@@ -17,6 +17,7 @@ __all__ = [
     "Retry",
     "ScheduleError",
     "UnavailableError",
+    "UnknownOptionError",
 ]
 
 
@@ -26,6 +27,11 @@ class JobRunnerError(Exception):
 
 class InvalidArgumentError(JobRunnerError, ValueError):
     """An argument was malformed; nothing was written."""
+
+
+class UnknownOptionError(InvalidArgumentError, TypeError):
+    """A keyword argument the method does not take; also a ``TypeError``, as Python raises
+    for an unexpected keyword, so ``except TypeError`` keeps working."""
 
 
 class ConfigurationError(JobRunnerError):
@@ -61,7 +67,12 @@ class UnavailableError(JobRunnerError):
 
 
 class JobTimeoutError(JobRunnerError, TimeoutError):
-    """A handler ran past its timeout; the attempt failed and follows the retry policy."""
+    """A timeout passed (also a built-in ``TimeoutError``).
+
+    Recorded for an attempt whose handler ran past its timeout (the attempt failed and follows
+    the retry policy); raised by waits that give up, such as ``drain`` / ``adrain`` and the
+    sync runner's ``wait_for_job``.
+    """
 
 
 class Retry(Exception):  # named for what the handler asks for, not an error

@@ -19,7 +19,7 @@ from psycopg.rows import tuple_row
 
 from jobrunner._config import Settings
 from jobrunner._db._errors import translate_errors
-from jobrunner._errors import InvalidArgumentError
+from jobrunner._errors import InvalidArgumentError, JobTimeoutError, UnknownOptionError
 from jobrunner._models import JobDetails, JobInfo, JobPage, Metrics, ScheduledJob, ScheduleInfo
 from jobrunner._runner import JobRunner
 
@@ -109,6 +109,7 @@ class SyncJobRunner:
         """See :meth:`JobRunner.schedule_job`; ``connection`` is a sync psycopg connection."""
         if connection is not None:
             return self._insert_with(connection, name, data, None, options)
+        _check_options("schedule_job", options, _SINGLE_OPTIONS)
         return self._call(self.runner.schedule_job(name, data, **options))
 
     def schedule_job_at(
@@ -125,6 +126,7 @@ class SyncJobRunner:
             from jobrunner._validation import as_aware_datetime
 
             return self._insert_with(connection, name, data, as_aware_datetime(run_at), options)
+        _check_options("schedule_job_at", options, _SINGLE_OPTIONS)
         return self._call(self.runner.schedule_job_at(name, data, run_at, **options))
 
     def schedule_jobs(
@@ -159,6 +161,7 @@ class SyncJobRunner:
                     )
                     conn.execute(pg.db.queries.insert_jobs_bulk, params)
             return [ScheduledJob(job_id=i, external_id=str(i), tenant=base["tenant"]) for i in ids]
+        _check_options("schedule_jobs", options, _BULK_OPTIONS)
         return self._call(self.runner.schedule_jobs(name, data, **options))
 
     def schedule_recurring_job(
@@ -208,8 +211,19 @@ class SyncJobRunner:
         return self._call(self.runner.clear_history(**options))
 
     def wait_for_job(self, job_id: uuid.UUID | str, **options: Any) -> JobInfo:
-        """See :meth:`JobRunner.wait_for_job`."""
-        return self._call(self.runner.wait_for_job(job_id, **options))
+        """See :meth:`JobRunner.wait_for_job`.
+
+        Raises:
+            JobTimeoutError: ``timeout`` seconds passed first (also a ``TimeoutError``).
+        """
+        try:
+            return self._call(self.runner.wait_for_job(job_id, **options))
+        except TimeoutError as exc:
+            if isinstance(exc, JobTimeoutError):
+                raise
+            raise JobTimeoutError(
+                f"job {job_id} was not final within {options.get('timeout')} s"
+            ) from exc
 
     # -- transactional enqueue on a sync connection ----------------------------------------
     def _postgres(self) -> Any:
@@ -264,10 +278,12 @@ _BULK_OPTIONS = frozenset({"tenant", "priority", "run_at", "user_id", "metadata"
 
 
 def _check_options(method: str, options: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    # The same TypeError Python raises for the async runner's keyword-only signature.
+    # A typed error that is also the TypeError Python raises for an unexpected keyword.
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise TypeError(f"{method}() got unexpected keyword arguments: {', '.join(unknown)}")
+        raise UnknownOptionError(
+            f"{method}() got unexpected keyword arguments: {', '.join(unknown)}"
+        )
 
 
 def _sync_connection(connection: Any) -> psycopg.Connection[Any]:

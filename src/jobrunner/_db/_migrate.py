@@ -2,16 +2,98 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
+import tenacity
 from psycopg import sql
 
+from jobrunner._errors import UnavailableError
+
 logger = logging.getLogger("jobrunner.migrate")
+
+T = TypeVar("T")
+
+#: Default seconds start-up keeps retrying a database that cannot be reached.
+STARTUP_TIMEOUT = 30.0
+
+# Reaching the server but being refused will not get better by waiting.
+_PERMANENT = re.compile(
+    r"authentication failed|no pg_hba\.conf entry|does not exist|permission denied"
+    r"|password|certificate|SSL .*(required|unsupported|not supported)|invalid .*option",
+    re.IGNORECASE,
+)
+_PERMANENT_STATES = ("28", "3D")  # invalid authorization; invalid catalog (database) name
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a start-up failure is worth retrying: the server is not there (yet) or is
+    starting / shutting down, as opposed to refusing us (credentials, unknown database)."""
+    if not isinstance(exc, UnavailableError):
+        return False  # DatabaseError, InvalidArgumentError, ...: a real problem, fail now
+    cause = exc.__cause__
+    state = getattr(cause, "sqlstate", None) or ""
+    if state.startswith(_PERMANENT_STATES):
+        return False
+    return not _PERMANENT.search(str(cause if cause is not None else exc))
+
+
+async def retry_transient(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = STARTUP_TIMEOUT,
+    what: str = "database",
+    initial: float = 0.1,
+    max_wait: float = 2.0,
+) -> T:
+    """Run ``operation``, retrying transient :class:`UnavailableError`s with exponential
+    backoff (tenacity) for up to ``timeout`` seconds in total; other errors fail at once.
+
+    Raises:
+        UnavailableError: still unreachable after ``timeout`` seconds (the last error chained).
+    """
+    deadline = time.monotonic() + timeout
+    backoff = tenacity.wait_exponential_jitter(initial=initial, max=max_wait, jitter=initial)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        # Never sleep past the deadline: the last attempt happens at it.
+        return max(min(backoff(state), deadline - time.monotonic()), 0.0)
+
+    def log(state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        logger.warning(
+            "%s unavailable (%s); retrying in %.2f s",
+            what,
+            error,
+            state.upcoming_sleep,
+        )
+
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        stop=tenacity.stop_after_delay(timeout),
+        wait=wait,
+        before_sleep=log,
+        sleep=asyncio.sleep,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                return await operation()
+    except tenacity.RetryError as exc:
+        last = exc.last_attempt.exception()
+        raise UnavailableError(
+            f"{what} still unavailable after retrying for {timeout:g} s: {last}"
+        ) from last
+    raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or raises
+
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

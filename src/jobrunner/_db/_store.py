@@ -136,25 +136,34 @@ class JobStore:
             )
 
     async def start_step(self, ctx: JobContext, name: str) -> uuid.UUID:
-        """Insert a ``processing`` step row for the attempt."""
+        """Insert a ``processing`` step row for the attempt.
+
+        Fenced by the attempt's lease token and ``status = 'processing'``: once the attempt is
+        over (timed out and recorded, cancelled, its lease rescued) nothing is written, ``ctx``
+        is marked cancelled and the id returned matches no row.
+        """
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 self.q.start_step,
                 {
                     "tenant": ctx.tenant,
                     "job_id": ctx.job_id,
+                    "token": ctx.lease_token,
                     "step_name": name,
                     "attempt": ctx.attempt,
                 },
             )
             row = await cur.fetchone()
-        assert row is not None
+        if row is None:
+            ctx.mark_cancelled()
+            return uuid.uuid4()
         return uuid.UUID(str(row["detail_id"]))
 
     async def finish_step(
         self, ctx: JobContext, detail_id: uuid.UUID, *, ok: bool, result: Any, error: Any
     ) -> None:
-        """Mark a step row completed or failed."""
+        """Mark a step row completed or failed; fenced like :meth:`start_step` (a no-op once
+        the attempt is over)."""
         payload = result if ok else error
         try:
             param = json_param(payload)
@@ -165,6 +174,8 @@ class JobStore:
                 self.q.finish_step,
                 {
                     "tenant": ctx.tenant,
+                    "job_id": ctx.job_id,
+                    "token": ctx.lease_token,
                     "detail_id": detail_id,
                     "status": (JobStatus.COMPLETED if ok else JobStatus.FAILED).value,
                     "result": param,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from jobrunner._errors import InvalidArgumentError, JobRunnerError
+from jobrunner._errors import InvalidArgumentError, JobRunnerError, JobTimeoutError
 from jobrunner._runner import JobRunner
 from jobrunner._validation import as_aware_datetime
 from jobrunner.registry import DEFAULT_QUEUE
@@ -51,13 +51,15 @@ async def adrain(
         until: Also run what falls due up to this time (a datetime, or a timedelta from now):
             jobs scheduled for later and recurring schedule ticks. On the in-memory runner the
             fake clock steps through each due time in order and ends at ``until``.
-        timeout: Seconds before giving up with ``TimeoutError`` (a handler that hangs).
+        timeout: Seconds before giving up with :class:`~jobrunner.JobTimeoutError` (a handler
+            that hangs).
         max_attempts: Attempts after which :class:`DrainError` is raised (runaway jobs).
         concurrency: Handlers run at once on PostgreSQL (in memory they run one at a time,
             in claim order, so tests are deterministic).
 
     Raises:
-        TimeoutError: ``timeout`` passed first; the message lists what was still live.
+        JobTimeoutError: ``timeout`` passed first (also a built-in ``TimeoutError``); the
+            message lists what was still live.
         DrainError: more than ``max_attempts`` attempts ran.
         InvalidArgumentError: an unsupported runner or argument.
     """
@@ -155,7 +157,7 @@ async def _drain_memory(
             for j in runner._jobs.values()
             if j.status.value in ("queued", "processing", "retrying")
         ]
-        raise TimeoutError(
+        raise JobTimeoutError(
             f"drain did not finish in {timeout:g} s; still live: {', '.join(live) or 'none'}"
         ) from None
 
@@ -193,7 +195,7 @@ async def _drain_postgres(
                     return ran
                 # A handler enqueued into a queue the worker does not claim: widen and go on.
     except TimeoutError:
-        raise TimeoutError(
+        raise JobTimeoutError(
             f"drain did not finish in {timeout:g} s; still live: {await _describe_live(runner)}"
         ) from None
 

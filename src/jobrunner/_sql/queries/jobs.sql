@@ -103,22 +103,40 @@ WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
   AND status = 'processing'
 
 -- name: start_step
+-- Fenced like save_progress: only the attempt holding the lease of a 'processing' job writes
+-- a step. FOR SHARE orders it against a concurrent outcome (the outcome waits, or the step is
+-- re-checked against the committed outcome and dropped); no row means the attempt is over.
+WITH attempt AS (
+    SELECT tenant, job_id FROM {schema}.jobs
+    WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
+      AND status = 'processing'
+    FOR SHARE
+)
 INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at, retry_count,
                                   metadata)
-VALUES (%(tenant)s, %(job_id)s, %(step_name)s, 'processing', timezone('utc', now()),
-        %(attempt)s, jsonb_build_object('started_at', now()))
+SELECT tenant, job_id, %(step_name)s, 'processing', timezone('utc', now()), %(attempt)s,
+       jsonb_build_object('started_at', now())
+FROM attempt
 RETURNING detail_id
 
 -- name: finish_step
-UPDATE {schema}.job_details
+WITH attempt AS (
+    SELECT tenant, job_id FROM {schema}.jobs
+    WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
+      AND status = 'processing'
+    FOR SHARE
+)
+UPDATE {schema}.job_details d
 SET status = %(status)s::{schema}.job_status,
     result = %(result)s,
     processed_at = timezone('utc', now()),
-    metadata = coalesce(metadata, '{{}}'::jsonb)
+    metadata = coalesce(d.metadata, '{{}}'::jsonb)
                || jsonb_build_object('finished_at', now(),
                                      'duration_ms', round(extract(epoch FROM
-                                        now() - (metadata ->> 'started_at')::timestamptz) * 1000))
-WHERE tenant = %(tenant)s AND detail_id = %(detail_id)s
+                                        now() - (d.metadata ->> 'started_at')::timestamptz) * 1000))
+FROM attempt a
+WHERE d.tenant = a.tenant AND d.job_id = a.job_id AND d.detail_id = %(detail_id)s
+  AND d.status = 'processing'
 
 -- name: insert_detail
 INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,

@@ -100,15 +100,42 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         return await self.flow.metrics(tenant=tenant)
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Open the pool and apply migrations (unless ``auto_migrate`` is off)."""
+    async def start(self, *, timeout: float | None = None) -> None:
+        """Connect, apply migrations (unless ``auto_migrate`` is off) and open the pool.
+
+        A database that cannot be reached yet (down, restarting, still starting up) is retried
+        with exponential backoff (tenacity) for up to ``timeout`` seconds in total (default
+        30); what waiting cannot fix (bad credentials, an unknown database, a failing
+        migration) raises at once.
+
+        Raises:
+            UnavailableError: the database was still unreachable after ``timeout`` seconds.
+        """
         if self._started:
             return
+        from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
+        from jobrunner._validation import as_seconds
+
+        bound = STARTUP_TIMEOUT if timeout is None else as_seconds(timeout, "timeout")
+        deadline = asyncio.get_running_loop().time() + bound
+
+        async def connect_and_migrate() -> None:
+            # A bounded probe first: a connect to an unresponsive host may otherwise hang for
+            # the OS's TCP timeout; the migration itself is not cut short.
+            remaining = max(deadline - asyncio.get_running_loop().time(), 0.0)
+            try:
+                async with asyncio.timeout(min(max(remaining, 1.0), 10.0)):
+                    probe = await self.db.dedicated_connection()
+            except TimeoutError:
+                raise UnavailableError("database unavailable: connecting timed out") from None
+            await probe.close()
+            if self.auto_migrate:
+                await self.db.migrate()
+
         async with self._start_lock:
             if self._started:
                 return
-            if self.auto_migrate:
-                await self.db.migrate()
+            await retry_transient(connect_and_migrate, timeout=bound, what="database")
             await self.db.open()
             self._started = True
 

@@ -61,8 +61,9 @@ class WorkerSettings:
     """Handlers running at once in this process."""
     queues: tuple[str, ...] = ()
     """Queues to claim from; empty means every queue of the registered handlers."""
-    lease_seconds: float = 30.0
-    """A job whose worker stops heartbeating is re-queued this long after the last beat."""
+    lease_seconds: float = 25.0
+    """A job whose worker stops heartbeating is re-queued this long after the last beat (plus
+    at most one ``rescue_interval``: with the defaults within 25 + 25/6 < 30 s)."""
     heartbeat_interval: float | None = None
     """Seconds between heartbeats (default: a third of ``lease_seconds``)."""
     rescue_interval: float | None = None
@@ -129,6 +130,12 @@ class WorkerSettings:
         """Effective rescue interval."""
         return self.rescue_interval or max(self.lease_seconds / 6, 0.05)
 
+    @property
+    def requeue_bound(self) -> float:
+        """Seconds after a dead worker's last heartbeat by which its jobs are re-queued at the
+        latest (while any worker runs): the lease plus one rescue interval."""
+        return self.lease_seconds + self.rescue_every
+
 
 _SECONDS = ("lease_seconds", "poll_interval", "listen_probe_interval")
 _SECONDS_OR_ZERO = ("flush_interval", "shutdown_grace")
@@ -153,7 +160,7 @@ def _check_settings(values: dict[str, Any]) -> None:
         values["worker_id"] = as_uuid(values["worker_id"], "worker_id")
     if "rand" in values and not callable(values["rand"]):
         raise InvalidArgumentError("rand must be a callable returning floats in [0, 1)")
-    lease = values.get("lease_seconds", 30.0)
+    lease = values.get("lease_seconds", WorkerSettings.lease_seconds)
     beat = values.get("heartbeat_interval")
     if beat is not None and beat >= lease:
         # Leases would lapse between beats and running jobs be rescued under the worker.

@@ -1,8 +1,13 @@
 """Property tests of the job state machine against the real database.
 
 Hypothesis drives random sequences of enqueue, claim (the worker's ``claim_jobs`` SQL with
-chosen worker ids), heartbeat, progress, complete, fail (with and without retry), cancel,
-release, lease expiry (the clock is moved by UPDATE, never slept), rescue and ``retry_job``.
+chosen worker ids), heartbeat, progress, complete, fail (with and without a retry request),
+cancel, release, lease expiry, clock moves, rescue and ``retry_job``, on jobs due now or later.
+
+The clock is the database's ``now()``; it is moved without sleeping by shifting every
+``run_at`` and ``lease_expires_at`` back by the same amount (the same as ``now()`` jumping
+forward), which makes delayed retries and future jobs due and leases run out. A failure always
+*asks* for a retry when Hypothesis says so: the database alone applies the retry policy.
 A model predicts every outcome; after each step the database must agree with it and:
 
 - a job has at most one live attempt: one ``processing`` row holding one token and one worker;
@@ -18,6 +23,7 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -57,9 +63,19 @@ class ModelJob:
     attempts: int = 0
     token: int = 0
     holder: uuid.UUID | None = None
-    expired: bool = False
-    due: bool = True
+    #: Seconds of (virtual) clock until the lease runs out / until ``run_at``; real time only
+    #: adds milliseconds, and every delay and clock move is a whole number of seconds >= 10.
+    lease_left: float = 0.0
+    due_in: float = 0.0
     completions: int = 0
+
+    @property
+    def expired(self) -> bool:
+        return self.status == "processing" and self.lease_left <= 0
+
+    @property
+    def due(self) -> bool:
+        return self.due_in <= 0
 
 
 @dataclass(frozen=True)
@@ -133,12 +149,12 @@ class JobStateMachine(RuleBasedStateMachine):
     def some_jobs(self, sizes: list[int]) -> Any:
         return multiple(*(self.enqueue(n) for n in sizes))
 
-    @rule(target=jobs, max_attempts=st.integers(1, 3))
-    def enqueue(self, max_attempts: int) -> uuid.UUID:
+    @rule(target=jobs, max_attempts=st.integers(1, 3), delay=st.sampled_from([0, 0, 60, 3600]))
+    def enqueue(self, max_attempts: int, delay: int = 0) -> uuid.UUID:
         params = self.runner.prepare_insert(
             f"sm.a{max_attempts}",
             {"n": len(self.model)},
-            None,
+            datetime.now(UTC) + timedelta(seconds=delay) if delay else None,
             tenant=TENANT,
             priority=0,
             singleton_key=None,
@@ -148,7 +164,8 @@ class JobStateMachine(RuleBasedStateMachine):
         )
         rows = self.run(self.q.insert_job, params)
         job_id = rows[0]["job_id"]
-        self.model[job_id] = ModelJob(job_id, max_attempts)
+        status = "pending" if delay else "queued"  # a future job waits as `pending`
+        self.model[job_id] = ModelJob(job_id, max_attempts, status=status, due_in=delay)
         return job_id
 
     @rule(target=attempts, worker=st.sampled_from(WORKERS), limit=st.integers(1, 3))
@@ -167,7 +184,7 @@ class JobStateMachine(RuleBasedStateMachine):
         for row in rows:
             job = self.model[row["job_id"]]
             assert job in claimable, f"claimed a job that was {job.status}"
-            job.status, job.holder, job.expired = "processing", worker, False
+            job.status, job.holder, job.lease_left = "processing", worker, LEASE
             job.attempts += 1
             job.token += 1
             assert row["attempts"] == job.attempts and row["lease_token"] == job.token
@@ -186,7 +203,7 @@ class JobStateMachine(RuleBasedStateMachine):
         assert held == expected
         for job in self.model.values():
             if (job.job_id, job.token) in held:
-                job.expired = False  # a beat before the rescue scan renews the lease
+                job.lease_left = LEASE  # a beat before the rescue scan renews the lease
 
     @rule(attempt=attempts, pct=st.integers(0, 100))
     def progress(self, attempt: Attempt, pct: int) -> None:
@@ -226,9 +243,10 @@ class JobStateMachine(RuleBasedStateMachine):
     @rule(attempt=attempts, wants_retry=st.booleans(), later=st.booleans())
     def fail(self, attempt: Attempt, wants_retry: bool, later: bool) -> None:
         job = self.model[attempt.job_id]
-        # As the worker decides: a retry only while the policy has attempts left.
+        # The caller asks for a retry whatever the policy says (a buggy or hostile worker);
+        # fail_jobs must refuse it once the attempts are used up.
+        retry_in = (3600.0 if later else 0.0) if wants_retry else None
         retry = wants_retry and job.attempts < job.max_attempts
-        retry_in = (3600.0 if later else 0.0) if retry else None
         live = self.is_live(attempt)
         self.fenced(
             attempt,
@@ -247,7 +265,8 @@ class JobStateMachine(RuleBasedStateMachine):
         if live:
             job.holder = None
             job.status = "retrying" if retry else "failed"
-            job.due = retry and not later
+            if retry:
+                job.due_in = retry_in or 0.0
 
     @rule(attempt=consumes(attempts))
     def release(self, attempt: Attempt) -> None:
@@ -264,7 +283,7 @@ class JobStateMachine(RuleBasedStateMachine):
         )
         if live:
             job = self.model[attempt.job_id]
-            job.status, job.holder, job.due = "queued", None, True
+            job.status, job.holder, job.due_in = "queued", None, 0.0
             job.attempts -= 1
 
     @rule(job_id=jobs)
@@ -298,7 +317,7 @@ class JobStateMachine(RuleBasedStateMachine):
         job = self.model[job_id]
         assert cur.rowcount == (1 if job.status == "processing" else 0)
         if job.status == "processing":
-            job.expired = True
+            job.lease_left = -1.0
 
     @rule()
     def rescue(self) -> None:
@@ -307,8 +326,39 @@ class JobStateMachine(RuleBasedStateMachine):
         assert {r["job_id"] for r in rows} == expected
         for job_id in expected:
             job = self.model[job_id]
-            job.holder, job.expired, job.due = None, False, True
+            job.holder, job.due_in = None, 0.0
             job.status = "failed" if job.attempts >= job.max_attempts else "retrying"
+
+    @rule(seconds=st.sampled_from([10, 30, 60, 1800, 3600]))
+    def advance_clock(self, seconds: int) -> None:
+        """The clock jumps ``seconds`` forward: delayed retries and future jobs whose time has
+        come become claimable, and leases not renewed in time run out."""
+        self.conn.execute(
+            sql.SQL(
+                "UPDATE {}.jobs SET run_at = run_at - make_interval(secs => %s), "
+                "lease_expires_at = lease_expires_at - make_interval(secs => %s) "
+                "WHERE status IN ('pending', 'queued', 'retrying', 'processing')"
+            ).format(sql.Identifier(self.schema)),
+            (seconds, seconds),
+        )
+        for job in self.model.values():
+            if job.status in LIVE:
+                job.due_in -= seconds
+                job.lease_left -= seconds
+
+    @invariant()
+    def due_jobs_are_exactly_the_claimable_ones(self) -> None:
+        """What the clock says is due agrees with the database's ``run_at <= now()``."""
+        rows = self.conn.execute(
+            sql.SQL(
+                "SELECT job_id FROM {}.jobs WHERE status IN ('pending', 'queued', 'retrying') "
+                "AND run_at <= now()"
+            ).format(sql.Identifier(self.schema))
+        ).fetchall()
+        expected = {
+            j.job_id for j in self.model.values() if j.status in LIVE - {"processing"} and j.due
+        }
+        assert {r["job_id"] for r in rows} == expected
 
     @rule(attempt=attempts)
     def lose_lease(self, attempt: Attempt) -> None:
@@ -355,7 +405,7 @@ class JobStateMachine(RuleBasedStateMachine):
         accepted = job.status in {"failed", "cancelled"}
         assert len(rows) == (1 if accepted else 0)
         if accepted:
-            job.status, job.attempts, job.due, job.holder = "queued", 0, True, None
+            job.status, job.attempts, job.due_in, job.holder = "queued", 0, 0.0, None
             self.seen_terminal.discard(job_id)  # the one sanctioned way out of a final state
 
     # -- invariants -------------------------------------------------------------------------
@@ -392,6 +442,9 @@ class JobStateMachine(RuleBasedStateMachine):
             else:
                 assert row["worker_id"] is None and row["lease_expires_at"] is None
             assert row["attempts"] <= row["max_attempts"], "attempts exceed the policy"
+            # Used-up attempts end the job: it never waits for another one.
+            if status in {"queued", "retrying", "pending"}:
+                assert row["attempts"] < row["max_attempts"], f"{job} retries past its policy"
             assert completions.get(row["job_id"], 0) == job.completions
             # Terminal stays terminal, unless an explicit retry_job moved it.
             assert not (row["job_id"] in self.seen_terminal and status not in TERMINAL), (
@@ -435,3 +488,28 @@ def test_job_state_machine(jobrunner_dsn: str, sm_schema: str) -> None:
                 suppress_health_check=list(HealthCheck),
             ),
         )
+
+
+def test_retry_requested_past_the_policy_ends_failed(jobrunner_dsn: str, sm_schema: str) -> None:
+    """The machine's shortest path to the policy check, run every time: a job with one attempt
+    fails asking for a retry (now, then later) and ends ``failed``, not ``retrying``."""
+    registry = JobHandlerRegistry()
+    registry.add("sm.a1", _handler, retry=RetryPolicy(max_attempts=1))
+    registry.add("sm.a2", _handler, retry=RetryPolicy(max_attempts=2))
+    runner = PostgresJobRunner(jobrunner_dsn, schema=sm_schema, registry=registry)
+    with psycopg.connect(jobrunner_dsn, autocommit=True, row_factory=dict_row) as conn:
+        JobStateMachine.conn = conn
+        JobStateMachine.runner = runner
+        JobStateMachine.schema = sm_schema
+        machine = JobStateMachine()
+        one = machine.enqueue(1)
+        two = machine.enqueue(2)
+        for later in (False, True, False):
+            for attempt in machine.claim(WORKERS[0], 3).values:
+                machine.fail(attempt, wants_retry=True, later=later)
+            machine.advance_clock(3600)
+            machine.database_agrees_with_model()
+            machine.due_jobs_are_exactly_the_claimable_ones()
+        assert machine.model[one].status == machine.model[two].status == "failed"
+        assert (machine.model[one].attempts, machine.model[two].attempts) == (1, 2)
+        machine.teardown()

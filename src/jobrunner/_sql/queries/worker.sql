@@ -71,6 +71,8 @@ FROM updated
 RETURNING job_id
 
 -- name: fail_jobs
+-- The database enforces the retry policy: a retry is honoured only while attempts remain
+-- (attempts < max_attempts); otherwise the job ends `failed`, whatever retry_in the caller sent.
 WITH failed AS (
     SELECT * FROM unnest(%(tenants)s::uuid[], %(job_ids)s::uuid[], %(tokens)s::bigint[],
                          %(errors)s::text[], %(retry_in)s::float8[],
@@ -78,19 +80,23 @@ WITH failed AS (
         AS f(tenant, job_id, token, error, retry_in, started_at, duration_ms)
 ), updated AS (
     UPDATE {schema}.jobs j
-    SET status = (CASE WHEN f.retry_in IS NULL THEN 'failed' ELSE 'retrying' END)
+    SET status = (CASE WHEN f.retry_in IS NULL OR j.attempts >= j.max_attempts THEN 'failed'
+                       ELSE 'retrying' END)
                  ::{schema}.job_status,
         error = f.error::jsonb,
-        run_at = CASE WHEN f.retry_in IS NULL THEN j.run_at
+        run_at = CASE WHEN f.retry_in IS NULL OR j.attempts >= j.max_attempts THEN j.run_at
                       ELSE now() + make_interval(secs => f.retry_in) END,
-        completed_at = CASE WHEN f.retry_in IS NULL THEN now() END,
+        completed_at = CASE WHEN f.retry_in IS NULL OR j.attempts >= j.max_attempts
+                            THEN now() END,
         updated_at = timezone('utc', now()),
         lease_expires_at = NULL, worker_id = NULL
     FROM failed f
     WHERE j.tenant = f.tenant AND j.job_id = f.job_id AND j.lease_token = f.token
       AND j.status::text = 'processing'  -- `::text`: see complete_jobs
-    RETURNING j.tenant, j.job_id, j.attempts, j.run_at, f.retry_in, f.error::jsonb AS error, f.started_at,
-              f.duration_ms
+    RETURNING j.tenant, j.job_id, j.attempts, j.run_at,
+              CASE WHEN j.attempts < j.max_attempts THEN f.retry_in END AS retry_in,
+              f.error::jsonb AS error,
+              f.started_at, f.duration_ms
 )
 INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
                                   retry_count, metadata)

@@ -121,6 +121,16 @@ async def _check_claim(runner: PostgresJobRunner, *, generic: bool) -> None:
     assert lock_rows, nodes
     sorts = [s for lr in lock_rows for s in _nodes(lr) if s["Node Type"] == "Sort"]
     assert not sorts, (generic, sorts)
+    # The flow_state guard is read FOR SHARE (docs/fairness.md) by one InitPlan of its own,
+    # by its primary key: a row lock per statement, not per candidate row.
+    guard = [
+        lr
+        for lr in lock_rows
+        if lr.get("Parent Relationship") == "InitPlan"
+        and any(n.get("Relation Name") == "flow_state" for n in _nodes(lr))
+    ]
+    assert guard, (generic, nodes)
+    assert all(n["Node Type"] == "Index Scan" for g in guard for n in _nodes(g)[1:]), guard
 
 
 async def _check_complete(runner: PostgresJobRunner, *, generic: bool) -> None:

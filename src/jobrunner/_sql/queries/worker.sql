@@ -16,8 +16,12 @@ WITH picked AS (
         SELECT ctid AS row_ctid, priority, run_at, job_id FROM {schema}.jobs
         WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
           AND queue = q.name AND run_at <= now()
-          -- flow control on (0004_fairness): only claim_jobs_fair may claim, under its lock
-          AND NOT coalesce((SELECT enabled FROM {schema}.flow_state WHERE id), false)
+          -- flow control on (0004_fairness): only claim_jobs_fair may claim, under its lock.
+          -- FOR SHARE (docs/fairness.md): the UPDATE that switches flow control on waits
+          -- until every plain claim in flight has committed, and a claim that starts while
+          -- it is pending waits for it and then reads the new row, so no plain claim can
+          -- commit past a rule. One InitPlan, evaluated once per statement.
+          AND NOT coalesce((SELECT enabled FROM {schema}.flow_state WHERE id FOR SHARE), false)
         ORDER BY priority DESC, run_at, job_id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED

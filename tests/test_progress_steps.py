@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from apps.helpers import details, eventually, job_row
+from apps.helpers import details, eventually, fetch, job_row
 from jobrunner import InvalidArgumentError, JobContext, JobHandlerRegistry, JobStatus, RetryPolicy
 from jobrunner._context import PROGRESS_INTERVAL
 from jobrunner.backends.postgres import PostgresJobRunner
@@ -183,5 +183,133 @@ def test_progress_arguments_validated() -> None:
             async with ctx.step(""):
                 pass
         await ctx.set_progress(5.5, "no sink: accepted, not stored")
+
+    asyncio.run(go())
+
+
+async def test_sync_overrun_writes_nothing_after_its_failure(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    """A sync handler past its timeout keeps running in its thread, but its late step and
+    progress writes are fenced off: a step open at the timeout is never completed, a step
+    started afterwards writes no row, and its progress is dropped, even while the job's next
+    attempt is ``processing`` (a new lease token)."""
+    release = threading.Event()
+    second_started = threading.Event()
+    late_done = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def handler(ctx: Any, data: dict[str, Any]) -> str:
+        if ctx.attempt == 1:
+            with ctx.step("open-at-timeout") as open_step:
+                assert release.wait(30)
+                open_step.result = {"late": True}
+            seen["cancelled"] = ctx.is_cancelled()
+            ctx.set_progress(90, "too late")
+            with ctx.step("after-timeout") as late:
+                late.result = {"late": True}
+            seen["recorded"] = late.recorded
+            late_done.set()
+            return "late result"
+        second_started.set()
+        assert late_done.wait(30)
+        return "second"
+
+    registry.add(
+        "sync-overrun-steps",
+        handler,
+        timeout=1.0,
+        retry=RetryPolicy(max_attempts=2, initial_interval=0.05, max_interval=0.05),
+    )
+    async with running_worker(runner, rand=lambda: 0.5):
+        handle = await runner.schedule_job("sync-overrun-steps", {})
+        # attempt 1 timed out and was recorded; attempt 2 holds the lease now
+        assert await asyncio.to_thread(second_started.wait, 30)
+        (attempt_row,) = await details(runner, handle.job_id, "attempt")
+        assert attempt_row["status"] == "failed" and attempt_row["retry_count"] == 1
+        row = await job_row(runner, handle.job_id)
+        assert row["status"] == "processing" and row["attempts"] == 2
+        release.set()
+        info = await runner.wait_for_job(handle.job_id, timeout=30)
+    assert seen == {"cancelled": True, "recorded": False}
+    assert info.status is JobStatus.COMPLETED and info.result == "second"
+    assert info.progress_message != "too late"
+    rows = await details(runner, handle.job_id)
+    assert not [r for r in rows if r["step_name"] == "after-timeout"]
+    (open_row,) = [r for r in rows if r["step_name"] == "open-at-timeout"]
+    assert open_row["status"] == "processing" and open_row["result"] is None
+
+
+async def _claimed(runner: PostgresJobRunner, registry: JobHandlerRegistry) -> JobContext:
+    """A job marked ``processing`` by a (simulated) claim, and a context for that attempt."""
+    registry.add("fenced", lambda ctx, data: None)
+    handle = await runner.schedule_job("fenced", {})
+    (row,) = await fetch(
+        runner,
+        "UPDATE {schema}.jobs SET status = 'processing', attempts = 1, "
+        "lease_token = lease_token + 1, lease_expires_at = now() + interval '1 minute' "
+        "WHERE job_id = %s RETURNING lease_token",
+        handle.job_id,
+    )
+    return JobContext(
+        job_id=handle.job_id,
+        name="fenced",
+        tenant=handle.tenant,
+        attempt=1,
+        lease_token=row["lease_token"],
+        _sink=runner.store,
+    )
+
+
+async def test_stale_lease_token_cannot_write_a_step(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    current = await _claimed(runner, registry)
+    stale = JobContext(
+        job_id=current.job_id,
+        name="fenced",
+        tenant=current.tenant,
+        attempt=1,
+        lease_token=current.lease_token - 1,
+        _sink=runner.store,
+    )
+    with pytest.raises(asyncio.CancelledError):
+        async with stale.step("stale"):
+            pytest.fail("a fenced-off step must not run its block")
+    assert stale.is_cancelled() and not current.is_cancelled()
+    assert await details(runner, current.job_id) == []
+    # the holder of the lease writes; once its lease is taken over it cannot finish the row
+    async with current.step("mine") as step:
+        step.result = {"ok": 1}
+        await fetch(
+            runner,
+            "UPDATE {schema}.jobs SET lease_token = lease_token + 1 WHERE job_id = %s",
+            current.job_id,
+        )
+    (row,) = await details(runner, current.job_id)
+    assert row["step_name"] == "mine" and row["status"] == "processing" and row["result"] is None
+
+
+async def test_step_fenced_once_the_job_is_not_processing(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    ctx = await _claimed(runner, registry)
+    await fetch(runner, "UPDATE {schema}.jobs SET status = 'failed' WHERE job_id = %s", ctx.job_id)
+    with pytest.raises(asyncio.CancelledError):
+        async with ctx.step("after-outcome"):
+            pass
+    assert await details(runner, ctx.job_id) == []
+
+
+def test_step_after_cancellation_raises_cancelled() -> None:
+    ctx = JobContext(job_id=uuid.uuid4(), name="n", tenant=uuid.uuid4(), attempt=1)
+
+    async def go() -> None:
+        async with ctx.step("before") as before:
+            assert before.recorded is False  # no sink: nothing to record
+        ctx.mark_cancelled()
+        with pytest.raises(asyncio.CancelledError):
+            async with ctx.step("after"):
+                pytest.fail("must not run")
 
     asyncio.run(go())

@@ -60,7 +60,9 @@ async def retry_transient(
         UnavailableError: still unreachable after ``timeout`` seconds (the last error chained).
     """
     deadline = time.monotonic() + timeout
-    backoff = tenacity.wait_exponential_jitter(initial=initial, max=max_wait, jitter=initial)
+    backoff = tenacity.wait_exponential(multiplier=initial, max=max_wait) + tenacity.wait_random(
+        0, initial
+    )
 
     def wait(state: tenacity.RetryCallState) -> float:
         # Never sleep past the deadline: the last attempt happens at it.

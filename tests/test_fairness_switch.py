@@ -58,7 +58,7 @@ async def _wait_for_lock_wait(
             if row and row["n"]:
                 return
             assert time.monotonic() < deadline, "no backend waits on a lock"
-            await asyncio.sleep(0.01)  # noqa: ASYNC110 - a condition of another session
+            await asyncio.sleep(0.01)
 
 
 async def test_switching_on_waits_for_a_plain_claim_in_flight(make_runner: MakeRunner) -> None:

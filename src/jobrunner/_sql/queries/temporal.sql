@@ -163,16 +163,46 @@ WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
   AND status IN ('pending', 'queued', 'processing', 'retrying')
 
 -- name: temporal_insert_run
+-- The row of a run fired by a Temporal Schedule. scheduled_for is the tick: the unique index
+-- jobs_schedule_tick_idx (tenant, schedule_id, scheduled_for) makes a second firing of the same
+-- tick insert nothing (as does an activity retry, by job_id). Returns the row only if inserted.
 INSERT INTO {schema}.jobs (
     tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
-    external_id, external_run_id, queue, priority, run_at, data, max_attempts, schedule_id
+    external_id, external_run_id, queue, priority, run_at, data, max_attempts, schedule_id,
+    scheduled_for
 )
 VALUES (
     %(tenant)s, %(job_id)s, %(name)s, %(metadata)s, 'queued', timezone('utc', now()),
     timezone('utc', now()), %(user_id)s, 'temporal', %(external_id)s, %(external_run_id)s,
-    %(queue)s, %(priority)s, now(), %(data)s, %(max_attempts)s, %(schedule_id)s
+    %(queue)s, %(priority)s, now(), %(data)s, %(max_attempts)s, %(schedule_id)s,
+    %(scheduled_for)s
 )
 ON CONFLICT DO NOTHING
+RETURNING job_id
+
+-- name: temporal_run_exists
+SELECT job_id FROM {schema}.jobs
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s
+
+-- name: temporal_lock_tracker
+-- A scheduled run's tracker, locked while the run decides and registers (runs of one schedule
+-- register one at a time; the tracker's last_* keys follow the newest tick).
+SELECT job_id, metadata, external_id, status FROM {schema}.jobs
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+FOR UPDATE
+
+-- name: temporal_patch_tracker
+-- Merge %(patch)s into a live tracker's metadata; add %(skipped)s to skipped_ticks; the
+-- tracker's run_at follows next_run_at (as on PostgreSQL).
+UPDATE {schema}.jobs
+SET metadata = coalesce(metadata, '{{}}'::jsonb) || %(patch)s::jsonb
+               || jsonb_build_object('skipped_ticks',
+                                     coalesce((metadata ->> 'skipped_ticks')::bigint, 0)
+                                     + %(skipped)s::bigint),
+    run_at = coalesce(%(next_run_at)s::timestamptz, run_at),
+    updated_at = timezone('utc', now())
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+  AND status = 'active'
 
 -- name: temporal_reset_for_retry
 UPDATE {schema}.jobs
@@ -182,6 +212,10 @@ SET status = 'queued', attempts = 0, error = NULL, result = NULL, progress = 0,
     external_run_id = NULL
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
   AND status IN ('failed', 'cancelled')
+  -- A removed schedule's tracker is history, never a job to run (the trigger of migration
+  -- 0002 refuses it too; this also covers trackers cancelled before schedule_removed existed).
+  AND NOT (coalesce(metadata, '{{}}'::jsonb) ? 'schedule_removed')
+  AND coalesce(metadata ->> 'kind', '') <> 'temporal_schedule'
 RETURNING job_id, type, data, queue, priority, user_id, metadata, external_id, schedule_id
 
 -- name: temporal_get_tracker
@@ -209,8 +243,18 @@ ON CONFLICT DO NOTHING
 RETURNING job_id
 
 -- name: temporal_update_tracker
+-- Rewrites the tracker from the schedule; what the runs maintain (last run, skipped ticks) and
+-- the next run (refreshed from Temporal right after) are kept.
 UPDATE {schema}.jobs
-SET type = %(name)s, metadata = %(metadata)s, data = %(data)s, queue = %(queue)s,
+SET type = %(name)s,
+    metadata = %(metadata)s::jsonb
+               || jsonb_strip_nulls(jsonb_build_object(
+                      'next_run_at', metadata -> 'next_run_at',
+                      'last_run_at', metadata -> 'last_run_at',
+                      'last_job_id', metadata -> 'last_job_id',
+                      'last_run_status', metadata -> 'last_run_status',
+                      'skipped_ticks', metadata -> 'skipped_ticks')),
+    data = %(data)s, queue = %(queue)s,
     priority = %(priority)s, user_id = %(user_id)s, max_attempts = %(max_attempts)s,
     updated_at = timezone('utc', now())
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
@@ -219,15 +263,22 @@ RETURNING job_id
 
 -- name: temporal_set_tracker_paused
 UPDATE {schema}.jobs
-SET metadata = coalesce(metadata, '{{}}'::jsonb) || jsonb_build_object('paused', %(paused)s::boolean),
+SET metadata = coalesce(metadata, '{{}}'::jsonb)
+               || jsonb_build_object('paused', %(paused)s::boolean,
+                                     'next_run_at', %(next_run_at)s::text),
+    run_at = coalesce(%(next_run_at)s::timestamptz, run_at),
     updated_at = timezone('utc', now())
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
   AND status = 'active'
 
 -- name: temporal_cancel_tracker
+-- The tracker stays as history marked schedule_removed, which the trigger of migration 0002
+-- keeps cancelled (retry_job cannot revive it), as on PostgreSQL.
 UPDATE {schema}.jobs
 SET status = 'cancelled', completed_at = now(), updated_at = timezone('utc', now()),
     metadata = coalesce(metadata, '{{}}'::jsonb)
+               || jsonb_build_object('paused', true, 'next_run_at', NULL,
+                                     'schedule_removed', true)
                || jsonb_strip_nulls(jsonb_build_object('cancel_reason', %(reason)s::text,
                                                        'cancelled_by', %(cancelled_by)s::text))
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
@@ -238,11 +289,13 @@ RETURNING job_id, external_id
 SELECT job_id, tenant, type, data, metadata, external_id, singleton_key, created_at
 FROM {schema}.jobs
 WHERE tenant = %(tenant)s AND runner_type = 'temporal' AND status = 'active'
-  AND metadata ->> 'kind' = 'temporal_schedule'
+  AND (metadata ->> 'recurring' = 'true' OR metadata ->> 'kind' = 'temporal_schedule')
 ORDER BY created_at, job_id
 
 -- name: temporal_last_runs
-SELECT DISTINCT ON (schedule_id) schedule_id, job_id, status, created_at
+-- The newest tick of each schedule (runs from before scheduled_for was set: by creation).
+SELECT DISTINCT ON (schedule_id) schedule_id, job_id, status,
+       coalesce(scheduled_for, created_at) AS run_at
 FROM {schema}.jobs
 WHERE tenant = %(tenant)s AND schedule_id = ANY(%(schedule_ids)s::uuid[])
-ORDER BY schedule_id, created_at DESC, job_id
+ORDER BY schedule_id, coalesce(scheduled_for, created_at) DESC, job_id

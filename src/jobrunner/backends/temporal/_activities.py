@@ -17,7 +17,7 @@ import time
 import uuid
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg.types.json import Jsonb
 from temporalio import activity
@@ -25,11 +25,19 @@ from temporalio.exceptions import ApplicationError
 
 from jobrunner._context import JobContext, SyncJobContext
 from jobrunner._db._store import JobStore
-from jobrunner._errors import HandlerNotFoundError, NonRetryable, Retry, UnavailableError
-from jobrunner._models import JobStatus
+from jobrunner._errors import (
+    HandlerNotFoundError,
+    NonRetryable,
+    Retry,
+    ScheduleError,
+    UnavailableError,
+)
+from jobrunner._models import JobStatus, MissedTickPolicy, OverlapPolicy
 from jobrunner._outcome import decide_failure, describe_error, timeout_error
 from jobrunner._policy import RetryPolicy
+from jobrunner._recurrence import Recurrence, parse_recurrence
 from jobrunner._validation import SYSTEM_USER
+from jobrunner.backends.temporal import _schedules
 from jobrunner.backends.temporal._types import (
     FINISH_ACTIVITY,
     PROGRESS_ACTIVITY,
@@ -312,26 +320,130 @@ class JobActivities:
             return await cur.fetchone() is not None
 
     @activity.defn(name=REGISTER_RUN_ACTIVITY)
-    async def register_run(self, inp: RegisterRunInput) -> None:
-        """Insert the row of a run fired by a Temporal Schedule (idempotent)."""
+    async def register_run(self, inp: RegisterRunInput) -> str | None:
+        """Insert the row of a run fired by a Temporal Schedule; idempotent.
+
+        Returns ``None`` when the run goes ahead, else why it does not: its tick has its job
+        already (``duplicate``: the unique ``(tenant, schedule_id, scheduled_for)`` key) or
+        the schedule's missed-tick policy drops it (see ``_schedules.tick_decision``). The
+        tracker's ``last_run_*``, ``skipped_ticks`` and ``next_run_at`` follow.
+        """
         info = activity.info()
         job = inp.job
+        tenant = uuid.UUID(job.tenant)
+        job_id = uuid.UUID(inp.job_id)
+        tracker_id = uuid.UUID(job.schedule_id) if job.schedule_id else None
+        nominal = _parse_time(inp.scheduled_for)
+        now = datetime.now(UTC)
+        temporal_id: str | None = None
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                self.q.temporal_run_exists, {"tenant": tenant, "job_id": job_id}
+            )
+            if await cur.fetchone() is not None:
+                return None  # this activity's earlier attempt registered the run
+            tracker: dict[str, Any] | None = None
+            if tracker_id is not None:
+                cur = await conn.execute(
+                    self.q.temporal_lock_tracker, {"tenant": tenant, "job_id": tracker_id}
+                )
+                tracker = await cur.fetchone()
+            live = tracker is not None and tracker["status"] == JobStatus.ACTIVE.value
+            meta: dict[str, Any] = dict(tracker["metadata"] or {}) if tracker else {}
+            if tracker is not None:
+                temporal_id = tracker["external_id"]
+            rec = _recurrence_of(meta)
+            tick = nominal
+            if tick is not None and rec is not None:
+                tick = _schedules.canonical_tick(tick, rec)
+                offset = meta.get("interval_offset_seconds")
+                if not _schedules.is_tick(rec, tick, offset if isinstance(offset, int) else None):
+                    rec = None  # a manual trigger: runs as asked, not keyed by a tick
+            reason: str | None = None
+            if live and rec is not None and tick is not None:
+                reason = _schedules.tick_decision(
+                    rec,
+                    tick,
+                    now,
+                    missed_ticks=_enum(MissedTickPolicy, meta.get("missed_ticks"), "latest"),
+                    overlap=_enum(OverlapPolicy, meta.get("overlap"), "allow"),
+                    max_catch_up=int(meta.get("max_catch_up") or 10),
+                )
+            if reason is None:
+                run_meta = dict(job.metadata or {})
+                if tracker_id is not None:
+                    run_meta["schedule_id"] = str(tracker_id)
+                run_meta["scheduled_for"] = _schedules.iso(tick if rec is not None else nominal)
+                cur = await conn.execute(
+                    self.q.temporal_insert_run,
+                    {
+                        "tenant": tenant,
+                        "job_id": job_id,
+                        "name": job.name,
+                        "metadata": Jsonb(run_meta),
+                        "user_id": uuid.UUID(job.user_id) if job.user_id else SYSTEM_USER,
+                        "external_id": info.workflow_id,
+                        "external_run_id": info.workflow_run_id,
+                        "queue": job.queue,
+                        "priority": job.priority,
+                        "data": Jsonb(job.data or {}),
+                        "max_attempts": job.policy.max_attempts if job.policy else 3,
+                        "schedule_id": tracker_id,
+                        "scheduled_for": tick if rec is not None else None,
+                    },
+                )
+                if await cur.fetchone() is None:
+                    reason = "duplicate"
+            if live and tracker_id is not None:
+                patch: dict[str, Any] = {}
+                last = _parse_time(meta.get("last_run_at"))
+                if reason is None and (last is None or tick is None or tick >= last):
+                    patch = {
+                        "last_run_at": _schedules.iso(tick or now),
+                        "last_job_id": str(job_id),
+                        "last_run_status": JobStatus.QUEUED.value,
+                    }
+                await conn.execute(
+                    self.q.temporal_patch_tracker,
+                    {
+                        "tenant": tenant,
+                        "job_id": tracker_id,
+                        "patch": Jsonb(patch),
+                        "skipped": 0 if reason is None else 1,
+                        "next_run_at": None,
+                    },
+                )
+        if reason is not None:
+            logger.info(
+                "scheduled run of %s for %s skipped: %s",
+                job.name,
+                _schedules.iso(tick) or "an unknown tick",
+                reason,
+            )
+        if tracker_id is not None and temporal_id:
+            await self._refresh_next_run(tenant, tracker_id, temporal_id)
+        return reason
+
+    async def _refresh_next_run(
+        self, tenant: uuid.UUID, tracker_id: uuid.UUID, temporal_id: str
+    ) -> None:
+        """The tracker's ``next_run_at`` from the Temporal Schedule's next action time."""
+        try:
+            desc = await activity.client().get_schedule_handle(temporal_id).describe()
+        except Exception:  # informational only; never fails the run
+            logger.debug("could not describe schedule %s", temporal_id, exc_info=True)
+            return
+        times = desc.info.next_action_times
+        next_run = None if desc.schedule.state.paused or not times else times[0]
         async with self.db.connection() as conn:
             await conn.execute(
-                self.q.temporal_insert_run,
+                self.q.temporal_patch_tracker,
                 {
-                    "tenant": uuid.UUID(job.tenant),
-                    "job_id": uuid.UUID(inp.job_id),
-                    "name": job.name,
-                    "metadata": Jsonb(job.metadata or {}),
-                    "user_id": uuid.UUID(job.user_id) if job.user_id else SYSTEM_USER,
-                    "external_id": info.workflow_id,
-                    "external_run_id": info.workflow_run_id,
-                    "queue": job.queue,
-                    "priority": job.priority,
-                    "data": Jsonb(job.data or {}),
-                    "max_attempts": job.policy.max_attempts if job.policy else 3,
-                    "schedule_id": uuid.UUID(job.schedule_id) if job.schedule_id else None,
+                    "tenant": tenant,
+                    "job_id": tracker_id,
+                    "patch": Jsonb({"next_run_at": _schedules.iso(next_run)}),
+                    "skipped": 0,
+                    "next_run_at": next_run,
                 },
             )
 
@@ -383,6 +495,36 @@ class _ProgressMirror:
         self, ctx: JobContext, detail_id: uuid.UUID, *, ok: bool, result: Any, error: Any
     ) -> None:
         await self.store.finish_step(ctx, detail_id, ok=ok, result=result, error=error)
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _recurrence_of(meta: dict[str, Any]) -> Recurrence | None:
+    expression = meta.get("expression")
+    if not isinstance(expression, str):
+        return None
+    try:
+        return parse_recurrence(expression, meta.get("timezone") or "UTC")
+    except ScheduleError:
+        return None
+
+
+_E = TypeVar("_E", MissedTickPolicy, OverlapPolicy)
+
+
+def _enum(kind: type[_E], value: object, default: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        return kind(default)
 
 
 def _policy_from_input(policy: PolicyInput) -> RetryPolicy:

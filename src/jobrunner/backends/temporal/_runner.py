@@ -678,9 +678,17 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             )
         tracker_id = existing["job_id"] if existing is not None else uuid.uuid4()
         paused = False
+        offset: timedelta | None = None
         if existing is not None:
             tracker = await self._tracker(tenant_id, tracker_id)
-            paused = bool(tracker and (tracker["metadata"] or {}).get("paused"))
+            old_meta = dict(tracker["metadata"] or {}) if tracker else {}
+            paused = bool(old_meta.get("paused"))
+            kept = old_meta.get("interval_offset_seconds")
+            if old_meta.get("expression") == args.recurrence.expression and isinstance(kept, int):
+                # Same interval: keep its grid (as PostgreSQL keeps next_run_at).
+                offset = timedelta(seconds=kept)
+        if args.recurrence.interval is not None and offset is None:
+            offset = _schedules.interval_offset_for(args.recurrence.interval, datetime.now(UTC))
         row_meta = _schedules.describe_metadata(
             recurrence=args.recurrence,
             timezone=args.recurrence.timezone,
@@ -689,6 +697,10 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             max_catch_up=args.max_catch_up,
             extra=req.metadata,
             paused=paused,
+            tracker_id=tracker_id,
+            schedule_id=schedule_id,
+            singleton_key=req.singleton_key or schedule_id,
+            interval_offset=offset,
         )
         job = JobInput(
             job_id=None,
@@ -713,6 +725,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             overlap=args.overlap,
             max_catch_up=args.max_catch_up,
             paused=paused,
+            interval_offset=offset,
         )
         params = {
             "tenant": tenant_id,
@@ -775,10 +788,12 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
                     raise UnavailableError(
                         f"could not create Temporal schedule {schedule_id}: {exc}"
                     ) from exc
+            await self._refresh_next_run(tenant_id, tracker_id, schedule_id)
             return ScheduledJob(job_id=tracker_id, external_id=schedule_id, tenant=tenant_id)
         await self._update_schedule(schedule_id, schedule)
         async with self.db.connection() as conn:
             await conn.execute(self.db.queries.temporal_update_tracker, params)
+        await self._refresh_next_run(tenant_id, tracker_id, schedule_id)
         return ScheduledJob(
             job_id=tracker_id, external_id=schedule_id, tenant=tenant_id, created=False
         )
@@ -800,6 +815,32 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             raise UnavailableError(
                 f"could not update Temporal schedule {schedule_id}: {exc}"
             ) from exc
+
+    async def _next_action(self, schedule_id: str) -> datetime | None:
+        """The Temporal Schedule's next action time (``None`` when paused or unknown)."""
+        try:
+            desc = await self.client.get_schedule_handle(schedule_id).describe()
+        except RPCError as exc:
+            logger.warning("could not describe Temporal schedule %s: %s", schedule_id, exc)
+            return None
+        times = desc.info.next_action_times
+        return None if desc.schedule.state.paused or not times else times[0]
+
+    async def _refresh_next_run(
+        self, tenant: uuid.UUID, tracker_id: uuid.UUID, schedule_id: str
+    ) -> None:
+        next_run = await self._next_action(schedule_id)
+        async with self.db.connection() as conn:
+            await conn.execute(
+                self.db.queries.temporal_patch_tracker,
+                {
+                    "tenant": tenant,
+                    "job_id": tracker_id,
+                    "patch": Jsonb({"next_run_at": _schedules.iso(next_run)}),
+                    "skipped": 0,
+                    "next_run_at": next_run,
+                },
+            )
 
     async def _tracker(self, tenant: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any] | None:
         async with self.db.connection() as conn:
@@ -873,7 +914,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
                 data=dict(t["data"] or {}),
                 paused=paused,
                 next_run_at=next_run,
-                last_run_at=_aware(run["created_at"]) if run else None,
+                last_run_at=_aware(run["run_at"]) if run else None,
                 last_run_status=JobStatus(run["status"]) if run else None,
                 last_job_id=run["job_id"] if run else None,
                 missed_ticks=MissedTickPolicy(meta.get("missed_ticks", "latest")),
@@ -912,10 +953,16 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             raise UnavailableError(
                 f"could not {'pause' if paused else 'resume'} schedule: {exc}"
             ) from exc
+        next_run = None if paused else await self._next_action(tracker["external_id"])
         async with self.db.connection() as conn:
             await conn.execute(
                 self.db.queries.temporal_set_tracker_paused,
-                {"tenant": tenant_id, "job_id": key, "paused": paused},
+                {
+                    "tenant": tenant_id,
+                    "job_id": key,
+                    "paused": paused,
+                    "next_run_at": _schedules.iso(next_run),
+                },
             )
         return True
 

@@ -89,6 +89,8 @@ class RegisterRunInput:
 
     job_id: str
     job: JobInput
+    scheduled_for: str | None = None
+    """The tick's nominal time (ISO 8601) as Temporal passed it, ``None`` if unknown."""
 
 
 @dataclass

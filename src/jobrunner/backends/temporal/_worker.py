@@ -40,6 +40,8 @@ _IGNORED_OPTIONS = frozenset(
         "flush_max",
         "listen_probe_interval",
         "rand",
+        # Temporal Schedules fire recurring jobs on the server; there is no scheduler loop.
+        "run_scheduler",
     }
 )
 

@@ -8,11 +8,13 @@ nothing heavy into the workflow sandbox.
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetryPolicy
+from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -95,12 +97,18 @@ class JobWorkflow:
         if job.job_id is None:
             # A Temporal Schedule fired: this run's row does not exist yet.
             self._job_id = str(workflow.uuid4())
-            await workflow.execute_activity(
+            skipped = await workflow.execute_activity(
                 REGISTER_RUN_ACTIVITY,
-                RegisterRunInput(job_id=self._job_id, job=job),
+                RegisterRunInput(job_id=self._job_id, job=job, scheduled_for=_scheduled_time()),
                 start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
                 retry_policy=_BOOKKEEPING_RETRY,
             )
+            if skipped:
+                # This tick has its job already, or the missed-tick policy drops it: no row of
+                # ours exists and the handler does not run.
+                self._step = "skipped"
+                self._completed_at = workflow.now().isoformat()
+                return {"skipped": True, "reason": skipped}
         else:
             self._job_id = job.job_id
         # Signal handlers may still be writing progress: let them finish before the workflow
@@ -270,6 +278,22 @@ class JobWorkflow:
             "started_at": self._started_at,
             "completed_at": self._completed_at,
         }
+
+
+_SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+# A scheduled workflow's id ends with its nominal time: ``<action id>-2026-12-02T08:00:00Z``.
+_ID_TIME = re.compile(r"-(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)$")
+
+
+def _scheduled_time() -> str | None:
+    """The nominal time of the tick that started this workflow (Temporal sets the
+    ``TemporalScheduledStartTime`` search attribute; older servers only the id suffix)."""
+    info = workflow.info()
+    when = info.typed_search_attributes.get(_SCHEDULED_START)
+    if when is not None:
+        return when.isoformat()
+    match = _ID_TIME.search(info.workflow_id)
+    return match[1].replace("Z", "+00:00") if match else None
 
 
 def _describe(cause: BaseException | None) -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """Tenant isolation: through the API (async and sync), the CLI and the dashboard another
 tenant's job is "not found" and untouched; with ``jobrunner migrate --rls`` PostgreSQL itself
-keeps a non-owner role to the tenant in ``jobrunner.tenant``, even with hand-written SQL."""
+keeps a non-owner role to the tenants granted to it (``jobrunner tenants grant``), even with
+hand-written SQL, ``SET jobrunner.tenant`` and ``SET ROLE``."""
 
 from __future__ import annotations
 
@@ -260,7 +261,45 @@ def _as_role(dsn: str, role: str) -> psycopg.Connection[Any]:
     return psycopg.connect(psycopg.conninfo.make_conninfo(**params), autocommit=True)
 
 
-def test_rls_keeps_a_non_owner_role_to_its_tenant(
+def _grant_dml(dsn: str, schema: str, role: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.Identifier(schema), sql.Identifier(role)
+            )
+        )
+
+
+def _flow_rows(env: dict[str, Any]) -> None:
+    """Rows in the other tenant tables: a flow rule per tenant and a global one (NULL tenant),
+    stride passes, and a rate event of A's rule."""
+    s = sql.Identifier(env["schema"])
+    with psycopg.connect(env["dsn"], autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {s}.flow_rules (tenant, name, max_running) VALUES "
+                "(%s, NULL, 5), (%s, NULL, 5), (NULL, 'ok', 3)"
+            ).format(s=s),
+            (A, B),
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {s}.flow_tenant_pass (tenant) VALUES (%s), (%s)").format(s=s),
+            (A, B),
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {s}.flow_rate_events (rule_id, at) "
+                "SELECT rule_id, now() FROM {s}.flow_rules WHERE tenant = %s"
+            ).format(s=s),
+            (A,),
+        )
+
+
+#: Every tenant-scoped table -> the rows each tenant has in it after ``_flow_rows``.
+TENANT_TABLES = ["jobs", "job_details", "schedules", "flow_rules", "flow_tenant_pass"]
+
+
+def test_rls_keeps_a_non_owner_role_to_its_granted_tenant(
     two_tenants: dict[str, Any],
     restricted_role: str,
     monkeypatch: pytest.MonkeyPatch,
@@ -270,62 +309,44 @@ def test_rls_keeps_a_non_owner_role_to_its_tenant(
     monkeypatch.setenv("JOBRUNNER_DATABASE_URL", env["dsn"])
     monkeypatch.setenv("JOBRUNNER_SCHEMA", env["schema"])
     s = sql.Identifier(env["schema"])
+    _flow_rows(env)
 
     # Before: the plain grant shows every tenant's rows (the test can fail).
     with _as_role(env["dsn"], restricted_role) as conn:
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(s)).fetchone() == (4,)
 
     assert cli_main(["migrate", "--rls"]) == 0
-    assert "row-level security on" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "row-level security on" in out
+    for table in TENANT_TABLES:
+        assert table in out
     assert cli_main(["migrate", "--rls"]) == 0  # idempotent
-
-    with _as_role(env["dsn"], restricted_role) as conn:
-
-        def count(query: str, *params: Any) -> int:
-            row = conn.execute(sql.SQL(query).format(s=s), params).fetchone()
-            return int(row[0]) if row else -1
-
-        # No tenant set: nothing at all.
-        assert count("SELECT count(*) FROM {s}.jobs") == 0
-        assert count("SELECT count(*) FROM {s}.job_details") == 0
-        conn.execute("SELECT set_config('jobrunner.tenant', %s, false)", (str(B),))
-        assert count("SELECT count(*) FROM {s}.jobs") == 1
-        # Hand-written attempts at A's rows find nothing and change nothing.
-        assert count("SELECT count(*) FROM {s}.jobs WHERE tenant = %s", A) == 0
-        assert count("SELECT count(*) FROM {s}.jobs WHERE tenant = %s OR 1 = 1", A) == 1
-        assert count("SELECT count(*) FROM {s}.job_details WHERE tenant = %s", A) == 0
-        assert (
-            count(
-                "SELECT count(*) FROM {s}.jobs j WHERE EXISTS (SELECT 1 FROM {s}.jobs o "
-                "WHERE o.tenant = %s)",
-                A,
-            )
-            == 0
-        )
-        with unchanged(env):
-            upd = conn.execute(
-                sql.SQL("UPDATE {}.jobs SET priority = 9 WHERE tenant = %s").format(s), (A,)
-            )
-            assert upd.rowcount == 0
-            dele = conn.execute(
-                sql.SQL("DELETE FROM {}.job_details WHERE tenant = %s").format(s), (A,)
-            )
-            assert dele.rowcount == 0
-            # Moving own rows to A, or writing rows for A, is refused.
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(sql.SQL("UPDATE {}.jobs SET tenant = %s").format(s), (A,))
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {}.jobs (tenant, type, status, user_id) VALUES "
-                        "(%s, 'x', 'queued', %s)"
-                    ).format(s),
-                    (A, A),
-                )
-        # A malformed setting is an error, never a wider view.
-        conn.execute("SELECT set_config('jobrunner.tenant', %s, false)", ("' OR true --",))
-        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
-            conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(s))
+    # A careless admin grants everything again, the grants table included: still isolated.
+    _grant_dml(env["dsn"], env["schema"], restricted_role)
+    # Another role, granted tenant A, that the restricted role is no member of.
+    other = f"{restricted_role}_a"
+    with psycopg.connect(env["dsn"], autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(other)))
+    _grant_dml(env["dsn"], env["schema"], other)
+    try:
+        assert cli_main(["tenants", "grant", other, str(A)]) == 0
+        with _as_role(env["dsn"], restricted_role) as conn:
+            for table in TENANT_TABLES:  # no grant yet: nothing at all
+                q = sql.SQL("SELECT count(*) FROM {}.{}").format(s, sql.Identifier(table))
+                assert conn.execute(q).fetchone() == (0,), table
+        assert cli_main(["tenants", "grant", restricted_role, str(B)]) == 0
+        assert cli_main(["tenants", "grant", restricted_role, str(B)]) == 0  # idempotent
+        capsys.readouterr()
+        assert cli_main(["tenants", "list"]) == 0
+        listed = capsys.readouterr().out
+        assert f"{restricted_role} {B}" in listed and f"{other} {A}" in listed
+        assert cli_main(["tenants", "grant", restricted_role, "not-a-uuid"]) == 2
+        assert cli_main(["tenants", "grant", "no_such_role_x", str(A)]) == 2
+        _hostile_session(env, restricted_role, other)
+    finally:
+        with psycopg.connect(env["dsn"], autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(other)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(other)))
 
     # The owner (jobrunner's own connections) keeps working across tenants.
     async def owner_view() -> tuple[Any, Any]:
@@ -340,6 +361,119 @@ def test_rls_keeps_a_non_owner_role_to_its_tenant(
     a_job, b_job = asyncio.run(owner_view())
     assert a_job is not None and b_job is not None
 
+    assert cli_main(["tenants", "revoke", restricted_role, str(B)]) == 0
+    with _as_role(env["dsn"], restricted_role) as conn:
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(s)).fetchone() == (0,)
     assert cli_main(["migrate", "--drop-rls"]) == 0
     with _as_role(env["dsn"], restricted_role) as conn:
         assert conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(s)).fetchone() == (4,)
+
+
+def _hostile_session(env: dict[str, Any], role: str, other: str) -> None:
+    """Hand-written SQL of a role granted tenant B, going after tenant A's rows."""
+    s = sql.Identifier(env["schema"])
+    expected_b = {"jobs": 1, "job_details": 1, "schedules": 0, "flow_rules": 1}
+    expected_b["flow_tenant_pass"] = 1
+    with _as_role(env["dsn"], role) as conn:
+
+        def count(query: str, *params: Any) -> int:
+            row = conn.execute(sql.SQL(query).format(s=s), params).fetchone()
+            return int(row[0]) if row else -1
+
+        def sees_only_b() -> None:
+            for table, n in expected_b.items():
+                t = sql.Identifier(table)
+                assert count("SELECT count(*) FROM {s}.{t}".replace("{t}", t.as_string(None))) == (
+                    n
+                ), table
+                q = "SELECT count(*) FROM {s}.{t} WHERE tenant IS DISTINCT FROM %s OR 1 = 1"
+                assert count(q.replace("{t}", t.as_string(None)), B) == n, table
+            assert count("SELECT count(*) FROM {s}.flow_rate_events") == 0  # A's rule's event
+            assert count("SELECT count(*) FROM {s}.flow_rules WHERE tenant IS NULL") == 0
+
+        sees_only_b()
+        # The session setting only narrows: another tenant shows nothing, B shows B.
+        for how in ("SET jobrunner.tenant = '{}'", "SET LOCAL jobrunner.tenant = '{}'"):
+            if "LOCAL" in how:
+                conn.execute("BEGIN")
+            conn.execute(how.format(A))
+            for table in TENANT_TABLES:
+                t = sql.Identifier(table).as_string(None)
+                assert count(f"SELECT count(*) FROM {{s}}.{t}") == 0, (how, table)
+            if "LOCAL" in how:
+                conn.execute("ROLLBACK")
+        conn.execute("SELECT set_config('jobrunner.tenant', %s, false)", (str(B),))
+        sees_only_b()
+        conn.execute("RESET jobrunner.tenant")
+        # The grants are not readable nor writable, nor answerable for another role, even
+        # with a blanket GRANT ... ON ALL TABLES (RLS on tenant_roles has no policy at all).
+        assert count("SELECT count(*) FROM {s}.tenant_roles") == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {s}.tenant_roles (role, tenant) VALUES (current_user::regrole, %s)"
+                ).format(s=s),
+                (A,),
+            )
+        assert conn.execute(sql.SQL("DELETE FROM {s}.tenant_roles").format(s=s)).rowcount == 0
+        assert (
+            conn.execute(
+                sql.SQL("UPDATE {s}.tenant_roles SET tenant = %s").format(s=s), (B,)
+            ).rowcount
+            == 0
+        )
+        assert conn.execute(
+            sql.SQL("SELECT {}.rls_tenants(%s)").format(s), (other,)
+        ).fetchone() == ([],)
+        # SET ROLE to a role it is no member of (the one granted A, the owner) is refused.
+        owner = str(
+            conn.execute(
+                "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = 'jobs'",
+                (env["schema"],),
+            ).fetchone()[0]
+        )
+        for target in (other, owner):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(target)))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql.SQL("SET SESSION AUTHORIZATION {}").format(sql.Identifier(owner)))
+        # Writes aimed at A change nothing; moving rows to A or writing A's rows is refused.
+        with unchanged(env):
+            for table in TENANT_TABLES:
+                t = sql.Identifier(table).as_string(None)
+                upd = conn.execute(
+                    sql.SQL(f"UPDATE {{s}}.{t} SET tenant = tenant WHERE tenant = %s").format(s=s),
+                    (A,),
+                )
+                assert upd.rowcount == 0, table
+                dele = conn.execute(
+                    sql.SQL(f"DELETE FROM {{s}}.{t} WHERE tenant = %s OR tenant IS NULL").format(
+                        s=s
+                    ),
+                    (A,),
+                )
+                assert dele.rowcount == 0, table
+            assert conn.execute(sql.SQL("DELETE FROM {}.flow_rate_events").format(s)).rowcount == 0
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL("UPDATE {}.jobs SET tenant = %s").format(s), (A,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {}.jobs (tenant, type, status, user_id) VALUES "
+                        "(%s, 'x', 'queued', %s)"
+                    ).format(s),
+                    (A, A),
+                )
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(
+                    sql.SQL("INSERT INTO {}.flow_rules (tenant, name) VALUES (NULL, 'x')").format(s)
+                )
+            # Internal tables are closed too: flow control cannot be switched off.
+            assert (
+                conn.execute(sql.SQL("UPDATE {}.flow_state SET enabled = false").format(s)).rowcount
+                == 0
+            )
+        # A malformed setting is an error, never a wider view.
+        conn.execute("SELECT set_config('jobrunner.tenant', %s, false)", ("' OR true --",))
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            conn.execute(sql.SQL("SELECT count(*) FROM {}.jobs").format(s))

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-_COMMAND_MODULES = ("_migrate", "_worker", "_schedules", "_jobs", "_dashboard")
+_COMMAND_MODULES = ("_migrate", "_worker", "_schedules", "_jobs", "_dashboard", "_tenants")
 
 
 def build_parser() -> argparse.ArgumentParser:

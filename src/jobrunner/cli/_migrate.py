@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rls.add_argument(
         "--rls",
         action="store_true",
-        help="also install Row-Level Security: other roles than the tables' owner "
-        "see only the rows of the tenant in the setting jobrunner.tenant",
+        help="also install Row-Level Security: other roles than the tables' owner see only "
+        "the rows of tenants granted to them (jobrunner tenants grant ROLE TENANT)",
     )
     rls.add_argument("--drop-rls", action="store_true", help="remove those policies again")
     add_database_options(parser)
@@ -63,7 +63,8 @@ async def _rls(db: Database, *, install: bool) -> None:
                 tables = await _security.install_rls(conn, db.schema)
                 print(
                     f"row-level security on {', '.join(tables)}: rows visible to other roles "
-                    f"than the owner only where tenant = current_setting('{_security.SETTING}')"
+                    "than the owner only for the tenants granted to them "
+                    "(jobrunner tenants grant ROLE TENANT)"
                 )
             else:
                 tables = await _security.remove_rls(conn, db.schema)

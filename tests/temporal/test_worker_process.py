@@ -36,6 +36,8 @@ class WorkerProcess:
                 "temporal.worker_app",
                 "--grace",
                 "5",
+                # The PostgreSQL-only flag is accepted on Temporal (Schedules fire on the server).
+                "--no-scheduler",
             ],
             env=env,
             stdout=self._out,

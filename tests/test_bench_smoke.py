@@ -75,3 +75,42 @@ def test_bench_smoke(jobrunner_dsn: str, tmp_path: Path) -> None:
     text = results.read_text()
     assert "## Targets" in text
     assert "## Scale-out" in text
+
+
+FAIRNESS_EXPECTED = {
+    ("drain", "jobs_per_s_flow_off"),
+    ("drain", "jobs_per_s_flow_fair"),
+    ("scenario_fair_on", "b_p50_alone"),
+    ("scenario_fair_on", "b_p99_backlog_500"),
+    ("scenario_fair_off", "b_p99_backlog_300"),
+}
+
+
+@pytest.mark.timeout(300)
+def test_fairness_bench_smoke(jobrunner_dsn: str) -> None:
+    """bench/fairness_bench.py (run by ``nox -s bench``) at a tiny size: every figure appears."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fairness_bench.py"),
+            "--dsn",
+            jobrunner_dsn,
+            "--backlog",
+            "500",
+            "--drain",
+            "300",
+            "--off-backlog",
+            "300",
+            "--enqueue",
+            "300",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    seen = {(row["workload"], row["metric"]) for row in rows if "workload" in row}
+    assert seen >= FAIRNESS_EXPECTED, sorted(FAIRNESS_EXPECTED - seen)

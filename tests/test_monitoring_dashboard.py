@@ -241,3 +241,41 @@ async def test_mounted_under_a_path(runner: PostgresJobRunner, jobs: dict[str, u
         assert f'href="/admin/jobs/jobs/{T1}/{jobs["ok"]}"' in page.text
         assert (await http.get("/admin/jobs/static/dashboard.js")).status_code == 200
         assert (await http.get("/admin/jobs/api/metrics")).status_code == 200
+
+
+async def test_jobs_of_the_other_backend_list_and_show_without_actions(
+    runner: PostgresJobRunner, jobs: dict[str, uuid.UUID]
+) -> None:
+    """A Temporal job's row in the shared tables: listed, filtered by runner type and shown by
+    a dashboard on the PostgreSQL runner, which offers no cancel or retry for it (its runner
+    must act) and refuses a forged action without changing the row."""
+    from apps.helpers import fetch
+
+    temporal_id = uuid.uuid4()
+    await fetch(
+        runner,
+        "INSERT INTO {schema}.jobs (tenant, job_id, type, status, user_id, runner_type, "
+        "external_id, created_at) VALUES (%s, %s, 'ok', 'processing', %s, 'temporal', %s, "
+        "timezone('utc', now()))",
+        T1,
+        temporal_id,
+        uuid.UUID(int=0),
+        f"job-ok-{temporal_id}",
+    )
+    async with client(create_app(runner)) as http:
+        listing = await http.get("/jobs", params={"runner_type": "temporal"})
+        assert str(temporal_id) in listing.text
+        assert str(jobs["ok"]) not in listing.text
+        page = await http.get(f"/jobs/{T1}/{temporal_id}")
+        assert page.status_code == 200
+        assert 'id="other-backend"' in page.text
+        assert f"job-ok-{temporal_id}" in page.text
+        assert 'id="cancel-button"' not in page.text
+        own = await http.get(f"/jobs/{T1}/{jobs['queued']}")
+        assert 'id="cancel-button"' in own.text and 'id="other-backend"' not in own.text
+        forged = await http.post(
+            f"/jobs/{T1}/{temporal_id}/cancel", data={"csrf_token": csrf_of(own.text)}
+        )
+        assert forged.status_code == 303 and "cancel-refused" in forged.headers["location"]
+    rows = await fetch(runner, "SELECT status FROM {schema}.jobs WHERE job_id = %s", temporal_id)
+    assert rows == [{"status": "processing"}]

@@ -300,6 +300,7 @@ class Dashboard:
         if details is None:
             raise HTTPException(404)
         notice = request.query_params.get("notice")
+        own_backend = details.job.runner_type == runner.runner_type
         return self.render(
             request,
             view,
@@ -307,8 +308,11 @@ class Dashboard:
             details=details,
             job=details.job,
             live=details.job.status.value in LIVE,
-            can_cancel=details.job.status.value in LIVE,
-            can_retry=details.job.status in (JobStatus.FAILED, JobStatus.CANCELLED),
+            # Cancel and retry go through this dashboard's runner, which acts only on jobs of
+            # its own backend (a Temporal job needs its workflow cancelled, for one).
+            own=own_backend,
+            can_cancel=own_backend and details.job.status.value in LIVE,
+            can_retry=own_backend and details.job.status in (JobStatus.FAILED, JobStatus.CANCELLED),
             notice=NOTICES.get(notice or ""),
             notice_ok=not (notice or "").endswith("refused"),
             runner_type=runner.runner_type,

@@ -154,3 +154,28 @@ def test_unknown_status_is_a_clear_error(
 ) -> None:
     assert main(["jobs", "list", "--status", "exploded"]) == 2
     assert "unknown status" in capsys.readouterr().err
+
+
+def test_metrics_show_flow_control(
+    cli_env: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flow control is visible in `jobrunner metrics`: off by default, then the rule with its
+    usage once a limit is set at run time (and in --json under extra.flow)."""
+    assert main(["metrics", "--tenant", T1]) == 0
+    assert "Flow control: off" in capsys.readouterr().out
+
+    async def limit() -> None:
+        async with PostgresJobRunner(
+            cli_env["dsn"], schema=cli_env["schema"], require_registered=False
+        ) as runner:
+            await runner.flow.set_concurrency_limit(tenant=T1, limit=3)
+
+    asyncio.run(limit())
+    assert main(["metrics", "--tenant", T1]) == 0
+    out = capsys.readouterr().out
+    assert "Flow control: on" in out
+    assert "0 / 3" in out and T1 in out
+    assert main(["metrics", "--tenant", T1, "--json"]) == 0
+    flow = json.loads(capsys.readouterr().out)["extra"]["flow"]
+    assert flow["enabled"] is True
+    assert [r["max_running"] for r in flow["rules"]] == [3]

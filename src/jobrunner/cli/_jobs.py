@@ -197,7 +197,39 @@ def _metrics(args: argparse.Namespace) -> int:
     print_table(
         ["runner type", "jobs"], [[k, v] for k, v in metrics.by_runner_type.items()] or [["-", 0]]
     )
+    flow = metrics.extra.get("flow")
+    if isinstance(flow, dict):
+        _print_flow(flow)
     return 0
+
+
+def _print_flow(flow: dict[str, Any]) -> None:
+    """Flow control (docs/fairness.md): state, each rule with its usage."""
+    print()
+    state = "on" if flow.get("enabled") else "off"
+    fair = "fair claiming" if flow.get("fair") else "plain claiming"
+    print(f"Flow control: {state} ({fair})")
+    rules = flow.get("rules") or []
+    if not rules:
+        return
+    print_table(
+        ["tenant", "job name", "running / limit", "rate used", "paused", "weight"],
+        [
+            [
+                r.get("tenant") or "*",
+                r.get("name") or "*",
+                f"{r.get('running', 0)} / {r['max_running']}"
+                if r.get("max_running") is not None
+                else "-",
+                f"{r.get('rate_used', 0)} / {r['rate_count']} per {r.get('rate_period')}s"
+                if r.get("rate_count") is not None
+                else "-",
+                "yes" if r.get("paused") else "no",
+                "-" if r.get("weight") is None else r["weight"],
+            ]
+            for r in rules
+        ],
+    )
 
 
 # -- jobs -----------------------------------------------------------------------------------------

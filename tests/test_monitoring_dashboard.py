@@ -279,3 +279,13 @@ async def test_jobs_of_the_other_backend_list_and_show_without_actions(
         assert forged.status_code == 303 and "cancel-refused" in forged.headers["location"]
     rows = await fetch(runner, "SELECT status FROM {schema}.jobs WHERE job_id = %s", temporal_id)
     assert rows == [{"status": "processing"}]
+
+
+async def test_overview_shows_flow_control(runner: PostgresJobRunner) -> None:
+    """Flow control is visible on the overview: off, then a rule set at run time with usage."""
+    async with client(create_app(runner)) as http:
+        page = await http.get("/")
+        assert 'id="flow-control"' in page.text and "No limits" in page.text
+        await runner.flow.set_concurrency_limit(tenant=T1, limit=4)
+        page = await http.get("/")
+        assert "0 / 4" in page.text and str(T1) in page.text

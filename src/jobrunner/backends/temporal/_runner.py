@@ -23,7 +23,7 @@ from temporalio.client import (
     TLSConfig,
     WorkflowHandle,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import Priority, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobrunner._db._database import Database
@@ -283,6 +283,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             memo={"tenant": job.tenant, "job_id": job.job_id, "name": job.name},
             start_delay=delay,
             id_conflict_policy=conflict,
+            priority=temporal_priority(job.priority, job.tenant),
         )
 
     async def _launch(
@@ -1003,3 +1004,23 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+def temporal_priority(priority: int, tenant: str) -> Priority:
+    """jobrunner's priority (higher first, 0 by default) as Temporal's Task Queue Priority
+    (``priority_key`` 1-5, lower first, 3 by default), with the tenant as fairness key.
+
+    Activities inherit it from the workflow. The fairness key balances tenants on servers with
+    task queue fairness enabled and is ignored elsewhere (docs/fairness.md).
+    """
+    if priority >= 10:
+        key = 1
+    elif priority > 0:
+        key = 2
+    elif priority == 0:
+        key = 3
+    elif priority > -10:
+        key = 4
+    else:
+        key = 5
+    return Priority(priority_key=key, fairness_key=str(tenant)[:64])

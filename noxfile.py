@@ -92,18 +92,7 @@ def bench(session: nox.Session) -> None:
     if not session.posargs:  # the full run: the fairness figures of docs/fairness.md too
         session.run("python", "bench/fairness_bench.py")
     elif session.posargs == ["--smoke"]:
-        session.run(
-            "python",
-            "bench/fairness_bench.py",
-            "--backlog",
-            "500",
-            "--drain",
-            "300",
-            "--off-backlog",
-            "300",
-            "--enqueue",
-            "300",
-        )
+        session.run("python", "bench/fairness_bench.py", "--smoke")
 
 
 @nox.session

@@ -235,7 +235,12 @@ async def main() -> None:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--off-backlog", type=int, default=20_000)
     parser.add_argument("--enqueue", type=int, default=20_000)
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few hundred jobs per workload (CI, nox smoke)"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.drain, args.backlog, args.off_backlog, args.enqueue = 300, 500, 300, 300
     for mode in ("off", "fair", "limits", "off"):
         await drain(args.drain, mode, args.dsn)
     await guard(args.dsn)

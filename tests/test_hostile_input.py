@@ -201,6 +201,8 @@ API_CASES: list[tuple[str, str, tuple[Any, ...], dict[str, Any], Any]] = [
     ("list-after-naive", "list_jobs", (), {"created_after": NAIVE}, InvalidArgumentError),
     ("list-after-str", "list_jobs", (), {"created_after": "yesterday"}, InvalidArgumentError),
     ("list-tenant", "list_jobs", (), {"tenant": "nope"}, InvalidArgumentError),
+    ("list-before-naive", "list_jobs", (), {"created_before": NAIVE}, InvalidArgumentError),
+    ("list-search-huge", "list_jobs", (), {"search": "x" * 100_000}, InvalidArgumentError),
     ("list-name-int", "list_jobs", (), {"name": 5}, InvalidArgumentError),
     ("list-unknown", "list_jobs", (), {"order_by": "1; DROP TABLE jobs"}, Unknown),
     ("metrics-tenant", "get_metrics", (), {"tenant": SQLI}, InvalidArgumentError),
@@ -493,6 +495,48 @@ async def test_dashboard_rejects(
             ) as client:
                 response = await client.request(method, url, data=form)
         assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+        assert "Traceback" not in response.text
+    finally:
+        await runner.close()
+
+
+# Posted with a valid CSRF token (taken from the history page): the fields themselves are bad.
+HISTORY_FORMS: list[tuple[str, dict[str, str]]] = [
+    ("scope-unknown", {"scope": "everything"}),
+    ("scope-sql", {"scope": SQLI}),
+    ("days-negative", {"scope": "all", "older_than_days": "-1"}),
+    ("days-text", {"scope": "all", "older_than_days": "ten"}),
+    ("days-huge", {"scope": "all", "older_than_days": "9" * 40}),
+    ("days-sql", {"scope": "finished", "older_than_days": SQLI}),
+]
+
+
+@pytest.mark.parametrize(("case", "form"), HISTORY_FORMS, ids=[c[0] for c in HISTORY_FORMS])
+async def test_dashboard_history_form_rejects_bad_fields(
+    hostile_env: dict[str, Any], case: str, form: dict[str, str]
+) -> None:
+    import re
+
+    from jobrunner.dashboard import create_app
+
+    runner = PostgresJobRunner(
+        hostile_env["dsn"],
+        schema=hostile_env["schema"],
+        registry=hostile_env["registry"],
+        pool_size=2,
+    )
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(runner)), base_url="http://dash.test"
+        ) as client:
+            page = await client.get("/history")
+            token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+            assert token, "no CSRF token on the history page"
+            with writes_nothing(hostile_env):
+                response = await client.post(
+                    "/history/clear", data={**form, "csrf_token": token.group(1)}
+                )
+        assert response.status_code == 400, (response.status_code, response.text[:300])
         assert "Traceback" not in response.text
     finally:
         await runner.close()

@@ -4,7 +4,7 @@ the defaults (issue #2), checked against the database clock."""
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from apps.helpers import details, fetch, job_row
@@ -63,7 +63,7 @@ async def test_dead_workers_job_is_rescued_within_the_bound(
         if r["metadata"].get("lease_expired")
     ]
     # processed_at is UTC without a time zone; claimed_at is timestamptz
-    rescued_at = rescue["processed_at"].replace(tzinfo=claim["claimed_at"].tzinfo)
+    rescued_at = rescue["processed_at"].replace(tzinfo=UTC)
     claimed_at = claim["claimed_at"]
     elapsed = (rescued_at - claimed_at).total_seconds()
     assert elapsed >= settings.lease_seconds  # never before the lease expired

@@ -121,3 +121,37 @@ def test_scheduled_job_fields() -> None:
     job_id = uuid.uuid4()
     handle = jobrunner.ScheduledJob(job_id=job_id, external_id=str(job_id))
     assert handle.job_id == job_id and handle.external_id == str(job_id)
+
+
+def test_typed_errors_keep_their_builtin_bases() -> None:
+    """Typed jobrunner errors where Python's built-ins were raised before, still catchable
+    as those built-ins."""
+    from jobrunner._errors import UnknownOptionError
+
+    assert issubclass(UnknownOptionError, jobrunner.InvalidArgumentError)
+    assert issubclass(UnknownOptionError, TypeError)
+    assert issubclass(jobrunner.JobTimeoutError, jobrunner.JobRunnerError)
+    assert issubclass(jobrunner.JobTimeoutError, TimeoutError)
+
+
+def test_drain_timeout_is_a_job_timeout_error() -> None:
+    import asyncio
+
+    import pytest
+
+    from jobrunner.testing import InMemoryJobRunner, adrain
+
+    registry = jobrunner.JobHandlerRegistry()
+
+    async def hangs(ctx: jobrunner.JobContext, data: dict[str, object]) -> None:
+        await asyncio.Event().wait()
+
+    registry.add("hangs", hangs)
+
+    async def go() -> None:
+        runner = InMemoryJobRunner(registry=registry)
+        await runner.schedule_job("hangs", {})
+        with pytest.raises(jobrunner.JobTimeoutError, match="still live: hangs"):
+            await adrain(runner, timeout=0.2)
+
+    asyncio.run(go())

@@ -1,5 +1,8 @@
-"""Bad input at the API boundary: a typed JobRunnerError (or Python's TypeError for unknown
-keyword arguments) and nothing written to the database."""
+"""Bad input at the API boundary: a typed JobRunnerError and nothing written to the database.
+
+Unknown keyword arguments: the sync runner raises ``UnknownOptionError`` (an
+``InvalidArgumentError`` that is also a ``TypeError``); the async runner's keyword-only
+signatures make Python raise its own ``TypeError`` before jobrunner runs."""
 
 from __future__ import annotations
 
@@ -123,6 +126,27 @@ async def test_bulk_with_one_bad_item_writes_nothing(ready: PostgresJobRunner) -
     with pytest.raises(InvalidArgumentError):
         await ready.schedule_jobs("ok", [{}, "x"])  # type: ignore[list-item]
     assert await count_jobs(ready) == 0
+
+
+def test_unknown_options_of_the_sync_runner_are_typed(
+    jobrunner_dsn: str, schema: str, registry: JobHandlerRegistry
+) -> None:
+    from jobrunner._errors import UnknownOptionError
+    from jobrunner._sync import SyncJobRunner
+
+    registry.add("ok", noop)
+    pg = PostgresJobRunner(jobrunner_dsn, schema=schema, registry=registry, pool_size=1)
+    with SyncJobRunner(pg) as sync:
+        for call in (
+            lambda: sync.schedule_job("ok", {}, bogus=1),
+            lambda: sync.schedule_job_at("ok", {}, LATER, bogus=1),
+            lambda: sync.schedule_jobs("ok", [{}], bogus=1),
+        ):
+            with pytest.raises(UnknownOptionError, match="bogus") as info:
+                call()
+            assert isinstance(info.value, InvalidArgumentError)
+            assert isinstance(info.value, TypeError)  # what Python raises, for compatibility
+        assert sync.list_jobs().jobs == []
 
 
 async def test_unknown_options_are_python_type_errors(ready: PostgresJobRunner) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import io
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -343,12 +343,7 @@ async def test_async_runner_rejects(
     kwargs: dict[str, Any],
     expected: Any,
 ) -> None:
-    runner = PostgresJobRunner(
-        hostile_env["dsn"],
-        schema=hostile_env["schema"],
-        registry=hostile_env["registry"],
-        pool_size=2,
-    )
+    runner = _runner(hostile_env)
     try:
         with writes_nothing(hostile_env):
             with pytest.raises(BaseException) as info:
@@ -375,16 +370,33 @@ def test_sync_twin_rejects(
         _check_error(info.value, expected)
 
 
+def _runner(env: dict[str, Any]) -> PostgresJobRunner:
+    """A runner on the hostile test's schema (the dashboard tests' own)."""
+    return PostgresJobRunner(
+        env["dsn"], schema=env["schema"], registry=env["registry"], pool_size=2
+    )
+
+
+@contextlib.asynccontextmanager
+async def _dashboard(env: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on a dashboard over a runner of the test's schema, closed after."""
+    from jobrunner.dashboard import create_app
+
+    runner = _runner(env)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(runner)), base_url="http://dash.test"
+        ) as client:
+            yield client
+    finally:
+        await runner.close()
+
+
 @pytest.mark.parametrize(("case", "kwargs"), WORKER_CASES, ids=[c[0] for c in WORKER_CASES])
 async def test_create_worker_rejects(
     hostile_env: dict[str, Any], case: str, kwargs: dict[str, Any]
 ) -> None:
-    runner = PostgresJobRunner(
-        hostile_env["dsn"],
-        schema=hostile_env["schema"],
-        registry=hostile_env["registry"],
-        pool_size=2,
-    )
+    runner = _runner(hostile_env)
     with pytest.raises(InvalidArgumentError) as info:
         runner.create_worker(**kwargs)
     assert str(info.value)
@@ -408,12 +420,7 @@ def test_transactional_enqueue_with_hostile_input_writes_nothing(
 
 async def test_sql_looking_strings_are_plain_data(hostile_env: dict[str, Any]) -> None:
     """Filters and names that look like SQL match literally (nothing, here) and harm nothing."""
-    runner = PostgresJobRunner(
-        hostile_env["dsn"],
-        schema=hostile_env["schema"],
-        registry=hostile_env["registry"],
-        pool_size=2,
-    )
+    runner = _runner(hostile_env)
     try:
         with writes_nothing(hostile_env):
             for name in (SQLI, "' OR '1'='1", "%", "_"):
@@ -478,26 +485,13 @@ async def test_dashboard_rejects(
     path: str,
     form: dict[str, str] | None,
 ) -> None:
-    from jobrunner.dashboard import create_app
 
-    runner = PostgresJobRunner(
-        hostile_env["dsn"],
-        schema=hostile_env["schema"],
-        registry=hostile_env["registry"],
-        pool_size=2,
-    )
-    app = create_app(runner)
     url = path.format(tenant=TENANT, job=hostile_env["job"])
-    try:
+    async with _dashboard(hostile_env) as client:
         with writes_nothing(hostile_env):
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://dash.test"
-            ) as client:
-                response = await client.request(method, url, data=form)
-        assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
-        assert "Traceback" not in response.text
-    finally:
-        await runner.close()
+            response = await client.request(method, url, data=form)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert "Traceback" not in response.text
 
 
 # Posted with a valid CSRF token (taken from the history page): the fields themselves are bad.
@@ -517,26 +511,13 @@ async def test_dashboard_history_form_rejects_bad_fields(
 ) -> None:
     import re
 
-    from jobrunner.dashboard import create_app
-
-    runner = PostgresJobRunner(
-        hostile_env["dsn"],
-        schema=hostile_env["schema"],
-        registry=hostile_env["registry"],
-        pool_size=2,
-    )
-    try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(runner)), base_url="http://dash.test"
-        ) as client:
-            page = await client.get("/history")
-            token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
-            assert token, "no CSRF token on the history page"
-            with writes_nothing(hostile_env):
-                response = await client.post(
-                    "/history/clear", data={**form, "csrf_token": token.group(1)}
-                )
-        assert response.status_code == 400, (response.status_code, response.text[:300])
-        assert "Traceback" not in response.text
-    finally:
-        await runner.close()
+    async with _dashboard(hostile_env) as client:
+        page = await client.get("/history")
+        token = re.search(r'name="csrf_token" value="([0-9a-f]+)"', page.text)
+        assert token, "no CSRF token on the history page"
+        with writes_nothing(hostile_env):
+            response = await client.post(
+                "/history/clear", data={**form, "csrf_token": token.group(1)}
+            )
+    assert response.status_code == 400, (response.status_code, response.text[:300])
+    assert "Traceback" not in response.text

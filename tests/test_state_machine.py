@@ -302,7 +302,8 @@ class JobStateMachine(RuleBasedStateMachine):
         )
         assert len(rows) == (1 if job.status in LIVE else 0)
         if job.status in LIVE:
-            job.status, job.holder = "cancelled", None
+            # A cancel fences the attempt it stops: the token moves on.
+            job.status, job.holder, job.token = "cancelled", None, job.token + 1
 
     @rule(job_id=jobs)
     def expire_lease(self, job_id: uuid.UUID) -> None:

@@ -529,7 +529,7 @@ async def test_unstorable_results_and_errors_do_not_block_the_worker(
         assert info.result is None
         assert info.error is not None and info.error.type == "jobrunner._errors.NonRetryable"
     assert "NUL" in infos["nul-result"].error.message  # type: ignore[union-attr]
-    assert "could not be stored" in infos["surrogate-result"].error.message  # type: ignore[union-attr]
+    assert "lone surrogate" in infos["surrogate-result"].error.message  # type: ignore[union-attr]
     err = infos["nul-error"].error
     assert infos["nul-error"].status is JobStatus.FAILED and err is not None
     assert err.message == "bad \\x00 byte and \\udcff surrogate"

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from jobrunner._errors import HandlerNotFoundError
 from jobrunner._models import MissedTickPolicy, OverlapPolicy
+from jobrunner._policy import JobPolicy
 from jobrunner._recurrence import (
     Recurrence,
     as_max_catch_up,
@@ -60,6 +63,18 @@ class JobArgs:
     def max_attempts(self) -> int:
         """The handler's attempt budget, or the default for an unknown name."""
         return self.spec.retry.max_attempts if self.spec else DEFAULT_MAX_ATTEMPTS
+
+    @property
+    def policy(self) -> JobPolicy | None:
+        """The policy stored with the job: its handler's, or ``None`` for an unknown name
+        (the first worker that claims the job pins its own)."""
+        return JobPolicy.of(self.spec) if self.spec else None
+
+    @property
+    def policy_param(self) -> Jsonb | None:
+        """:attr:`policy` as the ``policy`` parameter of the insert statements."""
+        policy = self.policy
+        return None if policy is None else Jsonb(policy.to_json())
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._validation import as_seconds
 
-__all__ = ["DEFAULT_TIMEOUT", "RetryPolicy"]
+if TYPE_CHECKING:
+    from jobrunner.registry import HandlerSpec
+
+__all__ = ["DEFAULT_TIMEOUT", "JobPolicy", "RetryPolicy"]
 
 #: Default handler timeout in seconds (five minutes, as in the seed).
 DEFAULT_TIMEOUT = 300.0
 
 
 _INF = float("inf")
+
+logger = logging.getLogger("jobrunner.policy")
 
 
 def _is_number(value: object) -> bool:
@@ -121,3 +129,69 @@ class RetryPolicy:
     def attempts_left(self, attempt: int) -> bool:
         """Whether another attempt may follow attempt number ``attempt``."""
         return attempt < self.max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class JobPolicy:
+    """The execution policy stored with a job when it is enqueued: its only source of truth.
+
+    A worker runs and decides retries with the job's own policy, whatever version of the
+    handler registry the worker has.
+    """
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    """Attempts, backoff and non-retryable errors."""
+    timeout: float = DEFAULT_TIMEOUT
+    """Seconds an attempt may run."""
+
+    @classmethod
+    def of(cls, spec: HandlerSpec) -> JobPolicy:
+        """The policy a handler is registered with."""
+        return cls(retry=spec.retry, timeout=spec.timeout)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON form, stored in ``jobs.policy`` (exception types by qualified name)."""
+        retry = self.retry
+        return {
+            "max_attempts": retry.max_attempts,
+            "initial_interval": retry.initial_seconds,
+            "backoff_coefficient": float(retry.backoff_coefficient),
+            "max_interval": retry.max_seconds,
+            "jitter": float(retry.jitter),
+            "non_retryable_errors": [_error_name(e) for e in retry.non_retryable_errors],
+            "timeout": float(self.timeout),
+        }
+
+    @classmethod
+    def from_json(cls, data: object, *, fallback: JobPolicy | None = None) -> JobPolicy:
+        """Rebuild a stored policy; a missing or unreadable one yields ``fallback``.
+
+        Never raises: a row written by hand (or by an older release) must still run.
+        """
+        default = fallback if fallback is not None else cls()
+        if not isinstance(data, Mapping):
+            return default
+        try:
+            retry = RetryPolicy(
+                max_attempts=int(data["max_attempts"]),
+                initial_interval=float(data["initial_interval"]),
+                backoff_coefficient=float(data["backoff_coefficient"]),
+                max_interval=float(data["max_interval"]),
+                jitter=float(data["jitter"]),
+                non_retryable_errors=tuple(str(n) for n in data.get("non_retryable_errors", ())),
+            )
+            timeout = float(data.get("timeout", default.timeout))
+            if not math.isfinite(timeout) or timeout <= 0:
+                timeout = default.timeout
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("ignoring an unreadable stored job policy (%s): %r", exc, data)
+            return default
+        return cls(retry=retry, timeout=timeout)
+
+
+def _error_name(entry: type[BaseException] | str) -> str:
+    if isinstance(entry, str):
+        return entry
+    if entry.__module__ == "builtins":
+        return entry.__qualname__
+    return f"{entry.__module__}.{entry.__qualname__}"

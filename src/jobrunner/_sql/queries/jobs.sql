@@ -5,7 +5,8 @@
 WITH inserted AS (
     INSERT INTO {schema}.jobs (
         tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
-        external_id, queue, priority, run_at, data, max_attempts, singleton_key, schedule_id
+        external_id, queue, priority, run_at, data, max_attempts, singleton_key, schedule_id,
+        policy
     )
     VALUES (
         %(tenant)s, %(job_id)s, %(name)s, %(metadata)s,
@@ -13,7 +14,7 @@ WITH inserted AS (
               THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
         timezone('utc', now()), timezone('utc', now()), %(user_id)s, %(runner_type)s,
         %(external_id)s, %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()),
-        %(data)s, %(max_attempts)s, %(singleton_key)s, %(schedule_id)s
+        %(data)s, %(max_attempts)s, %(singleton_key)s, %(schedule_id)s, %(policy)s
     )
     ON CONFLICT (tenant, singleton_key)
         WHERE singleton_key IS NOT NULL
@@ -34,14 +35,14 @@ WITH rows AS (
 ), inserted AS (
     INSERT INTO {schema}.jobs (
         tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
-        queue, priority, run_at, data, max_attempts
+        queue, priority, run_at, data, max_attempts, policy
     )
     SELECT %(tenant)s, r.job_id, %(name)s, %(metadata)s,
            (CASE WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
                  THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
            timezone('utc', now()), timezone('utc', now()), %(user_id)s, %(runner_type)s,
            %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()), r.data,
-           %(max_attempts)s
+           %(max_attempts)s, %(policy)s
     FROM rows r
     RETURNING job_id
 )
@@ -73,6 +74,8 @@ WITH prev AS (
 ), cancelled AS (
     UPDATE {schema}.jobs j
     SET status = 'cancelled',
+        -- fences the cancelled attempt: its late outcome or step writes match no row
+        lease_token = j.lease_token + 1,
         completed_at = now(),
         updated_at = timezone('utc', now()),
         lease_expires_at = NULL,
@@ -84,7 +87,7 @@ WITH prev AS (
                                                            'cancelled_by', %(cancelled_by)s::text))
     FROM prev
     WHERE j.tenant = prev.tenant AND j.job_id = prev.job_id
-    RETURNING j.tenant, j.job_id, prev.status AS previous_status, j.attempts
+    RETURNING j.tenant, j.job_id, prev.status AS previous_status, j.attempts, j.lease_token
 ), attempt_row AS (
     INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at,
                                       retry_count, metadata)
@@ -93,7 +96,10 @@ WITH prev AS (
                                                 'cancelled_by', %(cancelled_by)s::text))
     FROM cancelled WHERE previous_status = 'processing'
 )
-SELECT job_id, previous_status, pg_notify(%(channel)s, job_id::text) AS notified
+-- payload `job_id:token`: a worker stops only attempts older than the cancel (a retry of the
+-- job claimed since then by the same worker has a newer token and keeps running)
+SELECT job_id, previous_status,
+       pg_notify(%(channel)s, job_id::text || ':' || lease_token::text) AS notified
 FROM cancelled
 
 -- name: save_progress

@@ -38,12 +38,13 @@ VALUES (
 INSERT INTO {schema}.schedules (
     tenant, schedule_id, singleton_key, name, data, metadata, expression, timezone, kind,
     missed_ticks, overlap, max_catch_up, priority, queue, max_attempts, user_id, next_run_at,
-    runner_type
+    runner_type, policy
 )
 VALUES (
     %(tenant)s, %(schedule_id)s, %(singleton_key)s, %(name)s, %(data)s, %(user_metadata)s,
     %(expression)s, %(timezone)s, %(kind)s, %(missed_ticks)s, %(overlap)s, %(max_catch_up)s,
-    %(priority)s, %(queue)s, %(max_attempts)s, %(user_id)s, %(next_run_at)s, %(runner_type)s
+    %(priority)s, %(queue)s, %(max_attempts)s, %(user_id)s, %(next_run_at)s, %(runner_type)s,
+    %(policy)s
 )
 RETURNING *
 
@@ -53,7 +54,7 @@ SET name = %(name)s, data = %(data)s, metadata = %(user_metadata)s,
     expression = %(expression)s, timezone = %(timezone)s, kind = %(kind)s,
     missed_ticks = %(missed_ticks)s, overlap = %(overlap)s, max_catch_up = %(max_catch_up)s,
     priority = %(priority)s, queue = %(queue)s, max_attempts = %(max_attempts)s,
-    user_id = %(user_id)s, next_run_at = %(next_run_at)s,
+    policy = %(policy)s, user_id = %(user_id)s, next_run_at = %(next_run_at)s,
     version = version + 1, updated_at = now()
 WHERE tenant = %(tenant)s AND schedule_id = %(schedule_id)s
 RETURNING *
@@ -136,14 +137,15 @@ WITH ticks AS (
 ), inserted AS (
     INSERT INTO {schema}.jobs (
         tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
-        queue, priority, run_at, data, max_attempts, schedule_id, scheduled_for
+        queue, priority, run_at, data, max_attempts, schedule_id, scheduled_for, policy
     )
     SELECT s.tenant, t.job_id, s.name,
            s.metadata || jsonb_build_object('schedule_id', s.schedule_id::text,
                                             'scheduled_for', t.fire_iso),
            (CASE WHEN t.fire_time <= now() THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
            timezone('utc', now()), timezone('utc', now()), s.user_id, 'postgres',
-           s.queue, s.priority, t.fire_time, s.data, s.max_attempts, s.schedule_id, t.fire_time
+           s.queue, s.priority, t.fire_time, s.data, s.max_attempts, s.schedule_id, t.fire_time,
+           s.policy
     FROM ticks t
     JOIN {schema}.schedules s ON s.tenant = %(tenant)s AND s.schedule_id = %(schedule_id)s
     ORDER BY t.fire_time

@@ -8,7 +8,7 @@ WITH rows AS (
 )
 INSERT INTO {schema}.jobs (
     tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
-    external_id, queue, priority, run_at, data, max_attempts
+    external_id, queue, priority, run_at, data, max_attempts, policy
 )
 SELECT %(tenant)s, r.job_id, %(name)s::text, %(metadata)s,
        (CASE WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
@@ -16,7 +16,7 @@ SELECT %(tenant)s, r.job_id, %(name)s::text, %(metadata)s,
        timezone('utc', now()), timezone('utc', now()), %(user_id)s, 'temporal',
        'job-' || %(name)s::text || '-' || r.job_id::text,
        %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()), r.data,
-       %(max_attempts)s
+       %(max_attempts)s, %(policy)s
 FROM rows r
 RETURNING job_id
 

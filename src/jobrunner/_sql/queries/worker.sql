@@ -39,7 +39,7 @@ SET status = 'processing',
     updated_at = timezone('utc', now())
 WHERE j.ctid = ANY(ARRAY(SELECT row_ctid FROM picked))
 RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
-          j.queue, j.metadata, j.schedule_id, j.started_at
+          j.queue, j.metadata, j.schedule_id, j.started_at, j.policy
 
 -- name: next_due_in
 SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM {schema}.jobs
@@ -165,3 +165,11 @@ SELECT job_id, pg_notify(%(channel)s, queue) AS notified FROM released
 
 -- name: notify_jobs
 SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: pin_policy
+-- A job enqueued without a policy (an older release, or a producer without the handler) takes
+-- the claiming worker's; from then on it is the job's own. Fenced by the attempt's token.
+UPDATE {schema}.jobs
+SET policy = %(policy)s, max_attempts = %(max_attempts)s
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
+  AND policy IS NULL

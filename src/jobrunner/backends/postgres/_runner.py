@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from jobrunner._db._database import Database
+from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
 from jobrunner._db._errors import translate_errors
 from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._store import JobStore
@@ -52,7 +52,10 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         registry: Handler registry (default: the process-wide one).
         require_registered: Refuse to schedule names without a handler in ``registry``; turn
             off in producer-only processes that do not import the handlers.
-        auto_migrate: Apply pending migrations in :meth:`start`.
+        auto_migrate: What :meth:`start` does with the schema: ``True`` applies pending
+            migrations (creating the schema); ``"check"`` changes nothing and raises
+            :class:`~jobrunner.ConfigurationError` unless the schema exists and is current
+            (read-only tools use it); ``False`` does neither.
         pool_size: Maximum pooled connections.
         database: An existing :class:`Database` to share.
     """
@@ -66,11 +69,12 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         schema: str = "jobrunner",
         registry: JobHandlerRegistry | None = None,
         require_registered: bool = True,
-        auto_migrate: bool = True,
+        auto_migrate: AutoMigrate = True,
         pool_size: int = 10,
         database: Database | None = None,
     ) -> None:
         super().__init__(registry)
+        auto_migrate = check_auto_migrate(auto_migrate)
         if database is None:
             if not dsn:
                 raise InvalidArgumentError("PostgresJobRunner needs a dsn or a database")
@@ -101,15 +105,16 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self, *, timeout: float | None = None) -> None:
-        """Connect, apply migrations (unless ``auto_migrate`` is off) and open the pool.
+        """Connect, apply or check migrations (see ``auto_migrate``) and open the pool.
 
         A database that cannot be reached yet (down, restarting, still starting up) is retried
         with exponential backoff (tenacity) for up to ``timeout`` seconds in total (default
         30); what waiting cannot fix (bad credentials, an unknown database, a failing
-        migration) raises at once.
+        migration, a missing schema in ``"check"`` mode) raises at once.
 
         Raises:
             UnavailableError: the database was still unreachable after ``timeout`` seconds.
+            ConfigurationError: ``auto_migrate="check"`` and the schema is missing or behind.
         """
         if self._started:
             return
@@ -129,8 +134,7 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             except TimeoutError:
                 raise UnavailableError("database unavailable: connecting timed out") from None
             await probe.close()
-            if self.auto_migrate:
-                await self.db.migrate()
+            await self.db.prepare_schema(self.auto_migrate)
 
         async with self._start_lock:
             if self._started:
@@ -205,6 +209,7 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             "priority": args.priority,
             "data": Jsonb(args.data),
             "max_attempts": args.max_attempts,
+            "policy": args.policy_param,
             "singleton_key": args.singleton_key,
             "schedule_id": schedule_id,
             "notify": True,

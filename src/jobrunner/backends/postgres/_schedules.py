@@ -185,6 +185,7 @@ async def upsert_schedule(
         "priority": job.priority,
         "queue": job.queue,
         "max_attempts": job.max_attempts,
+        "policy": job.policy_param,
         "user_id": job.user_id,
         "runner_type": runner.runner_type,
         "lock_key": f"{runner.schema}:{tenant_id}:{key}",

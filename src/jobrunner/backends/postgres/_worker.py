@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import re
 import sys
 import threading
 import time
@@ -26,17 +25,27 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
-from jobrunner._context import JobContext, SyncJobContext
+from jobrunner._context import JobContext
 from jobrunner._db._errors import translate_errors
 from jobrunner._errors import (
     DatabaseError,
-    HandlerNotFoundError,
     InvalidArgumentError,
     JobRunnerError,
     NonRetryable,
 )
-from jobrunner._outcome import decide_failure, describe_error, timeout_error
+from jobrunner._execution import (
+    CANCEL_GRACE,
+    AbortReason,
+    Attempt,
+    Completed,
+    Failed,
+    Outcome,
+    run_attempt,
+)
+from jobrunner._outcome import describe_error
+from jobrunner._policy import JobPolicy
 from jobrunner._runner import JobWorker
 from jobrunner._validation import as_queue, as_seconds, as_uuid
 from jobrunner.backends.postgres._flow import FlowGate
@@ -169,12 +178,25 @@ def _check_settings(values: dict[str, Any]) -> None:
 
 @dataclass(eq=False)
 class _Running:
-    tenant: uuid.UUID
-    job_id: uuid.UUID
-    token: int
-    ctx: JobContext
+    attempt: Attempt
     claimed_at: float
     task: asyncio.Task[None] | None = None
+
+    @property
+    def tenant(self) -> uuid.UUID:
+        return self.attempt.ctx.tenant
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        return self.attempt.ctx.job_id
+
+    @property
+    def token(self) -> int:
+        return self.attempt.ctx.lease_token
+
+    @property
+    def key(self) -> tuple[uuid.UUID, int]:
+        return self.attempt.key
 
 
 @dataclass
@@ -209,8 +231,12 @@ class PostgresWorker(JobWorker):
         self._flush_now = asyncio.Event()
         # One outcome writer at a time: the final flush at shutdown waits for a write in flight.
         self._flush_lock = asyncio.Lock()
-        self._running: dict[uuid.UUID, _Running] = {}
+        # Keyed by (job id, lease token): a retry of a job claimed while its cancelled attempt
+        # still cleans up is a different entry, and neither's exit can touch the other.
+        self._running: dict[tuple[uuid.UUID, int], _Running] = {}
         self._outcomes = _Outcomes()
+        # Attempts stopped by shutdown, handed back (not counted) once the worker stops.
+        self._to_release: list[_Running] = []
         self._grace: float | None = None
         self._force = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
@@ -389,92 +415,87 @@ class PostgresWorker(JobWorker):
                 await conn.close()
 
     def _start_job(self, row: dict[str, Any], now: float) -> None:
+        spec = self.runner.registry.find(row["type"])
+        fallback = JobPolicy.of(spec) if spec is not None else JobPolicy()
+        stored = row.get("policy")
+        policy = JobPolicy.from_json(stored, fallback=fallback)
         ctx = JobContext(
             job_id=row["job_id"],
             name=row["type"],
             tenant=row["tenant"],
             attempt=row["attempts"],
-            max_attempts=row["max_attempts"],
+            max_attempts=policy.retry.max_attempts,
             queue=row["queue"],
             metadata=dict(row["metadata"] or {}),
             schedule_id=row["schedule_id"],
             lease_token=row["lease_token"],
             _sink=self.runner.store,
         )
-        running = _Running(row["tenant"], row["job_id"], row["lease_token"], ctx, now)
-        self._running[row["job_id"]] = running
-        running.task = asyncio.create_task(self._execute(running, row["data"] or {}))
+        running = _Running(Attempt(ctx, row["data"] or {}, policy), now)
+        self._running[running.key] = running
+        running.task = asyncio.create_task(
+            self._execute(running, spec, pin=stored is None), name=f"jobrunner-attempt-{ctx.job_id}"
+        )
 
     # -- execution ------------------------------------------------------------------------
-    async def _execute(self, job: _Running, data: dict[str, Any]) -> None:
-        started_wall = time.time()
-        started = time.monotonic()
-        ctx = job.ctx
+    async def _execute(self, job: _Running, spec: HandlerSpec | None, *, pin: bool) -> None:
+        attempt = job.attempt
         try:
-            spec = self.runner.registry.find(ctx.name)
-            if spec is None:
-                error = describe_error(HandlerNotFoundError(ctx.name))
-                self._record_failure(job, error.to_json(), None, started_wall, started)
-                return
-            try:
-                result = await self._invoke(spec, ctx, data)
-                text = None if result is None else _result_json(result)
-            except asyncio.CancelledError:
-                if ctx.is_cancelled():
-                    return  # cancelled job or lost lease: the database already says so
-                raise
-            except BaseException as exc:  # every handler failure is recorded
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
-                decision = decide_failure(
-                    exc, attempt=ctx.attempt, policy=spec.retry, rand=self.settings.rand
+            if pin:
+                await self._pin_policy(attempt)
+            outcome = await run_attempt(
+                attempt, spec, executor=self._executor, rand=self.settings.rand
+            )
+            self._record(job, outcome)
+        finally:
+            if self._running.get(job.key) is job:
+                del self._running[job.key]
+            self._slot_free.set()
+
+    async def _pin_policy(self, attempt: Attempt) -> None:
+        """Store the policy this attempt runs under with a job enqueued without one."""
+        policy = attempt.policy
+        try:
+            async with self.runner.db.connection() as conn:
+                await conn.execute(
+                    self.runner.db.queries.pin_policy,
+                    {
+                        "tenant": attempt.ctx.tenant,
+                        "job_id": attempt.ctx.job_id,
+                        "token": attempt.ctx.lease_token,
+                        "policy": Jsonb(policy.to_json()),
+                        "max_attempts": policy.retry.max_attempts,
+                    },
                 )
-                self._record_failure(
-                    job, decision.error.to_json(), decision.retry_in, started_wall, started
-                )
-                return
-            await ctx.flush_progress()
+        except (JobRunnerError, psycopg.Error, OSError) as exc:
+            # The attempt runs under the same policy either way; the next claim pins it.
+            logger.warning("could not store job %s's policy: %s", attempt.ctx.job_id, exc)
+
+    def _record(self, job: _Running, outcome: Outcome) -> None:
+        attempt = job.attempt
+        if isinstance(outcome, Completed):
             self._outcomes.done.append(
                 (
                     job.tenant,
                     job.job_id,
                     job.token,
-                    text,
-                    started_wall,
-                    (time.monotonic() - started) * 1000,
+                    outcome.result_json,
+                    attempt.started_wall,
+                    attempt.duration_ms,
                 )
             )
             self._schedule_flush()
-        finally:
-            ctx.cancel_pending_flush()
-            self._running.pop(job.job_id, None)
-            self._slot_free.set()
-
-    async def _invoke(self, spec: HandlerSpec, ctx: JobContext, data: dict[str, Any]) -> Any:
-        if spec.is_async:
-            try:
-                async with asyncio.timeout(spec.timeout) as scope:
-                    return await spec.handler(ctx, data)
-            except TimeoutError:
-                if scope.expired():
-                    raise timeout_error(spec.timeout) from None
-                raise
-        loop = asyncio.get_running_loop()
-        sync_ctx = SyncJobContext(ctx, loop)
-        handler: Callable[[SyncJobContext, dict[str, Any]], Any] = spec.handler  # type: ignore[assignment]
-        future = loop.run_in_executor(self._executor, handler, sync_ctx, data)
-        try:
-            async with asyncio.timeout(spec.timeout) as scope:
-                return await asyncio.shield(future)
-        except TimeoutError:
-            if scope.expired():
-                # The thread cannot be killed: flag it and discard whatever it returns later.
-                ctx.mark_cancelled()
-                raise timeout_error(spec.timeout) from None
-            raise
-        except asyncio.CancelledError:
-            ctx.mark_cancelled()
-            raise
+        elif isinstance(outcome, Failed):
+            self._record_failure(
+                job,
+                outcome.error.to_json(),
+                outcome.retry_in,
+                attempt.started_wall,
+                attempt.started,
+            )
+        elif outcome.reason is AbortReason.SHUTDOWN:
+            self._to_release.append(job)
+        # CANCELLED: the cancel recorded the outcome; LEASE_LOST: the job's new holder does.
 
     def _record_failure(
         self,
@@ -651,7 +672,7 @@ class PostgresWorker(JobWorker):
                 key = (job.job_id, job.token)
                 if job.claimed_at < sent_at and key not in held and key not in pending:
                     logger.warning("job %s lost its lease; stopping its handler", job.job_id)
-                    self._abort(job)
+                    self._abort(job, AbortReason.LEASE_LOST)
 
     async def _release_orphans(
         self, beat: list[dict[str, Any]], pending: set[tuple[uuid.UUID, int]]
@@ -710,10 +731,8 @@ class PostgresWorker(JobWorker):
             except (JobRunnerError, psycopg.Error, OSError) as exc:
                 logger.debug("rescue scan failed: %s", exc)
 
-    def _abort(self, job: _Running) -> None:
-        job.ctx.mark_cancelled()
-        if job.task is not None and not job.task.done():
-            job.task.cancel()
+    def _abort(self, job: _Running, reason: AbortReason) -> None:
+        job.attempt.abort(reason)
 
     # -- notifications --------------------------------------------------------------------
     async def _listen_loop(self) -> None:
@@ -774,14 +793,21 @@ class PostgresWorker(JobWorker):
                         )
 
     def _on_cancel(self, payload: str) -> None:
+        """Stop the attempts of a cancelled job that are older than the cancel.
+
+        The payload is ``job_id:token`` (the token the cancel set); an attempt of the same job
+        claimed after the cancel (a retry) has a newer token and keeps running.
+        """
+        job_part, _, token_part = payload.partition(":")
         try:
-            job_id = uuid.UUID(payload)
+            job_id = uuid.UUID(job_part)
+            fence = int(token_part) if token_part else None
         except ValueError:
             return
-        job = self._running.get(job_id)
-        if job is not None:
-            logger.info("job %s cancelled; stopping its handler", job_id)
-            self._abort(job)
+        for job in list(self._running.values()):
+            if job.job_id == job_id and (fence is None or job.token < fence):
+                logger.info("job %s cancelled; stopping its handler", job_id)
+                self._abort(job, AbortReason.CANCELLED)
 
     # -- shutdown -------------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -802,11 +828,12 @@ class PostgresWorker(JobWorker):
                 )
                 pending = {t for t in pending if t in pending_any}
             forced.cancel()
-        leftovers = [j for j in self._running.values() if j.task in pending]
-        for job in leftovers:
-            self._abort(job)
+        for job in [j for j in self._running.values() if j.task in pending]:
+            self._abort(job, AbortReason.SHUTDOWN)
         if pending:
-            await asyncio.wait(pending, timeout=1.0)
+            # Bounded: run_attempt gives a cancelled handler CANCEL_GRACE, then records anyway.
+            await asyncio.wait(pending, timeout=CANCEL_GRACE + 1.0)
+        leftovers, self._to_release = self._to_release, []
         try:
             # Bounded: with the database away, a write in flight retries until ``_stopped``.
             async with asyncio.timeout(_FINAL_WRITES_TIMEOUT):
@@ -889,24 +916,6 @@ class PostgresWorker(JobWorker):
             self.settings.lease_seconds,
             handlers,
         )
-
-
-_NUL_ESCAPE = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")
-
-
-def _result_json(result: Any) -> str:
-    """A handler's result as JSON text that PostgreSQL's jsonb accepts.
-
-    Raises:
-        NonRetryable: the result cannot be stored; running the handler again would not help.
-    """
-    try:
-        text = json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise NonRetryable(f"the handler's result is not JSON-serialisable: {exc}") from exc
-    if _NUL_ESCAPE.search(text):
-        raise NonRetryable("the handler's result contains a NUL character (jsonb cannot hold it)")
-    return text
 
 
 def _ts(epoch: float) -> Any:

@@ -26,7 +26,7 @@ from temporalio.client import (
 from temporalio.common import Priority, WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from jobrunner._db._database import Database
+from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
 from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
@@ -85,7 +85,9 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         schema: Schema of the jobrunner tables.
         registry: Handler registry (default: the process-wide one).
         require_registered: Refuse to schedule names without a local handler.
-        auto_migrate: Apply pending migrations in :meth:`start`.
+        auto_migrate: ``True`` applies pending migrations in :meth:`start`; ``"check"`` only
+            verifies the schema is present and current (raising ``ConfigurationError``);
+            ``False`` does neither.
         pool_size: Maximum pooled database connections.
         database: An existing :class:`Database` to share.
         heartbeat_timeout: Seconds without a heartbeat after which Temporal considers an
@@ -107,13 +109,14 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         schema: str = "jobrunner",
         registry: JobHandlerRegistry | None = None,
         require_registered: bool = True,
-        auto_migrate: bool = True,
+        auto_migrate: AutoMigrate = True,
         pool_size: int = 10,
         database: Database | None = None,
         heartbeat_timeout: float = 30.0,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         super().__init__(registry)
+        auto_migrate = check_auto_migrate(auto_migrate)
         if database is None:
             if not dsn:
                 raise InvalidArgumentError("TemporalJobRunner needs a dsn or a database")
@@ -167,8 +170,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
                     tls=self.tls,
                     timeout=self.connect_timeout,
                 )
-            if self.auto_migrate:
-                await self.db.migrate()
+            await self.db.prepare_schema(self.auto_migrate)
             await self.db.open()
             self._started = True
 
@@ -243,6 +245,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             "priority": args.priority,
             "data": Jsonb(args.data),
             "max_attempts": args.max_attempts,
+            "policy": args.policy_param,
             "singleton_key": args.singleton_key,
             "schedule_id": None,
             "notify": False,

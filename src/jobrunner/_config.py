@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from jobrunner._errors import ConfigurationError
 
@@ -33,6 +34,18 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
 
 
+def _auto_migrate(env: Mapping[str, str]) -> bool | Literal["check"]:
+    raw = env.get("JOBRUNNER_AUTO_MIGRATE")
+    if raw is not None and raw.strip().lower() == "check":
+        return "check"
+    try:
+        return _flag(env, "JOBRUNNER_AUTO_MIGRATE", True)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"JOBRUNNER_AUTO_MIGRATE must be true, false or check, got {raw!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the factory needs to build a runner."""
@@ -43,8 +56,9 @@ class Settings:
     """``JOBRUNNER_DATABASE_URL``, else ``DATABASE_URL``."""
     schema: str = "jobrunner"
     """``JOBRUNNER_SCHEMA``: schema of the jobrunner tables."""
-    auto_migrate: bool = True
-    """``JOBRUNNER_AUTO_MIGRATE``: apply migrations when a runner starts."""
+    auto_migrate: bool | Literal["check"] = True
+    """``JOBRUNNER_AUTO_MIGRATE``: apply migrations when a runner starts (``true``), only
+    check that the schema exists and is current (``check``), or neither (``false``)."""
     require_registered: bool = True
     """``JOBRUNNER_REQUIRE_REGISTERED``: refuse to schedule names with no local handler."""
     fallback_to_postgres: bool = True
@@ -93,7 +107,7 @@ class Settings:
             runner_type=runner_type,
             database_url=env.get("JOBRUNNER_DATABASE_URL") or env.get("DATABASE_URL") or None,
             schema=env.get("JOBRUNNER_SCHEMA", "jobrunner") or "jobrunner",
-            auto_migrate=_flag(env, "JOBRUNNER_AUTO_MIGRATE", True),
+            auto_migrate=_auto_migrate(env),
             require_registered=_flag(env, "JOBRUNNER_REQUIRE_REGISTERED", True),
             fallback_to_postgres=_flag(env, fallback_name, True),
             temporal_address=env.get("TEMPORAL_ADDRESS", "localhost:7233"),

@@ -7,14 +7,14 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from jobrunner._db._errors import translate_errors
-from jobrunner._db._migrate import migrate
+from jobrunner._db._migrate import check_current, migrate
 from jobrunner._db._queries import Queries, queries_for
 from jobrunner._errors import InvalidArgumentError
 
@@ -26,12 +26,26 @@ _SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,52}$")
 
 AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
 
+#: What a runner's start does with the schema: ``True`` applies pending migrations (creating
+#: the schema if needed), ``"check"`` only verifies that it is present and current (read-only
+#: tools), ``False`` neither.
+AutoMigrate = bool | Literal["check"]
+
 
 def check_schema(schema: str) -> str:
     """Schema names are identifiers; restrict them so channel names derived from them are too."""
     if not isinstance(schema, str) or not _SCHEMA.match(schema):
         raise InvalidArgumentError(f"invalid schema name {schema!r}")
     return schema
+
+
+def check_auto_migrate(value: object) -> AutoMigrate:
+    """``auto_migrate`` is ``True``, ``False`` or ``"check"``; anything else is refused."""
+    if isinstance(value, bool):
+        return value
+    if value == "check":
+        return "check"
+    raise InvalidArgumentError(f"auto_migrate must be True, False or 'check', got {value!r}")
 
 
 class Database:
@@ -136,6 +150,26 @@ class Database:
                 self.conninfo, autocommit=True
             ) as conn:
                 return await migrate(conn, self.schema, target=target)
+
+    async def check_migrated(self) -> None:
+        """Verify the schema exists with every migration applied; creates and changes nothing.
+
+        Raises:
+            ConfigurationError: the schema is missing or behind (run ``jobrunner migrate``).
+        """
+        with translate_errors():
+            async with await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True
+            ) as conn:
+                await check_current(conn, self.schema)
+
+    async def prepare_schema(self, auto_migrate: AutoMigrate) -> None:
+        """Apply migrations (``True``), only check them (``"check"``), or do nothing."""
+        mode = check_auto_migrate(auto_migrate)
+        if mode == "check":
+            await self.check_migrated()
+        elif mode:
+            await self.migrate()
 
     async def dedicated_connection(self) -> AsyncConn:
         """A new connection outside the pool (LISTEN needs one it keeps)."""

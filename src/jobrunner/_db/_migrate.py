@@ -15,7 +15,7 @@ import psycopg
 import tenacity
 from psycopg import sql
 
-from jobrunner._errors import UnavailableError
+from jobrunner._errors import ConfigurationError, UnavailableError
 
 logger = logging.getLogger("jobrunner.migrate")
 
@@ -194,3 +194,49 @@ async def current_version(conn: psycopg.AsyncConnection[Any], schema: str) -> in
     )
     row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+def _run_migrate_hint(schema: str) -> str:
+    if schema == "jobrunner":
+        return "run `jobrunner migrate`"
+    return f"run `jobrunner migrate --schema {schema}`"
+
+
+async def check_current(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
+    """Make sure ``schema`` exists with every shipped migration applied, changing nothing.
+
+    Read-only tools (the CLI's listings, the dashboard) open the database this way, so a
+    mistyped ``--schema`` fails instead of creating an empty schema. Versions newer than this
+    release knows are accepted (a newer release migrated first; migrations only add). Under
+    row-level security a role other than the owner sees no ``schema_migrations`` rows; then
+    only the table's presence can be checked.
+
+    Raises:
+        ConfigurationError: the schema does not exist, has no jobrunner tables, or lacks
+            migrations; the message says to run ``jobrunner migrate``.
+    """
+    hint = _run_migrate_hint(schema)
+    cur = await conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (schema,))
+    if await cur.fetchone() is None:
+        raise ConfigurationError(f"schema {schema!r} does not exist; {hint}")
+    table = sql.Identifier(schema).as_string(None) + ".schema_migrations"
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        raise ConfigurationError(f"schema {schema!r} has no jobrunner tables; {hint}")
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT coalesce(array_agg(version), '{{}}'), row_security_active({table}::regclass)"
+            " FROM {schema}.schema_migrations"
+        ).format(table=sql.Literal(table), schema=sql.Identifier(schema))
+    )
+    row = await cur.fetchone()
+    applied, hidden_by_rls = (set(row[0]), bool(row[1])) if row else (set(), False)
+    if not applied and hidden_by_rls:
+        return
+    missing = [m for m in available_migrations() if m.version not in applied]
+    if missing:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+        raise ConfigurationError(
+            f"schema {schema!r} is not at the current migration (missing {names}); {hint}"
+        )

@@ -246,3 +246,31 @@ def test_history_clearing(site: Site, page: Any) -> None:
     assert site.status("parked") is JobStatus.QUEUED  # live: kept
     other = site.runner.get_job_status(site.ids["other_tenant"], tenant=T2)
     assert other is not None  # the tenant view cleared only its tenant
+
+
+def test_dns_rebinding_host_is_refused(site: Site, browser: Any) -> None:
+    """A page whose name is re-pointed at the dashboard's address (DNS rebinding) gets 400 on
+    every route: Chromium resolves attacker.example to 127.0.0.1 here, as the attacker's DNS
+    would, and sends ``Host: attacker.example``; localhost still works."""
+    from .conftest import CHROMIUM_ARGS, _ensure_chromium
+
+    port = site.url.rsplit(":", 1)[1]
+    rebound = browser.browser_type.launch(
+        executable_path=_ensure_chromium(),
+        headless=True,
+        args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP attacker.example 127.0.0.1"],
+    )
+    try:
+        tab = rebound.new_context().new_page()
+        tab.set_default_timeout(TIMEOUT)
+        for path in ("/", "/jobs", "/api/jobs", "/t1/api/metrics", "/static/dashboard.css"):
+            response = tab.goto(f"http://attacker.example:{port}{path}")
+            assert response is not None
+            assert response.status == 400, path
+            assert "Invalid Host header" in tab.content()
+        shot(tab, "host-refused", full=False)
+        # the same browser, same server, by the machine's own name: served
+        response = tab.goto(f"http://localhost:{port}/api/metrics")
+        assert response is not None and response.status == 200
+    finally:
+        rebound.close()

@@ -23,6 +23,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--read-only", action="store_true", help="no cancel/retry/clear actions")
     parser.add_argument("--refresh", type=float, default=5.0, help="live refresh, seconds")
     parser.add_argument("--root-path", default="", help="URL prefix when behind a proxy")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a Host header to answer besides localhost and the bound address (repeat; "
+        "host or host:port; '*' allows any; default: JOBRUNNER_DASHBOARD_ALLOWED_HOSTS, "
+        "comma-separated); other hosts get 400 (DNS rebinding)",
+    )
     add_database_options(parser)
     parser.set_defaults(handler=run)
 
@@ -42,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
     if not 0 < args.port < 65536:
         raise InvalidArgumentError("--port must be between 1 and 65535")
-    settings = settings_from(args)
+    # Never migrate from the dashboard: a mistyped --schema must fail, not create a schema.
+    settings = settings_from(args, auto_migrate="check")
+    allowed_hosts = _allowed_hosts(args, settings.extra)
+    if settings.runner_type != "memory":
+        _check_schema(settings.require_database_url(), settings.schema)
 
     async def build_runner() -> object:
         # Built inside uvicorn's event loop, on the first request.
@@ -61,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         tenant=args.tenant,
         read_only=args.read_only,
         refresh_seconds=args.refresh,
+        allowed_hosts=allowed_hosts,
     )
 
     @contextlib.asynccontextmanager
@@ -75,3 +89,30 @@ def run(args: argparse.Namespace) -> int:
     print(f"jobrunner dashboard on http://{args.host}:{args.port}{args.root_path}/")
     uvicorn.run(app, host=args.host, port=args.port, root_path=args.root_path, log_level="warning")
     return 0
+
+
+def _allowed_hosts(args: argparse.Namespace, env: dict[str, str]) -> list[str]:
+    """``--allowed-host`` (else the environment's list) plus the bound name itself."""
+    hosts = list(args.allowed_host) or [
+        h.strip() for h in env.get("JOBRUNNER_DASHBOARD_ALLOWED_HOSTS", "").split(",") if h.strip()
+    ]
+    if args.host not in ("0.0.0.0", "::", ""):  # a wildcard bind is no name a browser sends
+        hosts.append(args.host)
+    return hosts
+
+
+def _check_schema(dsn: str, schema: str) -> None:
+    """Fail now (exit code 2) when the schema is missing or behind, not on every request.
+
+    An unreachable database is only logged: the dashboard may start before it, and each
+    request reports the outage until it is back.
+    """
+    import asyncio
+
+    from jobrunner._db._database import Database
+    from jobrunner._errors import UnavailableError
+
+    try:
+        asyncio.run(Database(dsn, schema=schema).check_migrated())
+    except UnavailableError as exc:
+        logger.warning("cannot check the schema now: %s", exc)

@@ -7,7 +7,7 @@ import dataclasses
 import inspect
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,9 @@ from jobrunner.dashboard._security import (
     CSRF_FIELD,
     AuthError,
     Csrf,
+    HostCheckMiddleware,
     SecurityHeadersMiddleware,
+    check_allowed_hosts,
 )
 
 RunnerSource = JobRunner | Callable[[], Awaitable[JobRunner]] | None
@@ -677,6 +679,7 @@ def create_app(
     refresh_seconds: float = 5.0,
     csrf_secret: bytes | str | None = None,
     secure_cookies: bool | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Starlette:
     """The monitoring dashboard as an ASGI app; mount it under any path of a host app.
 
@@ -697,10 +700,23 @@ def create_app(
         csrf_secret: Key binding CSRF tokens to their cookie (random per process when
             omitted; set it when several processes serve the dashboard).
         secure_cookies: Force the ``Secure`` cookie flag (default: when the request is HTTPS).
+        allowed_hosts: ``Host`` header values the dashboard answers besides ``localhost``,
+            ``127.0.0.1``, ``[::1]`` and the address the server accepted the connection on
+            (any port unless an entry gives one: ``jobs.example.com``,
+            ``jobs.example.com:8443``, ``[2001:db8::1]``); ``"*"`` allows every host. Other
+            hosts get 400 before any route runs (DNS rebinding: docs/monitoring.md). Set it
+            to the public name when the dashboard is mounted in an app served under one.
+
+    Raises:
+        InvalidArgumentError: an argument is malformed (an allowed host, the refresh, ...).
 
     Returns:
         A Starlette application.
     """
+    try:
+        hosts = check_allowed_hosts(allowed_hosts)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
     dash = Dashboard(
         runner,
         auth=auth,
@@ -732,7 +748,10 @@ def create_app(
     }
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeadersMiddleware)],
+        middleware=[
+            Middleware(SecurityHeadersMiddleware),
+            Middleware(HostCheckMiddleware, allowed_hosts=hosts),
+        ],
         exception_handlers=handlers,
     )
     app.state.dashboard = dash

@@ -11,6 +11,10 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jobrunner._config import Settings
 
 _COMMAND_MODULES = ("_migrate", "_worker", "_schedules", "_jobs", "_dashboard", "_tenants")
 
@@ -39,12 +43,21 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``jobrunner``."""
+def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None) -> int:
+    """Entry point of ``jobrunner``.
+
+    Args:
+        argv: The arguments (default ``sys.argv[1:]``).
+        settings: Settings to use instead of the environment's (the Django integration's
+            ``manage.py jobrunner`` passes the project's); ``--database-url`` and ``--schema``
+            still override them.
+    """
     from jobrunner._errors import JobRunnerError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if settings is not None:
+        args.base_settings = settings
     _setup_logging(args.verbose)
     try:
         code: int = args.handler(args)

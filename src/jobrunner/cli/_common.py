@@ -29,8 +29,13 @@ def add_database_options(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """Environment settings with the command line's overrides applied."""
-    settings = Settings.from_env()
+    """Environment settings with the command line's overrides applied.
+
+    A host that configures jobrunner itself (the Django integration) puts its
+    :class:`Settings` on ``args.base_settings``; they then replace the environment's.
+    """
+    base = getattr(args, "base_settings", None)
+    settings = base if isinstance(base, Settings) else Settings.from_env()
     changes: dict[str, Any] = dict(overrides)
     if getattr(args, "database_url", None):
         changes["database_url"] = args.database_url

@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from jobrunner._context import JobContext, SyncJobContext
+from jobrunner._context import JobContext
 from jobrunner._db._monitoring import list_filters
-from jobrunner._errors import HandlerNotFoundError, InvalidArgumentError
+from jobrunner._errors import InvalidArgumentError
+from jobrunner._execution import AbortReason, Attempt, Completed, Failed, run_attempt
 from jobrunner._jobargs import JobArgs, job_args, recurring_args
 from jobrunner._models import (
     LIVE_STATUSES,
@@ -41,7 +42,7 @@ from jobrunner._models import (
     ScheduleInfo,
     StepInfo,
 )
-from jobrunner._outcome import decide_failure, describe_error, timeout_error
+from jobrunner._policy import JobPolicy
 from jobrunner._recurrence import (
     DEFAULT_MISFIRE_GRACE,
     Recurrence,
@@ -55,7 +56,7 @@ from jobrunner._validation import (
     as_tenant,
     as_uuid,
 )
-from jobrunner.registry import HandlerSpec, JobHandlerRegistry
+from jobrunner.registry import JobHandlerRegistry
 from jobrunner.testing._clock import Clock, FakeClock, SystemClock
 
 __all__ = ["InMemoryJobRunner", "MemoryWorker"]
@@ -119,6 +120,8 @@ class _Job:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     details: list[_Detail] = field(default_factory=list)
+    policy: JobPolicy | None = None
+    """The policy stored with the job (``None``: pinned by the first claim)."""
     tracker: bool = False
     """A recurring schedule's tracker row (status ``active``, then ``cancelled``)."""
 
@@ -166,6 +169,7 @@ class _Schedule:
     queue: str
     user_id: uuid.UUID
     max_attempts: int
+    policy: JobPolicy | None
     missed_ticks: MissedTickPolicy
     overlap: OverlapPolicy
     max_catch_up: int
@@ -179,8 +183,16 @@ class _Schedule:
 @dataclass(eq=False)
 class _Running:
     job: _Job
-    ctx: JobContext
-    task: asyncio.Task[None] | None = None
+    attempt: Attempt
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def ctx(self) -> JobContext:
+        return self.attempt.ctx
+
+    @property
+    def key(self) -> tuple[uuid.UUID, uuid.UUID, int]:
+        return (self.job.tenant, self.job.job_id, self.attempt.ctx.lease_token)
 
 
 class _MemorySink:
@@ -288,7 +300,8 @@ class InMemoryJobRunner(JobRunner):
         self.rand = rand
         self._jobs: dict[tuple[uuid.UUID, uuid.UUID], _Job] = {}
         self._schedules: dict[tuple[uuid.UUID, uuid.UUID], _Schedule] = {}
-        self._running: dict[tuple[uuid.UUID, uuid.UUID], _Running] = {}
+        # Keyed by attempt (tenant, job id, lease token), as on PostgreSQL.
+        self._running: dict[tuple[uuid.UUID, uuid.UUID, int], _Running] = {}
         self._seq = itertools.count(1)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -309,12 +322,10 @@ class InMemoryJobRunner(JobRunner):
         """Stop running handlers and release the thread pool for sync handlers."""
         self._closed = True
         for running in list(self._running.values()):
-            if running.task is not None and not running.task.done():
-                running.ctx.mark_cancelled()
-                running.task.cancel()
-        tasks = [r.task for r in self._running.values() if r.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
+            running.attempt.abort(AbortReason.SHUTDOWN)
+        deadline = time.monotonic() + 1.0
+        while self._running and time.monotonic() < deadline:
+            await self.wait_for_change(deadline - time.monotonic())
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -324,10 +335,8 @@ class InMemoryJobRunner(JobRunner):
         self._closed = True
         for running in list(self._running.values()):
             running.ctx.mark_cancelled()
-            task = running.task
-            if task is not None and not task.done():
-                with contextlib.suppress(RuntimeError):  # its loop may be closed already
-                    task.get_loop().call_soon_threadsafe(task.cancel)
+            with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                running.loop.call_soon_threadsafe(running.attempt.abort, AbortReason.SHUTDOWN)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -441,6 +450,7 @@ class InMemoryJobRunner(JobRunner):
             priority=args.priority,
             run_at=now if args.run_at is None else args.run_at,
             max_attempts=args.max_attempts,
+            policy=args.policy,
             seq=next(self._seq),
             singleton_key=args.singleton_key,
             schedule_id=schedule_id,
@@ -632,11 +642,10 @@ class InMemoryJobRunner(JobRunner):
                     },
                 )
             )
-            running = self._running.get(job.key)
-            if running is not None:
-                running.ctx.mark_cancelled()
-                if running.task is not None and not running.task.done():
-                    running.task.cancel()
+            job.lease_token += 1  # fences the cancelled attempt, as on PostgreSQL
+            for running in list(self._running.values()):
+                if running.job is job and running.ctx.lease_token < job.lease_token:
+                    running.attempt.abort(AbortReason.CANCELLED)
         self._notify()
         return True
 
@@ -875,6 +884,7 @@ class InMemoryJobRunner(JobRunner):
             existing.user_metadata = template.metadata
             existing.priority, existing.queue = template.priority, template.queue
             existing.user_id, existing.max_attempts = template.user_id, template.max_attempts
+            existing.policy = template.policy
             existing.missed_ticks, existing.overlap = missed, overlap_policy
             existing.max_catch_up = catch_up
             if not same_timing:
@@ -897,6 +907,7 @@ class InMemoryJobRunner(JobRunner):
             queue=template.queue,
             user_id=template.user_id,
             max_attempts=template.max_attempts,
+            policy=template.policy,
             missed_ticks=missed,
             overlap=overlap_policy,
             max_catch_up=catch_up,
@@ -1062,6 +1073,7 @@ class InMemoryJobRunner(JobRunner):
             priority=schedule.priority,
             run_at=tick,
             max_attempts=schedule.max_attempts,
+            policy=schedule.policy,
             seq=next(self._seq),
             schedule_id=tracker.job_id,
         )
@@ -1079,7 +1091,7 @@ class InMemoryJobRunner(JobRunner):
             for j in self._jobs.values()
             if j.status in _CLAIMABLE
             and j.run_at <= now
-            and j.key not in self._running
+            and not self._is_running(j)
             and (queues is None or j.queue in queues)
         ]
         due.sort(key=lambda j: (-j.priority, j.run_at, j.seq))
@@ -1091,7 +1103,7 @@ class InMemoryJobRunner(JobRunner):
             j.run_at
             for j in self._jobs.values()
             if j.status in _CLAIMABLE
-            and j.key not in self._running
+            and not self._is_running(j)
             and (not retries_only or j.status is JobStatus.RETRYING)
         ]
         return min(times) if times else None
@@ -1122,6 +1134,9 @@ class InMemoryJobRunner(JobRunner):
         """Attempts executing right now (in any worker, drain or eager call)."""
         return len(self._running)
 
+    def _is_running(self, job: _Job) -> bool:
+        return (job.tenant, job.job_id, job.lease_token) in self._running
+
     def claim(self, job: _Job) -> _Running:
         """Mark ``job`` processing (a new attempt with a new lease token)."""
         now = self.clock.now()
@@ -1130,69 +1145,48 @@ class InMemoryJobRunner(JobRunner):
         job.lease_token += 1
         job.started_at = now
         job.updated_at = now
+        if job.policy is None:  # pinned by the first claim, as on PostgreSQL
+            spec = self.registry.find(job.name)
+            job.policy = JobPolicy.of(spec) if spec is not None else JobPolicy()
+            job.max_attempts = job.policy.retry.max_attempts
         ctx = JobContext(
             job_id=job.job_id,
             name=job.name,
             tenant=job.tenant,
             attempt=job.attempts,
-            max_attempts=job.max_attempts,
+            max_attempts=job.policy.retry.max_attempts,
             queue=job.queue,
             metadata=_roundtrip(job.metadata),
             schedule_id=job.schedule_id,
             lease_token=job.lease_token,
             _sink=_MemorySink(self),
         )
-        running = _Running(job, ctx)
-        self._running[job.key] = running
+        running = _Running(
+            job, Attempt(ctx, _roundtrip(job.data), job.policy), asyncio.get_running_loop()
+        )
+        self._running[running.key] = running
         self.attempts_run += 1
         self._notify()
         return running
 
     async def execute(self, running: _Running) -> None:
         """Run one claimed attempt and record its outcome (fenced by the lease token)."""
-        job, ctx = running.job, running.ctx
-        started = time.monotonic()
+        job, attempt = running.job, running.attempt
         started_at = self.clock.now()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="jobrunner-mem")
         try:
-            spec = self.registry.find(job.name)
-            if spec is None:
+            outcome = await run_attempt(
+                attempt, self.registry.find(job.name), executor=self._executor, rand=self.rand
+            )
+            if isinstance(outcome, Failed):
                 self._record_failure(
-                    running,
-                    describe_error(HandlerNotFoundError(job.name)),
-                    None,
-                    started_at,
-                    started,
+                    running, outcome.error, outcome.retry_in, started_at, attempt.started
                 )
-                return
-            try:
-                # The handler gets a task of its own so that cancelling the job stops the
-                # handler, never the drain or worker that awaits it.
-                inner = asyncio.create_task(self._invoke(spec, ctx, _roundtrip(job.data)))
-                running.task = inner
-                result = await inner
-                stored = None if result is None else _roundtrip(result)
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if me is not None and me.cancelling():
-                    raise
-                if ctx.is_cancelled():
-                    return  # cancel_job (or a timeout on a thread) already decided
-                raise
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    raise
-                decision = decide_failure(
-                    exc, attempt=ctx.attempt, policy=spec.retry, rand=self.rand
-                )
-                self._record_failure(
-                    running, decision.error, decision.retry_in, started_at, started
-                )
-                return
-            await ctx.flush_progress()
-            if self._holds_lease(running):
+            elif isinstance(outcome, Completed) and self._holds_lease(running):
                 now = self.clock.now()
                 job.status = JobStatus.COMPLETED
-                job.result = stored
+                job.result = outcome.result
                 job.error = None
                 job.progress = 100
                 job.completed_at = job.updated_at = now
@@ -1204,13 +1198,13 @@ class InMemoryJobRunner(JobRunner):
                         None,
                         now,
                         job.attempts,
-                        _attempt_meta(started_at, started),
+                        _attempt_meta(started_at, attempt.started),
                     )
                 )
+            # Aborted: a cancel or a shutdown re-queue already recorded what happened.
         finally:
-            ctx.cancel_pending_flush()
-            if self._running.get(job.key) is running:
-                del self._running[job.key]
+            if self._running.get(running.key) is running:
+                del self._running[running.key]
             self._notify()
 
     def _holds_lease(self, running: _Running) -> bool:
@@ -1246,33 +1240,6 @@ class InMemoryJobRunner(JobRunner):
             )
         )
 
-    async def _invoke(self, spec: HandlerSpec, ctx: JobContext, data: dict[str, Any]) -> Any:
-        if spec.is_async:
-            try:
-                async with asyncio.timeout(spec.timeout) as scope:
-                    return await spec.handler(ctx, data)
-            except TimeoutError:
-                if scope.expired():
-                    raise timeout_error(spec.timeout) from None
-                raise
-        loop = asyncio.get_running_loop()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="jobrunner-mem")
-        sync_ctx = SyncJobContext(ctx, loop)
-        handler = cast(Callable[..., Any], spec.handler)
-        future = loop.run_in_executor(self._executor, handler, sync_ctx, data)
-        try:
-            async with asyncio.timeout(spec.timeout) as scope:
-                return await asyncio.shield(future)
-        except TimeoutError:
-            if scope.expired():
-                ctx.mark_cancelled()  # the thread cannot be killed; its late result is dropped
-                raise timeout_error(spec.timeout) from None
-            raise
-        except asyncio.CancelledError:
-            ctx.mark_cancelled()
-            raise
-
     async def run_next(self, queues: Sequence[str] | None = None) -> bool:
         """Claim and run the next due job to the end of its attempt; ``False`` if none."""
         self.fire_due_schedules()
@@ -1285,7 +1252,7 @@ class InMemoryJobRunner(JobRunner):
     async def _run_eagerly(self, jobs: list[_Job]) -> None:
         """Run ``jobs`` now, retries included, jumping a fake clock over their backoff."""
         for job in jobs:
-            while job.status in _CLAIMABLE and job.key not in self._running:
+            while job.status in _CLAIMABLE and not self._is_running(job):
                 now = self.clock.now()
                 if job.run_at > now:
                     if isinstance(self.clock, FakeClock):

@@ -11,9 +11,7 @@ attempt that Temporal already gave up on (timed out, worker presumed dead) chang
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 import uuid
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
@@ -23,18 +21,17 @@ from psycopg.types.json import Jsonb
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from jobrunner._context import JobContext, SyncJobContext
+from jobrunner._context import JobContext
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
-    HandlerNotFoundError,
     NonRetryable,
     Retry,
     ScheduleError,
     UnavailableError,
 )
+from jobrunner._execution import Aborted, AbortReason, Attempt, Failed, run_attempt
 from jobrunner._models import JobStatus, MissedTickPolicy, OverlapPolicy
-from jobrunner._outcome import decide_failure, describe_error, timeout_error
-from jobrunner._policy import RetryPolicy
+from jobrunner._policy import JobPolicy, RetryPolicy
 from jobrunner._recurrence import Recurrence, parse_recurrence
 from jobrunner._validation import SYSTEM_USER
 from jobrunner.backends.temporal import _schedules
@@ -96,7 +93,8 @@ class JobActivities:
         self.worker_id = worker_id
         self.executor = executor
         self.heartbeat_every = heartbeat_every
-        self.running: dict[str, asyncio.Task[Any]] = {}
+        #: Attempts running in this worker, by job id (one activity per job at a time).
+        self.running: dict[str, Attempt] = {}
 
     def definitions(self) -> list[Any]:
         """The activity callables to register on a Temporal worker."""
@@ -116,13 +114,9 @@ class JobActivities:
         tenant = uuid.UUID(inp.tenant)
         job_id = uuid.UUID(inp.job_id)
         spec = self.runner.registry.find(inp.name)
-        # The workflow applied inp.policy; decide with the same numbers (the local spec keeps
-        # exception types for subclass matching when it agrees).
-        policy = (
-            spec.retry
-            if spec is not None and spec.retry.max_attempts == inp.policy.max_attempts
-            else _policy_from_input(inp.policy)
-        )
+        # The policy stored with the job when it was enqueued (the workflow's input) is the
+        # only source of truth, whatever this worker's registry says.
+        policy = _job_policy(inp.policy)
         async with self.db.connection() as conn:
             cur = await conn.execute(
                 self.q.temporal_begin_attempt,
@@ -130,7 +124,7 @@ class JobActivities:
                     "tenant": tenant,
                     "job_id": job_id,
                     "attempt": info.attempt,
-                    "max_attempts": policy.max_attempts,
+                    "max_attempts": policy.retry.max_attempts,
                     "worker_id": self.worker_id,
                     "workflow_id": info.workflow_id,
                     "run_id": info.workflow_run_id,
@@ -139,102 +133,66 @@ class JobActivities:
             row = await cur.fetchone()
         if row is None:
             return await self._already_final(tenant, job_id)
-        token = int(row["lease_token"])
         ctx = JobContext(
             job_id=job_id,
             name=inp.name,
             tenant=tenant,
             attempt=info.attempt,
-            max_attempts=policy.max_attempts,
+            max_attempts=policy.retry.max_attempts,
             queue=row["queue"],
             metadata=dict(row["metadata"] or {}),
             schedule_id=row["schedule_id"],
-            lease_token=token,
+            lease_token=int(row["lease_token"]),
             _sink=_ProgressMirror(self.store, info.workflow_id or "", info.workflow_run_id),
         )
-        started_wall = time.time()
-        started = time.monotonic()
-        if spec is None:
-            exc = HandlerNotFoundError(inp.name)
-            await self._record_failure(
-                ctx, describe_error(exc).to_json(), None, started_wall, started
-            )
-            raise ApplicationError(str(exc), type="HandlerNotFoundError", non_retryable=True)
+        attempt = Attempt(ctx, inp.data, policy)
         beat = asyncio.create_task(self._heartbeat(ctx), name=f"jobrunner-heartbeat-{job_id}")
-        task = asyncio.current_task()
-        if task is not None:
-            self.running[inp.job_id] = task
+        work = asyncio.create_task(
+            run_attempt(attempt, spec, executor=self.executor), name=f"jobrunner-run-{job_id}"
+        )
+        self.running[inp.job_id] = attempt
         try:
-            result = await self._invoke(spec, ctx, inp.data, inp.policy.timeout)
-            text = None if result is None else json.dumps(result, allow_nan=False)
-        except asyncio.CancelledError:
-            ctx.mark_cancelled()
-            details = activity.cancellation_details()
-            if details is not None and details.cancel_requested:
-                # The job was cancelled (cancel_job or the cancelJob signal): whoever cancelled
-                # marks the row; this attempt records nothing more.
-                raise
-            # Stopped for another reason (worker shutdown past its grace, the server gave up on
-            # this attempt): a failed attempt that the policy retries, not a cancelled job.
-            stop = UnavailableError("the attempt was interrupted before the handler finished")
-            decision = decide_failure(stop, attempt=info.attempt, policy=policy)
-            await self._record_failure(
-                ctx, decision.error.to_json(), decision.retry_in, started_wall, started
-            )
-            raise _as_application_error(stop, decision.retry_in) from None
-        except Exception as exc:  # noqa: BLE001 - every handler failure is recorded
-            decision = decide_failure(exc, attempt=info.attempt, policy=policy)
-            await self._record_failure(
-                ctx, decision.error.to_json(), decision.retry_in, started_wall, started
-            )
-            raise _as_application_error(exc, decision.retry_in) from None
+            try:
+                outcome = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                details = activity.cancellation_details()
+                if details is not None and details.cancel_requested:
+                    attempt.abort(AbortReason.CANCELLED)
+                else:
+                    # Worker shutdown past its grace, or the server gave up on this attempt:
+                    # a failed attempt that the policy retries, not a cancelled job.
+                    attempt.abort(AbortReason.INTERRUPTED)
+                outcome = await work
         finally:
             beat.cancel()
-            ctx.cancel_pending_flush()
-            self.running.pop(inp.job_id, None)
-        await ctx.flush_progress()
+            if self.running.get(inp.job_id) is attempt:
+                del self.running[inp.job_id]
+        if isinstance(outcome, Aborted):
+            if outcome.reason is AbortReason.CANCELLED:
+                # The job was cancelled (cancel_job or the cancelJob signal): whoever cancelled
+                # marks the row; this attempt records nothing more.
+                raise asyncio.CancelledError
+            stop = UnavailableError("the attempt was interrupted before the handler finished")
+            outcome = attempt.fail_with(stop)
+            await self._record_failure(attempt, outcome)
+            raise _as_application_error(stop, outcome.retry_in) from None
+        if isinstance(outcome, Failed):
+            await self._record_failure(attempt, outcome)
+            raise _application_error(outcome)
         async with self.db.connection() as conn:
             await conn.execute(
                 self.q.temporal_complete,
                 {
                     "tenant": tenant,
                     "job_id": job_id,
-                    "token": token,
-                    "result": text,
-                    "started_at": datetime.fromtimestamp(started_wall, UTC),
-                    "duration_ms": (time.monotonic() - started) * 1000,
+                    "token": ctx.lease_token,
+                    "result": outcome.result_json,
+                    "started_at": datetime.fromtimestamp(attempt.started_wall, UTC),
+                    "duration_ms": attempt.duration_ms,
                     "worker_id": str(self.worker_id),
                 },
             )
-        return None if text is None else json.loads(text)
-
-    async def _invoke(
-        self, spec: HandlerSpec, ctx: JobContext, data: dict[str, Any], timeout: float
-    ) -> Any:
-        if spec.is_async:
-            try:
-                async with asyncio.timeout(timeout) as scope:
-                    return await spec.handler(ctx, data)
-            except TimeoutError:
-                if scope.expired():
-                    raise timeout_error(timeout) from None
-                raise
-        loop = asyncio.get_running_loop()
-        sync_ctx = SyncJobContext(ctx, loop)
-        handler: Any = spec.handler
-        future = loop.run_in_executor(self.executor, handler, sync_ctx, data)
-        try:
-            async with asyncio.timeout(timeout) as scope:
-                return await asyncio.shield(future)
-        except TimeoutError:
-            if scope.expired():
-                # A thread cannot be killed: flag it and discard whatever it returns later.
-                ctx.mark_cancelled()
-                raise timeout_error(timeout) from None
-            raise
-        except asyncio.CancelledError:
-            ctx.mark_cancelled()
-            raise
+        return outcome.result
 
     async def _heartbeat(self, ctx: JobContext) -> None:
         """Heartbeat while the handler runs: Temporal delivers cancellation on heartbeats and
@@ -262,15 +220,8 @@ class JobActivities:
             non_retryable=True,
         )
 
-    async def _record_failure(
-        self,
-        ctx: JobContext,
-        error: dict[str, Any],
-        retry_in: float | None,
-        started_wall: float,
-        started: float,
-    ) -> None:
-        await ctx.flush_progress()
+    async def _record_failure(self, attempt: Attempt, outcome: Failed) -> None:
+        ctx = attempt.ctx
         async with self.db.connection() as conn:
             await conn.execute(
                 self.q.temporal_fail,
@@ -278,10 +229,10 @@ class JobActivities:
                     "tenant": ctx.tenant,
                     "job_id": ctx.job_id,
                     "token": ctx.lease_token,
-                    "error": Jsonb(error),
-                    "retry_in": retry_in,
-                    "started_at": datetime.fromtimestamp(started_wall, UTC),
-                    "duration_ms": (time.monotonic() - started) * 1000,
+                    "error": Jsonb(outcome.error.to_json()),
+                    "retry_in": outcome.retry_in,
+                    "started_at": datetime.fromtimestamp(attempt.started_wall, UTC),
+                    "duration_ms": attempt.duration_ms,
                     "worker_id": str(self.worker_id),
                 },
             )
@@ -527,14 +478,29 @@ def _enum(kind: type[_E], value: object, default: str) -> _E:
         return kind(default)
 
 
-def _policy_from_input(policy: PolicyInput) -> RetryPolicy:
-    return RetryPolicy(
-        max_attempts=policy.max_attempts,
-        initial_interval=policy.initial_interval,
-        backoff_coefficient=policy.backoff_coefficient,
-        max_interval=policy.max_interval,
-        jitter=policy.jitter,
-        non_retryable_errors=tuple(policy.non_retryable_error_types),
+def _job_policy(policy: PolicyInput) -> JobPolicy:
+    return JobPolicy(
+        retry=RetryPolicy(
+            max_attempts=policy.max_attempts,
+            initial_interval=policy.initial_interval,
+            backoff_coefficient=policy.backoff_coefficient,
+            max_interval=policy.max_interval,
+            jitter=policy.jitter,
+            non_retryable_errors=tuple(policy.non_retryable_error_types),
+        ),
+        timeout=policy.timeout,
+    )
+
+
+def _application_error(outcome: Failed) -> ApplicationError:
+    """What Temporal sees of a failed attempt: the core's decision, with the exact delay."""
+    error = outcome.error
+    kind = error.type.rsplit(".", 1)[-1]
+    message = error.message or kind
+    if outcome.retry_in is None:
+        return ApplicationError(message, type=kind, non_retryable=True)
+    return ApplicationError(
+        message, type=kind, next_retry_delay=timedelta(seconds=outcome.retry_in)
     )
 
 

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from jobrunner._errors import InvalidArgumentError
+from jobrunner._errors import InvalidArgumentError, JobRunnerError
+from jobrunner._execution import AbortReason
 from jobrunner._runner import JobWorker
+from jobrunner.backends.postgres import PostgresJobRunner, PostgresWorker, WorkerSettings
 from jobrunner.backends.temporal._activities import JobActivities
 from jobrunner.backends.temporal._workflow import JobWorkflow
 
@@ -28,9 +30,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("jobrunner.temporal.worker")
 
-#: PostgreSQL worker options that mean nothing on Temporal; accepted so the same CLI flags and
-#: embedding code work with both backends.
-_IGNORED_OPTIONS = frozenset(
+#: PostgreSQL worker options that mean nothing to the Temporal worker itself; accepted so the
+#: same CLI flags and embedding code work with both backends, and passed on to the PostgreSQL
+#: queue worker this worker also runs (``postgres_queue``). ``run_scheduler`` there fires
+#: PostgreSQL recurring schedules (Temporal Schedules fire on the server).
+_POSTGRES_QUEUE_OPTIONS = frozenset(
     {
         "lease_seconds",
         "rescue_interval",
@@ -40,10 +44,13 @@ _IGNORED_OPTIONS = frozenset(
         "flush_max",
         "listen_probe_interval",
         "rand",
-        # Temporal Schedules fire recurring jobs on the server; there is no scheduler loop.
         "run_scheduler",
+        "fair",
     }
 )
+
+#: Seconds between warnings that the PostgreSQL queue ran jobs (one line per interval at most).
+FALLBACK_REPORT_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,15 @@ class TemporalWorkerSettings:
     """Threads for plain ``def`` handlers (default: ``concurrency``)."""
     worker_id: uuid.UUID = field(default_factory=uuid.uuid4)
     """Identity written to ``jobs.worker_id`` while this worker runs an attempt."""
+    postgres_queue: bool = False
+    """Also run the PostgreSQL queue in this process: jobs a producer wrote there
+    (``runner_type = 'postgres'``) while it could not reach Temporal and the fallback was on
+    are claimed and run by a :class:`~jobrunner.backends.postgres.PostgresWorker` on the same
+    database and registry (docs/backends.md). ``--no-postgres-queue`` on the CLI."""
+    postgres_options: dict[str, Any] = field(default_factory=dict)
+    """PostgreSQL worker options for that queue (``lease_seconds``, ``poll_interval``,
+    ``run_scheduler``, ...); ``concurrency``, ``queues``, ``shutdown_grace`` and
+    ``sync_threads`` are this worker's own."""
 
     @classmethod
     def build(
@@ -74,11 +90,15 @@ class TemporalWorkerSettings:
         **options: Any,
     ) -> TemporalWorkerSettings:
         """Validate and build settings; unknown options are a clear error."""
-        known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in options.items() if k not in _IGNORED_OPTIONS}
+        # postgres_options is filled from the PostgreSQL worker options, never passed itself.
+        known = set(cls.__dataclass_fields__) - {"postgres_options"}
+        values = {k: v for k, v in options.items() if k not in _POSTGRES_QUEUE_OPTIONS}
         unknown = set(values) - known
         if unknown:
             raise InvalidArgumentError(f"unknown worker options: {', '.join(sorted(unknown))}")
+        values["postgres_options"] = {
+            k: v for k, v in options.items() if k in _POSTGRES_QUEUE_OPTIONS
+        }
         if concurrency is not None:
             values["concurrency"] = concurrency
         if queues is not None:
@@ -92,7 +112,21 @@ class TemporalWorkerSettings:
             raise InvalidArgumentError(
                 "shutdown_grace must be >= 0 and heartbeat_interval positive"
             )
+        if not isinstance(settings.postgres_queue, bool):
+            raise InvalidArgumentError("postgres_queue must be True or False")
+        # Validated now, so a bad option fails here rather than when the worker runs.
+        WorkerSettings.build(**settings.postgres_worker_options())
         return settings
+
+    def postgres_worker_options(self) -> dict[str, Any]:
+        """``create_worker`` arguments of the PostgreSQL queue worker run alongside."""
+        return {
+            "concurrency": self.concurrency,
+            "queues": self.queues,
+            "shutdown_grace": self.shutdown_grace,
+            "sync_threads": self.sync_threads,
+            **self.postgres_options,
+        }
 
 
 class TemporalWorker(JobWorker):
@@ -109,6 +143,21 @@ class TemporalWorker(JobWorker):
         self._started = asyncio.Event()
         self._stop = asyncio.Event()
         self._activities: JobActivities | None = None
+        self._postgres_runs_reported = 0
+        self.postgres_worker: PostgresWorker | None = None
+        """The PostgreSQL queue worker run alongside (``None`` with ``postgres_queue=False``).
+        It has its own ``worker_id``: the PostgreSQL heartbeat extends every ``processing``
+        row of its id, and must never touch the rows of this worker's Temporal attempts."""
+        if settings.postgres_queue:
+            # The same database (pool, schema) and registry as the Temporal runner. Never
+            # closed here: the pool is the Temporal runner's, closed with it.
+            postgres = PostgresJobRunner(
+                database=runner.db,
+                registry=runner.registry,
+                require_registered=runner.require_registered,
+                auto_migrate=False,  # the Temporal runner prepared the schema when it started
+            )
+            self.postgres_worker = postgres.create_worker(**settings.postgres_worker_options())
 
     @property
     def started(self) -> asyncio.Event:
@@ -124,6 +173,9 @@ class TemporalWorker(JobWorker):
             # runs after this shorter one ourselves (Temporal retries those attempts).
             asyncio.get_running_loop().call_later(max(grace, 0.0), self._cancel_running)
         self._stop.set()
+        if self.postgres_worker is not None:
+            # Both drain at once: the PostgreSQL queue hands unfinished jobs back on its own.
+            await self.postgres_worker.stop(grace=grace)
 
     async def run(self) -> None:
         """Poll the task queue until :meth:`stop`, then shut down gracefully."""
@@ -159,13 +211,20 @@ class TemporalWorker(JobWorker):
             ),
         )
         self._log_banner()
+        postgres_task: asyncio.Task[None] | None = None
         try:
             async with worker:
+                if self.postgres_worker is not None:
+                    postgres_task = await self._start_postgres_queue(self.postgres_worker)
                 self._started.set()
-                await self._stop.wait()
+                await self._wait_for_stop(postgres_task)
         finally:
-            executor.shutdown(wait=False, cancel_futures=True)
-            logger.info("jobrunner temporal worker %s stopped", self.worker_id)
+            try:
+                if postgres_task is not None:
+                    await self._finish_postgres_queue(postgres_task)
+            finally:
+                executor.shutdown(wait=False, cancel_futures=True)
+                logger.info("jobrunner temporal worker %s stopped", self.worker_id)
 
     def exit_process(self, code: int) -> NoReturn:
         """End the process with ``code`` after a clean shutdown, skipping interpreter
@@ -187,14 +246,111 @@ class TemporalWorker(JobWorker):
     def _cancel_running(self) -> None:
         if self._activities is None:
             return
-        for task in list(self._activities.running.values()):
-            with contextlib.suppress(RuntimeError):
-                task.cancel()
+        for attempt in list(self._activities.running.values()):
+            attempt.abort(AbortReason.INTERRUPTED)
 
     @property
     def running_jobs(self) -> int:
-        """Handlers running right now."""
-        return 0 if self._activities is None else len(self._activities.running)
+        """Handlers running right now (Temporal activities and PostgreSQL queue jobs)."""
+        activities = 0 if self._activities is None else len(self._activities.running)
+        postgres = 0 if self.postgres_worker is None else self.postgres_worker.running_jobs
+        return activities + postgres
+
+    # -- the PostgreSQL queue (jobs written while the Temporal fallback was in effect) -----
+    async def _start_postgres_queue(self, postgres: PostgresWorker) -> asyncio.Task[None]:
+        """Run ``postgres`` in a task; return once it consumes (or has already ended)."""
+        await self._warn_about_waiting_jobs(postgres)
+        task = asyncio.create_task(postgres.run(), name="jobrunner-temporal-postgres-queue")
+        ready = asyncio.create_task(postgres.started.wait())
+        try:
+            await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if task.done():
+            task.result()  # why it could not start; a clean early end is a stop request
+        return task
+
+    async def _warn_about_waiting_jobs(self, postgres: PostgresWorker) -> None:
+        try:
+            async with self.runner.db.connection() as conn:
+                cur = await conn.execute(
+                    self.runner.db.queries.postgres_queue_waiting,
+                    {"queues": list(postgres.queues)},
+                )
+                row = await cur.fetchone()
+        except JobRunnerError as exc:
+            # Only a notice: the queue worker itself retries its database.
+            logger.warning("could not count jobs waiting in the PostgreSQL queue: %s", exc)
+            return
+        if row is None or not row["waiting"]:
+            return
+        logger.warning(
+            "%d job(s) wait in the PostgreSQL queue (%d due now, oldest created %s), written "
+            "while producers could not reach Temporal (JOB_RUNNER_FALLBACK_TO_PGBOSS); this "
+            "worker runs them (queues %s)",
+            row["waiting"],
+            row["due"],
+            row["oldest_created_at"],
+            ",".join(postgres.queues),
+        )
+
+    async def _wait_for_stop(self, postgres_task: asyncio.Task[None] | None) -> None:
+        """Wait for :meth:`stop`; warn about PostgreSQL queue jobs run meanwhile. Return early
+        when the PostgreSQL queue worker ends on its own (its error is raised afterwards)."""
+        stop = asyncio.create_task(self._stop.wait())
+        watched: set[asyncio.Task[Any]] = {stop}
+        if postgres_task is not None:
+            watched.add(postgres_task)
+        try:
+            while True:
+                await asyncio.wait(
+                    watched,
+                    timeout=FALLBACK_REPORT_INTERVAL,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                self._report_postgres_queue_runs()
+                if stop.done():
+                    return
+                if postgres_task is not None and postgres_task.done():
+                    logger.error(
+                        "the PostgreSQL queue worker of temporal worker %s ended unexpectedly; "
+                        "stopping the worker",
+                        self.worker_id,
+                    )
+                    return
+        finally:
+            stop.cancel()
+
+    def _report_postgres_queue_runs(self) -> None:
+        if self.postgres_worker is None:
+            return
+        claimed = self.postgres_worker.claimed_total
+        if claimed > self._postgres_runs_reported:
+            logger.warning(
+                "temporal worker %s ran %d job(s) from the PostgreSQL queue (written while "
+                "producers could not reach Temporal; %d in total since start)",
+                self.worker_id,
+                claimed - self._postgres_runs_reported,
+                claimed,
+            )
+            self._postgres_runs_reported = claimed
+
+    async def _finish_postgres_queue(self, task: asyncio.Task[None]) -> None:
+        """Stop the PostgreSQL queue worker (if :meth:`stop` has not) and wait for it; its
+        failure, if any, is raised here."""
+        if self.postgres_worker is not None and not task.done():
+            await self.postgres_worker.stop()
+        try:
+            await task
+        finally:
+            if not task.done():  # we were cancelled while it drained
+                task.cancel()
+            self._report_postgres_queue_runs()
+        if not self._stop.is_set():
+            raise JobRunnerError(
+                f"the PostgreSQL queue worker of temporal worker {self.worker_id} ended "
+                "without a stop request"
+            )
 
     def _log_banner(self) -> None:
         handlers = ", ".join(self.runner.registry.names()) or "(none)"

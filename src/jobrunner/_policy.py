@@ -11,7 +11,14 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from jobrunner._errors import InvalidArgumentError
-from jobrunner._validation import as_seconds
+from jobrunner._validation import (
+    MAX_ATTEMPTS,
+    MAX_INTERVAL_SECONDS,
+    MAX_KEY_LENGTH,
+    as_count,
+    as_seconds,
+    as_text,
+)
 
 if TYPE_CHECKING:
     from jobrunner.registry import HandlerSpec
@@ -50,8 +57,13 @@ class RetryPolicy:
     backoff_coefficient: float = 2.0
     """Multiplier applied to the delay after each failed attempt (``>= 1``)."""
 
-    max_interval: float | timedelta = 30.0
-    """Upper bound on any single delay, in seconds or as a timedelta."""
+    max_interval: float | timedelta | None = None
+    """Upper bound on any single delay, in seconds or as a timedelta.
+
+    When not given it follows ``initial_interval``: thirty times it, at least 30 s (so the
+    defaults give 30 s, and ``RetryPolicy(initial_interval=60)`` gives 30 minutes), capped at
+    ten years. The derived value is stored, so equal policies compare and print equal.
+    """
 
     jitter: float = 0.1
     """Relative random spread applied to each delay, between 0 and 1."""
@@ -60,17 +72,25 @@ class RetryPolicy:
     """Exception types (or their qualified names) that fail the job without retrying."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool):
-            raise InvalidArgumentError("max_attempts must be an integer")
-        if self.max_attempts < 1:
-            raise InvalidArgumentError("max_attempts must be at least 1")
-        object.__setattr__(
-            self, "initial_interval", as_seconds(self.initial_interval, "initial_interval")
+        as_count(self.max_attempts, "max_attempts", maximum=MAX_ATTEMPTS)
+        initial = as_seconds(
+            self.initial_interval, "initial_interval", maximum=MAX_INTERVAL_SECONDS
         )
-        object.__setattr__(self, "max_interval", as_seconds(self.max_interval, "max_interval"))
+        object.__setattr__(self, "initial_interval", initial)
+        if self.max_interval is None:
+            # Derived from the interval the user set (as Temporal derives 100x): the same
+            # ratio as the defaults (1 s -> 30 s), never below 30 s, never past the bound.
+            derived = min(max(30.0, 30.0 * initial), MAX_INTERVAL_SECONDS)
+            object.__setattr__(self, "max_interval", derived)
+        else:
+            object.__setattr__(
+                self,
+                "max_interval",
+                as_seconds(self.max_interval, "max_interval", maximum=MAX_INTERVAL_SECONDS),
+            )
         if not _is_number(self.backoff_coefficient) or not 1 <= self.backoff_coefficient < _INF:
             raise InvalidArgumentError("backoff_coefficient must be a finite number >= 1")
-        if self.max_interval < self.initial_interval:  # type: ignore[operator]
+        if self.max_interval < initial:  # type: ignore[operator]
             raise InvalidArgumentError("max_interval must be >= initial_interval")
         if not _is_number(self.jitter) or not 0 <= self.jitter <= 1:
             raise InvalidArgumentError("jitter must be a number between 0 and 1")
@@ -81,9 +101,14 @@ class RetryPolicy:
                 "non_retryable_errors must be a list of exception types or names"
             )
         for entry in self.non_retryable_errors:
-            if not isinstance(entry, str) and not (
-                isinstance(entry, type) and issubclass(entry, BaseException)
-            ):
+            if isinstance(entry, str):
+                as_text(
+                    entry,
+                    "a non_retryable_errors name",
+                    max_length=MAX_KEY_LENGTH,
+                    allow_empty=False,
+                )
+            elif not (isinstance(entry, type) and issubclass(entry, BaseException)):
                 raise InvalidArgumentError("non_retryable_errors holds exception types or names")
         object.__setattr__(self, "non_retryable_errors", tuple(self.non_retryable_errors))
 

@@ -1,27 +1,122 @@
-"""Checks at the API boundary: each returns a normalised value or raises InvalidArgumentError."""
+"""Checks at every boundary (API, CLI, dashboard, worker options), in one place.
+
+Each check returns a normalised value or raises :class:`InvalidArgumentError` naming the
+field; nothing is written before every argument of a call passed. The bounds below are
+documented in docs/reference/configuration.md ("Limits"); change them there too.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import uuid
-from collections.abc import Mapping
-from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 from jobrunner._errors import InvalidArgumentError
 
 SYSTEM_TENANT = uuid.UUID("00000000-0000-0000-0000-000000000000")
 SYSTEM_USER = SYSTEM_TENANT
-#: Largest accepted job payload (serialised JSON), in bytes.
-MAX_PAYLOAD_BYTES = 1_048_576
-MAX_NAME_LENGTH = 200
+
+# -- limits -------------------------------------------------------------------------------------
+MAX_PAYLOAD_BYTES: Final = 1_048_576
+"""Largest job payload (``data``, ``metadata``) as serialised JSON: 1 MiB in UTF-8."""
+
+MAX_BULK_PAYLOAD_BYTES: Final = 256 * 1_048_576
+"""Largest total of the payloads of one bulk enqueue (``schedule_jobs``): 256 MiB.
+
+PostgreSQL refuses any single value or message over 1 GB; a bulk batch travels as one
+parameter, so a total well under that keeps every batch writable."""
+
+MAX_NAME_LENGTH: Final = 200
+"""Longest job name, in characters."""
+
+MAX_KEY_LENGTH: Final = 500
+"""Longest singleton key or queue name, in characters."""
+
+MAX_REASON_LENGTH: Final = 2_000
+"""Longest cancel ``reason`` / ``cancelled_by`` (and other free text stored with a job)."""
+
+MIN_TIMESTAMP: Final = datetime(1, 1, 2, tzinfo=UTC)
+"""Earliest accepted datetime (as a UTC instant): 0001-01-02.
+
+PostgreSQL stores far earlier and later timestamps than Python can represent (years 1 to
+9999); a value within a day of those ends could still not be read back in a session whose
+time zone shifts it past them, so one day is kept free at each end."""
+
+MAX_TIMESTAMP: Final = datetime(9999, 12, 30, 23, 59, 59, 999_999, tzinfo=UTC)
+"""Latest accepted datetime (as a UTC instant): 9999-12-30 23:59:59.999999."""
+
+MAX_ATTEMPTS: Final = 1_000_000
+"""Largest ``RetryPolicy.max_attempts`` (stored in an ``INTEGER`` column)."""
+
+MAX_INTERVAL_SECONDS: Final = 10 * 365 * 86_400.0
+"""Longest retry interval or ``Retry`` delay: ten years (315,360,000 s), so a next run time
+computed from it is always a valid timestamp."""
+
+MAX_TIMEOUT_SECONDS: Final = 10 * 365 * 86_400.0
+"""Longest handler timeout or wait (``wait_for_job``, start-up): ten years."""
+
+MAX_LEASE_SECONDS: Final = 86_400.0
+"""Longest worker lease (``lease_seconds``, Temporal ``heartbeat_timeout``): one day."""
+
+MAX_WORKER_INTERVAL_SECONDS: Final = 86_400.0
+"""Longest other worker interval (poll, heartbeat, rescue, listen probe, flush, shutdown
+grace) and ``wait_for_job`` poll interval: one day."""
+
+MAX_WORKER_COUNT: Final = 100_000
+"""Largest worker count option (``concurrency``, ``claim_batch``, ``flush_max``,
+``sync_threads``)."""
+
+MAX_HISTORY_AGE_SECONDS: Final = 36_500 * 86_400.0
+"""Largest ``clear_history(older_than=...)``: 36,500 days (about a hundred years)."""
+
+
+def check_text(value: str, what: str) -> str:
+    """Refuse text PostgreSQL (and JSON in UTF-8) cannot hold: NUL and surrogate code points.
+
+    A lone surrogate such as ``"\\ud800"`` (from ``surrogateescape``-decoded bytes, or a
+    JSON ``"\\ud800"`` escape) is not valid Unicode; neither it nor NUL can be stored.
+    """
+    if "\x00" in value:
+        raise InvalidArgumentError(f"{what} must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(
+                f"{what} must be valid Unicode text (it holds a lone surrogate such as '\\ud800')"
+            ) from None
+    return value
+
+
+def as_text(value: object, what: str, *, max_length: int, allow_empty: bool = True) -> str:
+    """A string of at most ``max_length`` characters, free of NUL and surrogates."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    if len(value) > max_length:
+        raise InvalidArgumentError(f"{what} must be at most {max_length} characters")
+    return check_text(value, what)
+
+
+def as_optional_text(
+    value: object, what: str, *, max_length: int = MAX_REASON_LENGTH, allow_empty: bool = True
+) -> str | None:
+    """:func:`as_text`, with ``None`` passed through."""
+    if value is None:
+        return None
+    return as_text(value, what, max_length=max_length, allow_empty=allow_empty)
 
 
 def as_uuid(value: object, what: str) -> uuid.UUID:
     """Return ``value`` as a UUID; accept a UUID or its string form."""
     if isinstance(value, uuid.UUID):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 100:
         try:
             return uuid.UUID(value)
         except ValueError:
@@ -35,27 +130,51 @@ def as_tenant(value: object | None) -> uuid.UUID:
 
 
 def as_job_name(value: object) -> str:
-    """Validate a job name: a non-empty printable string of bounded length."""
+    """Validate a job name: a non-empty printable string of bounded length.
+
+    Printable excludes NUL, control characters and surrogates.
+    """
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
         raise InvalidArgumentError(
             f"job name must be a non-empty string of at most {MAX_NAME_LENGTH} characters"
         )
     if not value.isprintable():
-        raise InvalidArgumentError("job name must be printable")
+        raise InvalidArgumentError(
+            "job name must be printable (no NUL, control characters or lone surrogates)"
+        )
     return value
 
 
-def as_json_text(value: object, what: str = "data") -> str:
-    """Serialise ``value`` to JSON text, rejecting what JSON cannot hold or is too large."""
+# A JSON ``\u0000`` escape, i.e. preceded by an even number of backslashes (an escaped
+# backslash followed by the text ``u0000`` is harmless).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def json_text_and_size(value: object, what: str = "data") -> tuple[str, int]:
+    """Serialise ``value`` to JSON text and its size in UTF-8 bytes, refusing what
+    PostgreSQL's ``jsonb`` cannot hold (NaN, infinities, NUL, lone surrogates, in keys and
+    values alike) and payloads over :data:`MAX_PAYLOAD_BYTES`."""
     try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidArgumentError(f"{what} must be JSON-serialisable: {exc}") from None
-    if len(text.encode()) > MAX_PAYLOAD_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"{what} must be valid Unicode text (a key or string holds a lone surrogate such "
+            "as '\\ud800')"
+        ) from None
+    if size > MAX_PAYLOAD_BYTES:
         raise InvalidArgumentError(f"{what} exceeds the {MAX_PAYLOAD_BYTES} byte limit")
-    if "\\u0000" in text:
+    if "\\u0000" in text and _JSON_NUL.search(text):
         raise InvalidArgumentError(f"{what} must not contain NUL characters")
-    return text
+    return text, size
+
+
+def as_json_text(value: object, what: str = "data") -> str:
+    """Serialise ``value`` to JSON text; see :func:`json_text_and_size` for what is refused."""
+    return json_text_and_size(value, what)[0]
 
 
 def as_data(value: object, what: str = "data") -> dict[str, Any]:
@@ -68,28 +187,117 @@ def as_data(value: object, what: str = "data") -> dict[str, Any]:
     return dict(value)
 
 
+def as_bulk_data(data: object) -> tuple[list[dict[str, Any]], list[str]]:
+    """Validate the payloads of a bulk enqueue: an iterable of mappings (``None`` is ``{}``).
+
+    Returns the payloads and their JSON texts, in input order.
+
+    Raises:
+        InvalidArgumentError: ``data`` is not an iterable of mappings, an item is refused by
+            :func:`as_data`, or the payloads add up to more than
+            :data:`MAX_BULK_PAYLOAD_BYTES`.
+    """
+    if isinstance(data, Mapping | str | bytes) or not isinstance(data, Iterable):
+        raise InvalidArgumentError("data must be an iterable of mappings")
+    try:
+        items = list(data)
+    except TypeError:
+        raise InvalidArgumentError("data must be an iterable of mappings") from None
+    payloads: list[dict[str, Any]] = []
+    texts: list[str] = []
+    total = 0
+    for index, item in enumerate(items):
+        if item is None:
+            payloads.append({})
+            texts.append("{}")
+            total += 2
+            continue
+        what = f"data[{index}]"
+        if not isinstance(item, Mapping):
+            raise InvalidArgumentError(f"{what} must be a mapping (JSON object)")
+        text, size = json_text_and_size(item, what)
+        total += size
+        if total > MAX_BULK_PAYLOAD_BYTES:
+            raise InvalidArgumentError(
+                f"the payloads of one bulk enqueue exceed the {MAX_BULK_PAYLOAD_BYTES} byte "
+                f"limit (at data[{index}]); split it into several calls"
+            )
+        payloads.append(dict(item))
+        texts.append(text)
+    return payloads, texts
+
+
 def as_aware_datetime(value: object, what: str = "run_at") -> datetime:
-    """Require a timezone-aware datetime."""
+    """Require a timezone-aware datetime between :data:`MIN_TIMESTAMP` and
+    :data:`MAX_TIMESTAMP` as a UTC instant (returned unchanged)."""
     if not isinstance(value, datetime):
         raise InvalidArgumentError(f"{what} must be a datetime")
-    if value.tzinfo is None or value.utcoffset() is None:
+    try:
+        offset = value.utcoffset()
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"{what} has an unusable time zone: {exc}") from None
+    if value.tzinfo is None or offset is None:
         raise InvalidArgumentError(f"{what} must be timezone-aware (naive datetimes are ambiguous)")
+    try:
+        instant = value.astimezone(UTC)
+    except OverflowError:
+        instant = None
+    if instant is None or not MIN_TIMESTAMP <= instant <= MAX_TIMESTAMP:
+        raise InvalidArgumentError(
+            f"{what} must lie between {MIN_TIMESTAMP.date().isoformat()} and "
+            f"{MAX_TIMESTAMP.date().isoformat()} (UTC), got {value.isoformat()}"
+        )
     return value
 
 
-def as_seconds(value: object, what: str, *, allow_zero: bool = False) -> float:
-    """Accept seconds (int/float) or a timedelta; return positive seconds."""
+def as_seconds(
+    value: object, what: str, *, allow_zero: bool = False, maximum: float | None = None
+) -> float:
+    """Accept seconds (int/float) or a timedelta; return positive finite seconds.
+
+    Args:
+        value: Seconds or a ``timedelta``.
+        what: The field's name, for the error message.
+        allow_zero: Accept ``0``.
+        maximum: The largest value accepted (one of the ``MAX_*_SECONDS`` bounds).
+    """
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
     else:
         raise InvalidArgumentError(f"{what} must be seconds or a timedelta, got {value!r:.80}")
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+    if not math.isfinite(seconds):
         raise InvalidArgumentError(f"{what} must be finite")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise InvalidArgumentError(f"{what} must be positive")
+    if maximum is not None and seconds > maximum:
+        raise InvalidArgumentError(f"{what} must be at most {maximum:.0f} seconds")
     return seconds
+
+
+def as_optional_seconds(
+    value: object, what: str, *, allow_zero: bool = False, maximum: float
+) -> float | None:
+    """:func:`as_seconds`, with ``None`` passed through."""
+    if value is None:
+        return None
+    return as_seconds(value, what, allow_zero=allow_zero, maximum=maximum)
+
+
+def as_wait_timeout(value: object, what: str = "timeout") -> float | None:
+    """A wait's timeout: ``None`` (wait for ever) or up to :data:`MAX_TIMEOUT_SECONDS`."""
+    return as_optional_seconds(value, what, maximum=MAX_TIMEOUT_SECONDS)
+
+
+def as_count(value: object, what: str, *, maximum: int, minimum: int = 1) -> int:
+    """An integer between ``minimum`` and ``maximum`` (``bool`` is refused)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise InvalidArgumentError(f"{what} must be an integer from {minimum} to {maximum}")
+    return value
 
 
 def as_priority(value: object) -> int:
@@ -100,11 +308,22 @@ def as_priority(value: object) -> int:
 
 
 def as_optional_key(value: object, what: str) -> str | None:
-    """Validate an optional short string key (singleton keys, queue names)."""
+    """Validate an optional short string key (singleton keys, queue names).
+
+    Printable excludes NUL, control characters and surrogates.
+    """
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > 500 or not value.isprintable():
-        raise InvalidArgumentError(f"{what} must be a non-empty printable string")
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_KEY_LENGTH
+        or not value.isprintable()
+    ):
+        raise InvalidArgumentError(
+            f"{what} must be a non-empty printable string of at most {MAX_KEY_LENGTH} "
+            "characters (no NUL, control characters or lone surrogates)"
+        )
     return value
 
 

@@ -81,7 +81,9 @@ class JobRunnerFactory:
                     raise
                 logger.warning(
                     "Temporal at %s is unreachable (%s); falling back to the PostgreSQL backend "
-                    "(JOB_RUNNER_FALLBACK_TO_PGBOSS=true)",
+                    "(JOB_RUNNER_FALLBACK_TO_PGBOSS=true): jobs scheduled now go to the "
+                    "PostgreSQL queue, which Temporal workers run too unless started with "
+                    "--no-postgres-queue",
                     settings.temporal_address,
                     exc,
                 )

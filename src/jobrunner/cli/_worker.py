@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="do not fire recurring schedules in this worker (PostgreSQL)",
     )
+    parser.add_argument(
+        "--no-postgres-queue",
+        action="store_true",
+        help="Temporal: do not also run jobs written to the PostgreSQL queue while producers "
+        "could not reach Temporal (the fallback)",
+    )
     add_database_options(parser)
     parser.set_defaults(handler=run)
 
@@ -71,6 +77,13 @@ async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
         options["shutdown_grace"] = args.grace
     if args.no_scheduler:
         options["run_scheduler"] = False
+    if args.no_postgres_queue:
+        if runner.runner_type == "temporal":
+            options["postgres_queue"] = False
+        else:
+            # This worker fell back to PostgreSQL itself (or was never Temporal): running the
+            # PostgreSQL queue is all it does.
+            logger.warning("--no-postgres-queue ignored: this worker runs the PostgreSQL queue")
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     worker = runner.create_worker(concurrency=args.concurrency, queues=queues, **options)
     workers.append(worker)

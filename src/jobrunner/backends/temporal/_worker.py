@@ -71,7 +71,7 @@ class TemporalWorkerSettings:
     """Threads for plain ``def`` handlers (default: ``concurrency``)."""
     worker_id: uuid.UUID = field(default_factory=uuid.uuid4)
     """Identity written to ``jobs.worker_id`` while this worker runs an attempt."""
-    postgres_queue: bool = False
+    postgres_queue: bool = True
     """Also run the PostgreSQL queue in this process: jobs a producer wrote there
     (``runner_type = 'postgres'``) while it could not reach Temporal and the fallback was on
     are claimed and run by a :class:`~jobrunner.backends.postgres.PostgresWorker` on the same

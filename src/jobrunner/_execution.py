@@ -182,8 +182,7 @@ async def run_attempt(
 
     Args:
         attempt: The claimed attempt; stop it from outside with :meth:`Attempt.abort`.
-        spec: The local handler for the job's name (``None``: a failed attempt, retried under
-            the job's policy so that a worker that has the handler can pick it up).
+        spec: The local handler for the job's name (``None``: the job fails, not retried).
         executor: Thread pool for plain ``def`` handlers (``None``: the loop's default).
         rand: Source of jitter for the retry delay.
         cancel_grace: Seconds a cancelled ``async def`` handler gets to finish.
@@ -194,7 +193,8 @@ async def run_attempt(
     """
     ctx = attempt.ctx
     if spec is None:
-        return attempt.fail_with(HandlerNotFoundError(ctx.name), rand)
+        # Failed for good (docs/concepts.md): waiting would not give this worker the handler.
+        return Failed(describe_error(HandlerNotFoundError(ctx.name)), None)
     timeout = attempt.policy.timeout
     loop = asyncio.get_running_loop()
     if spec.is_async:

@@ -1,4 +1,11 @@
-"""Translating psycopg's exceptions into jobrunner's at the boundary."""
+"""Translating psycopg's exceptions into jobrunner's at the boundary.
+
+Two kinds, because callers must react differently: :class:`UnavailableError` means the
+database could not do the work *now* (connection lost, server starting or shutting down, out
+of connections, a lock or serialisation conflict) and the same statement may succeed later;
+:class:`DatabaseError` means this statement can never succeed as sent (a value out of range or
+too large, a constraint, a program limit), so retrying it would loop forever.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +17,40 @@ import psycopg_pool
 
 from jobrunner._errors import DatabaseError, JobRunnerError, UnavailableError
 
+# SQLSTATE classes and codes that describe the server's condition, not the statement:
+# 08 connection exception, 40 transaction rollback (serialization failure, deadlock),
+# 53 insufficient resources (except 53400 configuration limit exceeded: the request itself),
+# 57 operator intervention (admin shutdown, cannot connect now, query canceled), 58 system
+# error (I/O), 55P03 lock not available, 55006 object in use, 25006 read-only transaction (a
+# standby after failover), XX000 internal error is permanent for the statement.
+_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+_TRANSIENT_CODES = frozenset({"55P03", "55006", "25006"})
+_PERMANENT_CODES = frozenset({"53400"})
+
+
+def is_transient(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` is an outage or a conflict (worth retrying) rather than a statement
+    that can never succeed."""
+    state = exc.sqlstate
+    if state is None:
+        # No SQLSTATE: the client library failed (connection closed, broken pipe, timeout).
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    if state in _PERMANENT_CODES:
+        return False
+    return state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_CODES
+
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """Re-raise driver errors as :class:`DatabaseError` / :class:`UnavailableError`."""
+    """Re-raise driver errors as :class:`UnavailableError` (transient) or
+    :class:`DatabaseError` (this statement can never succeed)."""
     try:
         yield
     except JobRunnerError:
         raise
-    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+    except psycopg_pool.PoolTimeout as exc:
         raise UnavailableError(f"database unavailable: {exc}") from exc
     except psycopg.Error as exc:
+        if is_transient(exc):
+            raise UnavailableError(f"database unavailable: {exc}") from exc
         raise DatabaseError(f"database error: {exc}") from exc

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from apps.helpers import job_row
+from apps.helpers import eventually, job_row
 from jobrunner import InvalidArgumentError, JobContext, JobHandlerRegistry, JobStatus
 from jobrunner._config import Settings
 from jobrunner._factory import JobRunnerFactory
@@ -300,3 +300,31 @@ async def test_cli_no_postgres_queue_leaves_fallback_jobs_queued(
     assert row["status"] in {s.value for s in WAITING}
     assert row["attempts"] == 0
     assert "PostgreSQL queue" not in worker.output()
+
+
+async def test_cli_worker_killed_mid_fallback_job_next_temporal_worker_finishes_it(
+    cli_producer: PostgresJobRunner, spawn_cli: Any
+) -> None:
+    # The first attempt hangs (temporal/worker_app.py); a short lease so the rescue is quick.
+    handle = await schedule_fallback_job(cli_producer, "proc-stuck-once", {})
+    first = spawn_cli("--lease", "3")
+    await eventually(
+        lambda: cli_producer.get_job_status(handle.job_id),
+        lambda info: info is not None and info.progress == 10,
+        timeout=90,
+        what="the first attempt to run",
+    )
+    first.proc.kill()  # SIGKILL mid-attempt: no release, no outcome, the lease just lapses
+    await asyncio.to_thread(first.proc.wait, 30)
+    mid = await cli_producer.get_job_status(handle.job_id)
+    assert mid is not None
+    assert mid.status is JobStatus.PROCESSING
+    assert mid.attempts == 1
+
+    second = spawn_cli("--lease", "3")
+    info = await cli_producer.wait_for_job(handle.job_id, timeout=120)
+    assert info.status is JobStatus.COMPLETED, second.output()
+    assert info.result == {"finished_on_attempt": 2}
+    assert info.attempts == 2
+    assert info.runner_type == "postgres"
+    assert await second.terminate() == 0, second.output()

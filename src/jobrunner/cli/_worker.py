@@ -7,6 +7,8 @@ import asyncio
 import logging
 import signal
 
+from jobrunner._execution import abandoned_handlers
+from jobrunner._process import hard_exit
 from jobrunner.cli._common import add_database_options, import_apps, settings_from
 
 logger = logging.getLogger("jobrunner.cli")
@@ -115,4 +117,12 @@ async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.close()
+    if abandoned_handlers():
+        # A handler that ignored cancellation (its outcome is recorded) would make
+        # asyncio.run wait for it forever while it cancels the remaining tasks.
+        logger.warning(
+            "exiting without waiting for %d handler(s) that ignored cancellation",
+            abandoned_handlers(),
+        )
+        hard_exit(0)
     return 0

@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
-import sys
 import threading
 import time
 import uuid
@@ -46,6 +44,7 @@ from jobrunner._execution import (
 )
 from jobrunner._outcome import describe_error
 from jobrunner._policy import JobPolicy
+from jobrunner._process import hard_exit
 from jobrunner._runner import JobWorker
 from jobrunner._validation import as_queue, as_seconds, as_uuid
 from jobrunner.backends.postgres._flow import FlowGate
@@ -897,11 +896,7 @@ class PostgresWorker(JobWorker):
             len(stuck),
             ", ".join(stuck),
         )
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
+        hard_exit(code)
 
     def _log_banner(self) -> None:
         handlers = ", ".join(self.runner.registry.names()) or "(none)"

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import socket
-import sys
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +17,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from jobrunner._errors import InvalidArgumentError, JobRunnerError
 from jobrunner._execution import AbortReason
+from jobrunner._process import hard_exit
 from jobrunner._runner import JobWorker
 from jobrunner.backends.postgres import PostgresJobRunner, PostgresWorker, WorkerSettings
 from jobrunner.backends.temporal._activities import JobActivities
@@ -237,11 +235,7 @@ class TemporalWorker(JobWorker):
         results reported to the server), the database pool is closed. So flush the logs and
         standard streams and leave with ``os._exit``.
         """
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
+        hard_exit(code)
 
     def _cancel_running(self) -> None:
         if self._activities is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -285,24 +285,35 @@ class JobRunner(abc.ABC):
 
         Backends override this with a push notification where they have one.
 
+        Args:
+            job_id: The job.
+            tenant: Its tenant.
+            timeout: Seconds (or a ``timedelta``) to wait at most, up to
+                ``MAX_TIMEOUT_SECONDS``; ``None`` waits for ever.
+            poll_interval: Longest pause between two looks at the job, up to
+                ``MAX_WORKER_INTERVAL_SECONDS``.
+
         Raises:
-            TimeoutError: ``timeout`` seconds passed first.
+            JobTimeoutError: ``timeout`` seconds passed first (also a ``TimeoutError``).
             JobNotFoundError: no such job for the tenant.
+            InvalidArgumentError: an argument is malformed.
         """
         from jobrunner._errors import JobNotFoundError
 
+        key, tenant_id, seconds, longest = wait_arguments(job_id, tenant, timeout, poll_interval)
+
         async def poll() -> JobInfo:
-            interval = min(poll_interval, 0.01)
+            interval = min(longest, 0.01)
             while True:
-                info = await self.get_job_status(job_id, tenant=tenant)
+                info = await self.get_job_status(key, tenant=tenant_id)
                 if info is None:
-                    raise JobNotFoundError(f"job {job_id} not found")
+                    raise JobNotFoundError(f"job {key} not found")
                 if info.status.is_final:
                     return info
                 await asyncio.sleep(interval)
-                interval = min(interval * 2, poll_interval)
+                interval = min(interval * 2, longest)
 
-        return await asyncio.wait_for(poll(), timeout)
+        return await wait_within(poll(), key, seconds)
 
     # -- workers ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -314,3 +325,52 @@ class JobRunner(abc.ABC):
         **options: Any,
     ) -> JobWorker:
         """A worker executing this runner's registered handlers (not yet started)."""
+
+
+def wait_arguments(
+    job_id: object, tenant: object, timeout: object, poll_interval: object
+) -> tuple[uuid.UUID, uuid.UUID, float | None, float]:
+    """Check ``wait_for_job``'s arguments (every backend's) before it waits.
+
+    Returns the job id, the tenant, the timeout in seconds (``None``: no limit) and the poll
+    interval in seconds.
+    """
+    from jobrunner._validation import (
+        MAX_WORKER_INTERVAL_SECONDS,
+        as_seconds,
+        as_tenant,
+        as_uuid,
+        as_wait_timeout,
+    )
+
+    return (
+        as_uuid(job_id, "job_id"),
+        as_tenant(tenant),
+        as_wait_timeout(timeout),
+        as_seconds(poll_interval, "poll_interval", maximum=MAX_WORKER_INTERVAL_SECONDS),
+    )
+
+
+async def wait_within(
+    waiting: Coroutine[Any, Any, JobInfo], job_id: uuid.UUID, timeout: float | None
+) -> JobInfo:
+    """Await ``waiting`` for at most ``timeout`` seconds.
+
+    Raises:
+        JobTimeoutError: the time ran out first; the message names the job and the timeout,
+            the same as the sync runner's.
+    """
+    from jobrunner._errors import JobTimeoutError
+
+    try:
+        async with asyncio.timeout(timeout) as scope:
+            return await waiting
+    except TimeoutError:
+        if scope.expired():
+            raise JobTimeoutError(wait_timeout_message(job_id, timeout)) from None
+        raise
+
+
+def wait_timeout_message(job_id: object, timeout: object) -> str:
+    """The message of the ``JobTimeoutError`` a ``wait_for_job`` that ran out raises."""
+    return f"job {job_id} was not final within {timeout} s"

@@ -19,9 +19,10 @@ from psycopg.rows import tuple_row
 
 from jobrunner._config import Settings
 from jobrunner._db._errors import translate_errors
+from jobrunner._db._savepoint import caller_savepoint_sync
 from jobrunner._errors import InvalidArgumentError, JobTimeoutError, UnknownOptionError
 from jobrunner._models import JobDetails, JobInfo, JobPage, Metrics, ScheduledJob, ScheduleInfo
-from jobrunner._runner import JobRunner
+from jobrunner._runner import JobRunner, wait_timeout_message
 
 T = TypeVar("T")
 
@@ -152,7 +153,7 @@ class SyncJobRunner:
                 metadata=options.get("metadata"),
                 queue=options.get("queue"),
             )
-            with translate_errors():
+            with translate_errors(), caller_savepoint_sync(conn, pg.db.queries):
                 for start in range(0, len(ids), 1000):
                     params = dict(
                         base,
@@ -221,9 +222,7 @@ class SyncJobRunner:
         except TimeoutError as exc:
             if isinstance(exc, JobTimeoutError):
                 raise
-            raise JobTimeoutError(
-                f"job {job_id} was not final within {options.get('timeout')} s"
-            ) from exc
+            raise JobTimeoutError(wait_timeout_message(job_id, options.get("timeout"))) from exc
 
     # -- transactional enqueue on a sync connection ----------------------------------------
     def _postgres(self) -> Any:
@@ -255,19 +254,20 @@ class SyncJobRunner:
             metadata=options.get("metadata"),
             queue=options.get("queue"),
         )
-        with translate_errors():
+        existing = None
+        with translate_errors(), caller_savepoint_sync(conn, pg.db.queries):
             # Tuple rows whatever row factory the caller's connection uses.
             cur = conn.cursor(row_factory=tuple_row)
             row = cur.execute(pg.db.queries.insert_job, params).fetchone()
             if row is None and params["singleton_key"] is not None:
                 existing = cur.execute(pg.db.queries.find_singleton, params).fetchone()
-                if existing is not None:
-                    return ScheduledJob(
-                        job_id=existing[0],
-                        external_id=str(existing[0]),
-                        tenant=params["tenant"],
-                        created=False,
-                    )
+        if existing is not None:
+            return ScheduledJob(
+                job_id=existing[0],
+                external_id=str(existing[0]),
+                tenant=params["tenant"],
+                created=False,
+            )
         if row is None:
             return self._insert_with(connection, name, data, run_at, options)
         return ScheduledJob(job_id=row[0], external_id=str(row[0]), tenant=params["tenant"])

@@ -187,10 +187,10 @@ def as_data(value: object, what: str = "data") -> dict[str, Any]:
     return dict(value)
 
 
-def as_bulk_data(data: object) -> tuple[list[dict[str, Any]], list[str]]:
+def as_bulk_data(data: object) -> tuple[list[Mapping[str, Any]], list[str]]:
     """Validate the payloads of a bulk enqueue: an iterable of mappings (``None`` is ``{}``).
 
-    Returns the payloads and their JSON texts, in input order.
+    Returns the payloads (as given, not copied) and their JSON texts, in input order.
 
     Raises:
         InvalidArgumentError: ``data`` is not an iterable of mappings, an item is refused by
@@ -203,7 +203,7 @@ def as_bulk_data(data: object) -> tuple[list[dict[str, Any]], list[str]]:
         items = list(data)
     except TypeError:
         raise InvalidArgumentError("data must be an iterable of mappings") from None
-    payloads: list[dict[str, Any]] = []
+    payloads: list[Mapping[str, Any]] = []
     texts: list[str] = []
     total = 0
     for index, item in enumerate(items):
@@ -222,7 +222,7 @@ def as_bulk_data(data: object) -> tuple[list[dict[str, Any]], list[str]]:
                 f"the payloads of one bulk enqueue exceed the {MAX_BULK_PAYLOAD_BYTES} byte "
                 f"limit (at data[{index}]); split it into several calls"
             )
-        payloads.append(dict(item))
+        payloads.append(item)
         texts.append(text)
     return payloads, texts
 
@@ -272,6 +272,8 @@ def as_seconds(
         raise InvalidArgumentError(f"{what} must be seconds or a timedelta, got {value!r:.80}")
     if not math.isfinite(seconds):
         raise InvalidArgumentError(f"{what} must be finite")
+    if seconds < 0 and allow_zero:
+        raise InvalidArgumentError(f"{what} must not be negative")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         raise InvalidArgumentError(f"{what} must be positive")
     if maximum is not None and seconds > maximum:
@@ -291,6 +293,11 @@ def as_optional_seconds(
 def as_wait_timeout(value: object, what: str = "timeout") -> float | None:
     """A wait's timeout: ``None`` (wait for ever) or up to :data:`MAX_TIMEOUT_SECONDS`."""
     return as_optional_seconds(value, what, maximum=MAX_TIMEOUT_SECONDS)
+
+
+def as_history_age(value: object, what: str = "older_than") -> float | None:
+    """``clear_history``'s age: ``None`` or 0 to :data:`MAX_HISTORY_AGE_SECONDS` seconds."""
+    return as_optional_seconds(value, what, allow_zero=True, maximum=MAX_HISTORY_AGE_SECONDS)
 
 
 def as_count(value: object, what: str, *, maximum: int, minimum: int = 1) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from jobrunner._errors import DuplicateHandlerError, HandlerNotFoundError, InvalidArgumentError
 from jobrunner._policy import DEFAULT_TIMEOUT, RetryPolicy
-from jobrunner._validation import as_job_name, as_queue, as_seconds
+from jobrunner._validation import MAX_TIMEOUT_SECONDS, as_job_name, as_queue, as_seconds
 
 if TYPE_CHECKING:
     from jobrunner._context import JobContext
@@ -98,7 +98,9 @@ class JobHandlerRegistry:
             name=name,
             handler=handler,
             retry=retry or RetryPolicy(),
-            timeout=DEFAULT_TIMEOUT if timeout is None else as_seconds(timeout, "timeout"),
+            timeout=DEFAULT_TIMEOUT
+            if timeout is None
+            else as_seconds(timeout, "timeout", maximum=MAX_TIMEOUT_SECONDS),
             queue=DEFAULT_QUEUE if queue is None else as_queue(queue),
         )
         with self._lock:

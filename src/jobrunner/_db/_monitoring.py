@@ -32,7 +32,14 @@ from jobrunner._db._store import JobStore, row_to_info, utc
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._models import LIVE_STATUSES, JobDetails, JobPage, JobStatus, Metrics
 from jobrunner._runner import AllTenants, HistoryScope, TenantArg
-from jobrunner._validation import as_seconds, as_tenant, as_uuid
+from jobrunner._validation import (
+    as_aware_datetime,
+    as_history_age,
+    as_optional_text,
+    as_tenant,
+    as_text,
+    as_uuid,
+)
 
 __all__ = [
     "CLEAR_SCOPES",
@@ -117,8 +124,7 @@ async def retry_job(
     """
     if not isinstance(runner_type, str) or not runner_type:
         raise InvalidArgumentError("runner_type must be a non-empty string")
-    if requested_by is not None and not isinstance(requested_by, str):
-        raise InvalidArgumentError("requested_by must be a string")
+    requested_by = as_optional_text(requested_by, "requested_by")
     async with db.transaction() as conn:
         cur = await conn.execute(
             db.queries.monitoring_retry_job,
@@ -187,19 +193,11 @@ def _statuses(status: object) -> list[str] | None:
 def _short_text(value: object, what: str, *, limit: int = 200) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > limit or "\x00" in value:
-        raise InvalidArgumentError(f"{what} must be a non-empty string of at most {limit} chars")
-    return value
+    return as_text(value, what, max_length=limit, allow_empty=False)
 
 
 def _bound(value: object, what: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise InvalidArgumentError(f"{what} must be a datetime")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidArgumentError(f"{what} must be timezone-aware (naive datetimes are ambiguous)")
-    return value
+    return None if value is None else as_aware_datetime(value, what)
 
 
 def escape_like(text: str) -> str:
@@ -401,7 +399,7 @@ async def clear_history(
     if not isinstance(scope, str) or scope not in CLEAR_SCOPES:
         raise InvalidArgumentError(f"scope must be one of {', '.join(CLEAR_SCOPES)}")
     tenant_scope = _tenant_scope(tenant)
-    seconds = None if older_than is None else as_seconds(older_than, "older_than", allow_zero=True)
+    seconds = as_history_age(older_than)
     statuses = ", ".join(f"'{s}'" for s in CLEAR_SCOPES[scope])  # constants above, not input
     query = _with_tenant(db.queries.monitoring_clear_batch, tenant_scope)
     query = query.replace("/*statuses*/", statuses)

@@ -48,11 +48,21 @@ from jobrunner._recurrence import (
     Recurrence,
     plan_ticks,
 )
-from jobrunner._runner import ALL_TENANTS, AllTenants, HistoryScope, JobRunner, JobWorker, TenantArg
+from jobrunner._runner import (
+    ALL_TENANTS,
+    AllTenants,
+    HistoryScope,
+    JobRunner,
+    JobWorker,
+    TenantArg,
+    wait_arguments,
+    wait_within,
+)
 from jobrunner._validation import (
     as_aware_datetime,
-    as_data,
-    as_seconds,
+    as_bulk_data,
+    as_history_age,
+    as_optional_text,
     as_tenant,
     as_uuid,
 )
@@ -387,19 +397,26 @@ class InMemoryJobRunner(JobRunner):
         """Wait until the job is final (woken by every state change, no polling).
 
         Nothing runs the job unless a worker, a drain or ``eager`` does.
+
+        Raises:
+            JobTimeoutError: ``timeout`` seconds passed first (also a ``TimeoutError``).
+            JobNotFoundError: no such job for the tenant.
+            InvalidArgumentError: an argument is malformed.
         """
         from jobrunner._errors import JobNotFoundError
 
+        key, tenant_id, seconds, longest = wait_arguments(job_id, tenant, timeout, poll_interval)
+
         async def watch() -> JobInfo:
             while True:
-                info = await self.get_job_status(job_id, tenant=tenant)
+                info = await self.get_job_status(key, tenant=tenant_id)
                 if info is None:
-                    raise JobNotFoundError(f"job {job_id} not found")
+                    raise JobNotFoundError(f"job {key} not found")
                 if info.status.is_final:
                     return info
-                await self.wait_for_change(poll_interval * 20)
+                await self.wait_for_change(longest * 20)
 
-        return await asyncio.wait_for(watch(), timeout)
+        return await wait_within(watch(), key, seconds)
 
     # -- scheduling -------------------------------------------------------------------------
     def _new_job(
@@ -550,14 +567,7 @@ class InMemoryJobRunner(JobRunner):
     ) -> list[ScheduledJob]:
         """Enqueue many jobs; all are validated before any is stored."""
         _no_connection(connection)
-        if isinstance(data, Mapping | str | bytes):
-            raise InvalidArgumentError("data must be an iterable of mappings")
-        try:
-            items = list(data)
-        except TypeError:
-            raise InvalidArgumentError("data must be an iterable of mappings") from None
-        for i, item in enumerate(items):
-            as_data(item, f"data[{i}]")
+        items, _ = as_bulk_data(data)
         jobs = [
             self._new_job(
                 name,
@@ -599,10 +609,8 @@ class InMemoryJobRunner(JobRunner):
     ) -> bool:
         """Cancel a live job (stopping its running handler) or remove a recurring schedule."""
         job = self._find(job_id, tenant)
-        if reason is not None and not isinstance(reason, str):
-            raise InvalidArgumentError("reason must be a string")
-        if cancelled_by is not None and not isinstance(cancelled_by, str):
-            raise InvalidArgumentError("cancelled_by must be a string")
+        reason = as_optional_text(reason, "reason")
+        cancelled_by = as_optional_text(cancelled_by, "cancelled_by")
         if job is None:
             return False
         schedule = self._schedules.get(job.key)
@@ -799,17 +807,20 @@ class InMemoryJobRunner(JobRunner):
         older_than: timedelta | float | None = None,
     ) -> int:
         """Delete final jobs (``scope='finished'``: completed only; ``'all'``: every final one)."""
-        if scope not in ("finished", "all"):
+        if not isinstance(scope, str) or scope not in ("finished", "all"):
             raise InvalidArgumentError("scope must be 'finished' or 'all'")
+        tenant_scope = tenant if isinstance(tenant, AllTenants) else as_tenant(tenant)
+        age = as_history_age(older_than)
         cutoff = None
-        if older_than is not None:
-            cutoff = self.clock.now() - timedelta(
-                seconds=as_seconds(older_than, "older_than", allow_zero=True)
-            )
+        if age is not None:
+            try:
+                cutoff = self.clock.now() - timedelta(seconds=age)
+            except OverflowError:
+                return 0  # the clock is so early that nothing can be that old
         wanted = {JobStatus.COMPLETED} if scope == "finished" else set(_FINAL)
         doomed = [
             j
-            for j in self._scoped(tenant)
+            for j in self._scoped(tenant_scope)
             if j.status in wanted
             and not (j.tracker and j.key in self._schedules)
             and (cutoff is None or (j.completed_at or j.created_at) < cutoff)

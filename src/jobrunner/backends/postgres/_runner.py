@@ -17,6 +17,7 @@ from psycopg.types.json import Jsonb
 from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
 from jobrunner._db._errors import translate_errors
 from jobrunner._db._monitoring import DatabaseMonitoring
+from jobrunner._db._savepoint import caller_savepoint
 from jobrunner._db._store import JobStore
 from jobrunner._errors import DatabaseError, InvalidArgumentError, UnavailableError
 from jobrunner._jobargs import job_args
@@ -31,8 +32,8 @@ from jobrunner._models import (
 from jobrunner._runner import AllTenants, JobRunner, TenantArg
 from jobrunner._validation import (
     as_aware_datetime,
-    as_data,
-    as_json_text,
+    as_bulk_data,
+    as_optional_text,
     as_tenant,
     as_uuid,
 )
@@ -119,9 +120,13 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         if self._started:
             return
         from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
-        from jobrunner._validation import as_seconds
+        from jobrunner._validation import MAX_TIMEOUT_SECONDS, as_seconds
 
-        bound = STARTUP_TIMEOUT if timeout is None else as_seconds(timeout, "timeout")
+        bound = (
+            STARTUP_TIMEOUT
+            if timeout is None
+            else as_seconds(timeout, "timeout", maximum=MAX_TIMEOUT_SECONDS)
+        )
         deadline = asyncio.get_running_loop().time() + bound
 
         async def connect_and_migrate() -> None:
@@ -224,15 +229,17 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
                     "with a sync connection)"
                 )
             with translate_errors():
-                # Tuple rows whatever row factory the caller's connection uses.
-                cur = connection.cursor(row_factory=tuple_row)
-                await cur.execute(self.db.queries.insert_job, params)
-                row = await cur.fetchone()
-                if row is None and params["singleton_key"] is not None:
-                    await cur.execute(self.db.queries.find_singleton, params)
-                    existing = await cur.fetchone()
-                    if existing is not None:
-                        return _handle(existing[0], params["tenant"], created=False)
+                async with caller_savepoint(connection, self.db.queries):
+                    # Tuple rows whatever row factory the caller's connection uses.
+                    cur = connection.cursor(row_factory=tuple_row)
+                    await cur.execute(self.db.queries.insert_job, params)
+                    row = await cur.fetchone()
+                    existing = None
+                    if row is None and params["singleton_key"] is not None:
+                        await cur.execute(self.db.queries.find_singleton, params)
+                        existing = await cur.fetchone()
+                if existing is not None:
+                    return _handle(existing[0], params["tenant"], created=False)
             if row is None:
                 # The singleton's holder finished between the two statements: try once more.
                 return await self._insert(params, connection)
@@ -337,13 +344,7 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
 
         A slice of the payloads is the ``datas`` parameter of ``insert_jobs_bulk``.
         """
-        if isinstance(data, Mapping | str | bytes):
-            raise InvalidArgumentError("data must be an iterable of mappings")
-        try:
-            items = list(data)
-        except TypeError:
-            raise InvalidArgumentError("data must be an iterable of mappings") from None
-        payloads = BulkPayloads([_payload_text(item, i) for i, item in enumerate(items)])
+        payloads = BulkPayloads(as_bulk_data(data)[1])
         base = self.prepare_insert(
             name,
             None,
@@ -399,7 +400,8 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
 
         if connection is not None:
             with translate_errors():
-                await write(connection)
+                async with caller_savepoint(connection, self.db.queries):
+                    await write(connection)
         else:
             await self._ensure_started()
             async with self.db.transaction() as conn:
@@ -428,10 +430,8 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         """Cancel a live job (a running handler is stopped via NOTIFY) or remove a schedule."""
         key = as_uuid(job_id, "job_id")
         tenant_id = as_tenant(tenant)
-        if reason is not None and not isinstance(reason, str):
-            raise InvalidArgumentError("reason must be a string")
-        if cancelled_by is not None and not isinstance(cancelled_by, str):
-            raise InvalidArgumentError("cancelled_by must be a string")
+        reason = as_optional_text(reason, "reason")
+        cancelled_by = as_optional_text(cancelled_by, "cancelled_by")
         await self._ensure_started()
         async with self.db.connection() as conn:
             cur = await conn.execute(
@@ -577,14 +577,6 @@ class BulkPayloads:
 
     def __getitem__(self, index: slice) -> str:
         return "[" + ",".join(self._texts[index]) + "]"
-
-
-def _payload_text(item: object, index: int) -> str:
-    if item is None:
-        return "{}"
-    if not isinstance(item, Mapping):
-        as_data(item, f"data[{index}]")  # raises the usual InvalidArgumentError
-    return as_json_text(item, f"data[{index}]")
 
 
 def _is_own_insert(exc: DatabaseError) -> bool:

@@ -45,8 +45,13 @@ from jobrunner._models import (
 )
 from jobrunner._runner import JobRunner, TenantArg
 from jobrunner._validation import (
+    MAX_LEASE_SECONDS,
+    MAX_TIMEOUT_SECONDS,
     as_aware_datetime,
-    as_data,
+    as_bulk_data,
+    as_optional_key,
+    as_optional_text,
+    as_seconds,
     as_tenant,
     as_uuid,
 )
@@ -121,10 +126,15 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             if not dsn:
                 raise InvalidArgumentError("TemporalJobRunner needs a dsn or a database")
             database = Database(dsn, schema=schema, max_size=pool_size)
-        if not isinstance(task_queue, str) or not task_queue:
+        task_queue = as_optional_key(task_queue, "task_queue") or ""
+        if not task_queue:
             raise InvalidArgumentError("task_queue must be a non-empty string")
-        if heartbeat_timeout <= 0 or connect_timeout <= 0:
-            raise InvalidArgumentError("heartbeat_timeout and connect_timeout must be positive")
+        heartbeat_timeout = as_seconds(
+            heartbeat_timeout, "heartbeat_timeout", maximum=MAX_LEASE_SECONDS
+        )
+        connect_timeout = as_seconds(
+            connect_timeout, "connect_timeout", maximum=MAX_TIMEOUT_SECONDS
+        )
         self.db = database
         self.store = JobStore(database)
         self.address = address
@@ -427,13 +437,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         connection: Any = None,
     ) -> list[ScheduledJob]:
         """Insert all rows in one transaction, then start their workflows concurrently."""
-        if isinstance(data, Mapping | str | bytes):
-            raise InvalidArgumentError("data must be an iterable of mappings")
-        try:
-            items = list(data)
-        except TypeError:
-            raise InvalidArgumentError("data must be an iterable of mappings") from None
-        payloads = [as_data(item, f"data[{i}]") for i, item in enumerate(items)]
+        payloads = [dict(item) for item in as_bulk_data(data)[0]]
         when = None if run_at is None else as_aware_datetime(run_at)
         base, template = self._prepare(
             name,
@@ -506,10 +510,8 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         next heartbeat), or delete a recurring schedule given its tracker row id."""
         key = as_uuid(job_id, "job_id")
         tenant_id = as_tenant(tenant)
-        if reason is not None and not isinstance(reason, str):
-            raise InvalidArgumentError("reason must be a string")
-        if cancelled_by is not None and not isinstance(cancelled_by, str):
-            raise InvalidArgumentError("cancelled_by must be a string")
+        reason = as_optional_text(reason, "reason")
+        cancelled_by = as_optional_text(cancelled_by, "cancelled_by")
         await self._ensure_started()
         async with self.db.connection() as conn:
             cur = await conn.execute(self.db.queries.get_job, {"tenant": tenant_id, "job_id": key})
@@ -616,8 +618,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             or not (0 <= progress <= 100)
         ):
             raise InvalidArgumentError("progress must be a number between 0 and 100")
-        if message is not None and not isinstance(message, str):
-            raise InvalidArgumentError("message must be a string")
+        message = as_optional_text(message, "message")
         wf_id = await self._workflow_of(job_id, tenant)
         if wf_id is None:
             return False

@@ -176,7 +176,7 @@ async def run_attempt(
     *,
     executor: Executor | None = None,
     rand: Callable[[], float] = random.random,
-    cancel_grace: float = CANCEL_GRACE,
+    cancel_grace: float | None = None,
 ) -> Outcome:
     """Run ``attempt``'s handler once and return its one outcome.
 
@@ -185,7 +185,8 @@ async def run_attempt(
         spec: The local handler for the job's name (``None``: the job fails, not retried).
         executor: Thread pool for plain ``def`` handlers (``None``: the loop's default).
         rand: Source of jitter for the retry delay.
-        cancel_grace: Seconds a cancelled ``async def`` handler gets to finish.
+        cancel_grace: Seconds a cancelled ``async def`` handler gets to finish (default
+            :data:`CANCEL_GRACE`).
 
     Returns:
         :class:`Completed`, :class:`Failed` or :class:`Aborted`. Cancelling the task that
@@ -215,7 +216,8 @@ async def run_attempt(
             ctx.mark_cancelled()
             work.add_done_callback(_retrieve_late)
             if spec.is_async:
-                await _cancel_and_wait(work, cancel_grace, attempt)
+                grace = CANCEL_GRACE if cancel_grace is None else cancel_grace
+                await _cancel_and_wait(work, grace, attempt)
     except asyncio.CancelledError:
         ctx.mark_cancelled()
         work.cancel()

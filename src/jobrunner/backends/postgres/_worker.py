@@ -46,7 +46,15 @@ from jobrunner._outcome import describe_error
 from jobrunner._policy import JobPolicy
 from jobrunner._process import hard_exit
 from jobrunner._runner import JobWorker
-from jobrunner._validation import as_queue, as_seconds, as_uuid
+from jobrunner._validation import (
+    MAX_LEASE_SECONDS,
+    MAX_WORKER_COUNT,
+    MAX_WORKER_INTERVAL_SECONDS,
+    as_count,
+    as_queues,
+    as_seconds,
+    as_uuid,
+)
 from jobrunner.backends.postgres._flow import FlowGate
 from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec
 
@@ -117,9 +125,7 @@ class WorkerSettings:
         if concurrency is not None:
             values["concurrency"] = concurrency
         if queues is not None:
-            if isinstance(queues, str):
-                raise InvalidArgumentError("queues must be a sequence of names, not a string")
-            values["queues"] = tuple(queues)
+            values["queues"] = queues
         _check_settings(values)
         settings = cls(**values)
         if not isinstance(settings.concurrency, int) or settings.concurrency < 1:
@@ -150,24 +156,39 @@ _SECONDS_OR_ZERO = ("flush_interval", "shutdown_grace")
 _OPTIONAL_SECONDS = ("heartbeat_interval", "rescue_interval")
 _COUNTS = ("concurrency", "flush_max")
 _OPTIONAL_COUNTS = ("claim_batch", "sync_threads")
+_FLAGS = ("run_scheduler", "fair")
 
 
 def _check_settings(values: dict[str, Any]) -> None:
-    """Validate worker options in place (seconds may be timedeltas); raise a typed error."""
+    """Validate worker options in place (seconds may be timedeltas); raise a typed error.
+
+    The bounds are the documented ones of :mod:`jobrunner._validation`: ``lease_seconds`` at
+    most ``MAX_LEASE_SECONDS``, the other intervals at most ``MAX_WORKER_INTERVAL_SECONDS``,
+    the counts at most ``MAX_WORKER_COUNT``.
+    """
     for name in _SECONDS + _SECONDS_OR_ZERO + _OPTIONAL_SECONDS:
         if name in values and not (name in _OPTIONAL_SECONDS and values[name] is None):
-            values[name] = as_seconds(values[name], name, allow_zero=name in _SECONDS_OR_ZERO)
+            values[name] = as_seconds(
+                values[name],
+                name,
+                allow_zero=name in _SECONDS_OR_ZERO,
+                maximum=MAX_LEASE_SECONDS
+                if name == "lease_seconds"
+                else MAX_WORKER_INTERVAL_SECONDS,
+            )
     for name in _COUNTS + _OPTIONAL_COUNTS:
         value = values.get(name)
         if name not in values or (value is None and name in _OPTIONAL_COUNTS):
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidArgumentError(f"{name} must be a positive integer")
-    values["queues"] = tuple(as_queue(q) for q in values.get("queues", ()))
+        values[name] = as_count(value, name, maximum=MAX_WORKER_COUNT)
+    values["queues"] = as_queues(values.get("queues", ()))
     if "worker_id" in values:
         values["worker_id"] = as_uuid(values["worker_id"], "worker_id")
     if "rand" in values and not callable(values["rand"]):
         raise InvalidArgumentError("rand must be a callable returning floats in [0, 1)")
+    for name in _FLAGS:
+        if name in values and not isinstance(values[name], bool):
+            raise InvalidArgumentError(f"{name} must be True or False")
     lease = values.get("lease_seconds", WorkerSettings.lease_seconds)
     beat = values.get("heartbeat_interval")
     if beat is not None and beat >= lease:

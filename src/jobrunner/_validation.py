@@ -343,3 +343,10 @@ def as_queue(value: object) -> str:
         # Workers' listener health probes use NOTIFY payloads with this prefix.
         raise InvalidArgumentError("queue names must not start with 'probe:'")
     return queue
+
+
+def as_queues(value: object) -> tuple[str, ...]:
+    """A sequence of queue names (a worker's ``queues``), each checked by :func:`as_queue`."""
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise InvalidArgumentError("queues must be a sequence of names, not a string")
+    return tuple(as_queue(q) for q in value)

@@ -37,3 +37,14 @@ def proc_sync_stuck(ctx: Any, data: dict[str, Any]) -> None:
     release = data.get("release_file")
     while release is None or not os.path.exists(release):
         time.sleep(0.05)
+
+
+@job("proc-step-block", retry=RetryPolicy(max_attempts=3, initial_interval=0.1), timeout=600)
+async def proc_step_block(ctx: JobContext, data: dict[str, Any]) -> dict[str, Any]:
+    """As ``proc-block``, but waiting inside an open step ``upload`` (a crash leaves it open)."""
+    async with ctx.step("upload"):
+        await ctx.set_progress(10, f"uploading in {os.getpid()}")
+        release = data.get("release_file")
+        while release is None or not os.path.exists(release):  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(0.05)
+    return {"attempt": ctx.attempt, "pid": os.getpid()}

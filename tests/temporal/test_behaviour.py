@@ -220,6 +220,12 @@ async def test_cancel_running_async_handler(
     assert info.metadata["cancel_reason"] == "stop"
     assert info.metadata["cancelled_by"] == "ops"
     assert await runner.cancel_job(handle.job_id, tenant=tenant) is False
+    # a retry starts a clean run: the old cancel is history, not the new run's metadata
+    assert await runner.retry_job(handle.job_id, tenant=tenant) is True
+    retried = await runner.get_job_status(handle.job_id, tenant=tenant)
+    assert retried is not None
+    assert "cancel_reason" not in retried.metadata and "cancelled_by" not in retried.metadata
+    assert await runner.cancel_job(handle.job_id, tenant=tenant) is True
 
 
 async def test_cancel_running_sync_handler(

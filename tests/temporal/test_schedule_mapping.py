@@ -218,6 +218,7 @@ async def test_removed_schedule_cannot_be_retried(
     assert await trunner.cancel_job(made.job_id, tenant=tenant, reason="retired") is True
     tracker = await trunner.get_job_status(made.job_id, tenant=tenant)
     assert tracker.metadata["schedule_removed"] is True
+    assert tracker.metadata["paused"] is False  # removed, not paused (issue 13)
     assert tracker.metadata["cancel_reason"] == "retired"
     assert await trunner.retry_job(made.job_id, tenant=tenant) is False
     tracker = await trunner.get_job_status(made.job_id, tenant=tenant)

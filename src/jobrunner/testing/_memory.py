@@ -620,7 +620,14 @@ class InMemoryJobRunner(JobRunner):
             del self._schedules[job.key]
             job.status = JobStatus.CANCELLED
             job.completed_at = job.updated_at = self.clock.now()
-            job.metadata.update({"paused": True, "next_run_at": None, "schedule_removed": True})
+            job.metadata.update(
+                {
+                    "paused": False,
+                    "next_run_at": None,
+                    "schedule_removed": True,
+                    "removed_at": self.clock.now().isoformat(),
+                }
+            )
             extra = {"cancel_reason": reason, "cancelled_by": cancelled_by}
             job.metadata.update({k: v for k, v in extra.items() if v is not None})
             self._notify()
@@ -675,9 +682,18 @@ class InMemoryJobRunner(JobRunner):
                 None if job.error is None else job.error.to_json(),
                 now,
                 job.attempts,
-                {"previous_status": job.status.value},
+                {
+                    "previous_status": job.status.value,
+                    **{
+                        k: job.metadata[k]
+                        for k in ("cancel_reason", "cancelled_by")
+                        if job.metadata.get(k) is not None
+                    },
+                },
             )
         )
+        for key in ("cancel_reason", "cancelled_by", "cancelled_at"):
+            job.metadata.pop(key, None)  # the cancel belonged to the previous run
         job.metadata["retried_count"] = int(job.metadata.get("retried_count") or 0) + 1
         job.metadata["last_retried_at"] = now.isoformat()
         job.status = JobStatus.QUEUED

@@ -95,6 +95,16 @@ WITH prev AS (
            jsonb_strip_nulls(jsonb_build_object('reason', %(reason)s::text,
                                                 'cancelled_by', %(cancelled_by)s::text))
     FROM cancelled WHERE previous_status = 'processing'
+), closed_steps AS (
+    -- the new token fences the cancelled attempt, so it can no longer close its own steps
+    UPDATE {schema}.job_details d
+    SET status = 'cancelled', processed_at = timezone('utc', now()),
+        result = jsonb_build_object('type', 'cancelled', 'message',
+                                    coalesce(%(reason)s::text, 'cancelled'), 'traceback', NULL),
+        metadata = coalesce(d.metadata, '{{}}'::jsonb) || jsonb_build_object('finished_at', now())
+    FROM cancelled c
+    WHERE d.tenant = c.tenant AND d.job_id = c.job_id AND d.status = 'processing'
+      AND c.previous_status = 'processing'
 )
 -- payload `job_id:token`: a worker stops only attempts older than the cancel (a retry of the
 -- job claimed since then by the same worker has a newer token and keeps running)

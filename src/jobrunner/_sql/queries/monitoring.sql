@@ -47,7 +47,7 @@ LIMIT %(limit)s
 -- the error it had is kept in a 'retry' job_details row. Refused (no row) while another live
 -- job holds the same singleton key.
 WITH target AS (
-    SELECT j.tenant, j.job_id, j.status, j.error, j.attempts
+    SELECT j.tenant, j.job_id, j.status, j.error, j.attempts, j.metadata
     FROM {schema}.jobs j
     WHERE j.tenant = %(tenant)s AND j.job_id = %(job_id)s
       AND j.status IN ('failed', 'cancelled')
@@ -71,21 +71,26 @@ WITH target AS (
         lease_expires_at = NULL,
         worker_id = NULL,
         updated_at = timezone('utc', now()),
-        metadata = coalesce(j.metadata, '{{}}'::jsonb)
+        -- the cancel belonged to the previous run (it stays in the 'retry' row's history)
+        metadata = (coalesce(j.metadata, '{{}}'::jsonb)
+                    - 'cancel_reason' - 'cancelled_by' - 'cancelled_at')
                    || jsonb_build_object(
                         'retried_count', coalesce((j.metadata ->> 'retried_count')::int, 0) + 1,
                         'last_retried_at', now())
     FROM target t
     WHERE j.tenant = t.tenant AND j.job_id = t.job_id
     RETURNING j.tenant, j.job_id, j.queue, t.status AS previous_status, t.error AS previous_error,
-              t.attempts AS previous_attempts
+              t.attempts AS previous_attempts, t.metadata AS previous_metadata
 ), history AS (
     INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
                                       retry_count, metadata)
     SELECT tenant, job_id, 'retry', 'queued', previous_error, timezone('utc', now()),
            previous_attempts,
-           jsonb_strip_nulls(jsonb_build_object('previous_status', previous_status::text,
-                                                'requested_by', %(requested_by)s::text))
+           jsonb_strip_nulls(jsonb_build_object(
+               'previous_status', previous_status::text,
+               'requested_by', %(requested_by)s::text,
+               'cancel_reason', previous_metadata -> 'cancel_reason',
+               'cancelled_by', previous_metadata -> 'cancelled_by'))
     FROM requeued
 )
 SELECT job_id, queue, pg_notify(%(channel)s, queue) AS notified FROM requeued

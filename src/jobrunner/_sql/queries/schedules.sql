@@ -90,13 +90,14 @@ WHERE tenant = %(tenant)s AND schedule_id = %(schedule_id)s
 RETURNING schedule_id
 
 -- name: sched_cancel_tracker
+-- The removed schedule's tracker says so: removed (not paused), no next run.
 UPDATE {schema}.jobs
 SET status = 'cancelled',
     completed_at = now(),
     updated_at = timezone('utc', now()),
     metadata = coalesce(metadata, '{{}}'::jsonb)
-               || jsonb_build_object('paused', true, 'next_run_at', NULL,
-                                     'schedule_removed', true)
+               || jsonb_build_object('paused', false, 'next_run_at', NULL,
+                                     'schedule_removed', true, 'removed_at', now())
                || jsonb_strip_nulls(jsonb_build_object('cancel_reason', %(reason)s::text,
                                                        'cancelled_by', %(cancelled_by)s::text))
 WHERE tenant = %(tenant)s AND job_id = %(schedule_id)s AND status = 'active'

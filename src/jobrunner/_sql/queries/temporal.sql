@@ -36,20 +36,39 @@ WHERE tenant = %(tenant)s AND job_id = ANY(%(job_ids)s::uuid[]) AND runner_type 
 
 -- name: temporal_begin_attempt
 -- A new attempt takes over even from a 'processing' row: that attempt's worker is gone (Temporal
--- timed it out); bumping the token fences whatever it might still write.
-UPDATE {schema}.jobs
-SET status = 'processing',
-    attempts = %(attempt)s,
-    max_attempts = %(max_attempts)s,
-    lease_token = lease_token + 1,
-    worker_id = %(worker_id)s,
-    started_at = now(),
-    external_id = coalesce(external_id, %(workflow_id)s),
-    external_run_id = %(run_id)s,
-    updated_at = timezone('utc', now())
-WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
-  AND status IN ('pending', 'queued', 'retrying', 'processing')
-RETURNING lease_token, queue, metadata, schedule_id
+-- timed it out); bumping the token fences whatever it might still write, and its open steps are
+-- closed as failed. Each attempt starts with its progress at 0.
+WITH begun AS (
+    UPDATE {schema}.jobs
+    SET status = 'processing',
+        attempts = %(attempt)s,
+        max_attempts = %(max_attempts)s,
+        lease_token = lease_token + 1,
+        worker_id = %(worker_id)s,
+        started_at = now(),
+        progress = 0,
+        progress_message = NULL,
+        external_id = coalesce(external_id, %(workflow_id)s),
+        external_run_id = %(run_id)s,
+        updated_at = timezone('utc', now())
+    WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
+      AND status IN ('pending', 'queued', 'retrying', 'processing')
+    RETURNING tenant, job_id, lease_token, queue, metadata, schedule_id
+), closed_steps AS (
+    UPDATE {schema}.job_details d
+    SET status = 'failed',
+        result = jsonb_build_object(
+            'type', 'jobrunner.LeaseExpired',
+            'message', 'the attempt''s worker stopped heartbeating (Temporal timed it out) '
+                       'before this step finished',
+            'traceback', NULL),
+        processed_at = timezone('utc', now()),
+        metadata = coalesce(d.metadata, '{{}}'::jsonb)
+                   || jsonb_build_object('finished_at', now(), 'lease_expired', true)
+    FROM begun b
+    WHERE d.tenant = b.tenant AND d.job_id = b.job_id AND d.status = 'processing'
+)
+SELECT lease_token, queue, metadata, schedule_id FROM begun
 
 -- name: temporal_complete
 WITH updated AS (
@@ -119,6 +138,13 @@ WITH prev AS (
     SELECT tenant, job_id, 'attempt', 'failed', error, timezone('utc', now()), attempts,
            '{{}}'::jsonb
     FROM updated WHERE previous_status = 'processing'
+), closed_steps AS (
+    -- the attempt that could not record its outcome cannot finish its steps either
+    UPDATE {schema}.job_details d
+    SET status = 'failed', result = u.error, processed_at = timezone('utc', now()),
+        metadata = coalesce(d.metadata, '{{}}'::jsonb) || jsonb_build_object('finished_at', now())
+    FROM updated u
+    WHERE d.tenant = u.tenant AND d.job_id = u.job_id AND d.status = 'processing'
 )
 SELECT job_id FROM updated
 
@@ -153,6 +179,15 @@ WITH prev AS (
            jsonb_strip_nulls(jsonb_build_object('reason', %(reason)s::text,
                                                 'cancelled_by', %(cancelled_by)s::text))
     FROM cancelled WHERE previous_status = 'processing'
+), closed_steps AS (
+    -- the cancel fences the attempt (new token), so it can no longer close its own steps
+    UPDATE {schema}.job_details d
+    SET status = 'cancelled', processed_at = timezone('utc', now()),
+        result = jsonb_build_object('type', 'cancelled', 'message',
+                                    coalesce(%(reason)s::text, 'cancelled'), 'traceback', NULL),
+        metadata = coalesce(d.metadata, '{{}}'::jsonb) || jsonb_build_object('finished_at', now())
+    FROM cancelled c
+    WHERE d.tenant = c.tenant AND d.job_id = c.job_id AND d.status = 'processing'
 )
 SELECT job_id FROM cancelled
 
@@ -205,11 +240,14 @@ WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
   AND status = 'active'
 
 -- name: temporal_reset_for_retry
+-- As monitoring_retry_job: the new run starts clean (no progress, no cancel metadata).
 UPDATE {schema}.jobs
 SET status = 'queued', attempts = 0, error = NULL, result = NULL, progress = 0,
     progress_message = NULL, completed_at = NULL, started_at = NULL, run_at = now(),
     updated_at = timezone('utc', now()), lease_token = lease_token + 1,
-    external_run_id = NULL
+    external_run_id = NULL,
+    metadata = coalesce(metadata, '{{}}'::jsonb) - 'cancel_reason' - 'cancelled_by'
+               - 'cancelled_at'
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
   AND status IN ('failed', 'cancelled')
   -- A removed schedule's tracker is history, never a job to run (the trigger of migration
@@ -273,12 +311,13 @@ WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
 
 -- name: temporal_cancel_tracker
 -- The tracker stays as history marked schedule_removed, which the trigger of migration 0002
--- keeps cancelled (retry_job cannot revive it), as on PostgreSQL.
+-- keeps cancelled (retry_job cannot revive it), as on PostgreSQL. Its metadata says removed,
+-- not paused: a removed schedule has no pause state and no next run.
 UPDATE {schema}.jobs
 SET status = 'cancelled', completed_at = now(), updated_at = timezone('utc', now()),
     metadata = coalesce(metadata, '{{}}'::jsonb)
-               || jsonb_build_object('paused', true, 'next_run_at', NULL,
-                                     'schedule_removed', true)
+               || jsonb_build_object('paused', false, 'next_run_at', NULL,
+                                     'schedule_removed', true, 'removed_at', now())
                || jsonb_strip_nulls(jsonb_build_object('cancel_reason', %(reason)s::text,
                                                        'cancelled_by', %(cancelled_by)s::text))
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'

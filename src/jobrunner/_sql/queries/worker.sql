@@ -135,11 +135,29 @@ WITH expired AS (
             'message', 'the worker running this attempt stopped heartbeating (crashed, killed '
                        'or disconnected); its lease expired',
             'traceback', NULL),
+        -- back in the queue, the job starts over; a final failure keeps how far it got
+        progress = CASE WHEN j.attempts >= j.max_attempts THEN j.progress ELSE 0 END,
+        progress_message = CASE WHEN j.attempts >= j.max_attempts THEN j.progress_message END,
         updated_at = timezone('utc', now()),
         lease_expires_at = NULL, worker_id = NULL
     FROM expired e
     WHERE j.tenant = e.tenant AND j.job_id = e.job_id
     RETURNING j.tenant, j.job_id, j.attempts, j.status, j.queue, j.error
+), closed_steps AS (
+    -- The dead attempt's open steps: nobody will ever finish them (its writes are fenced by
+    -- status 'processing', which the job just left). Attempt rows are never 'processing'.
+    UPDATE {schema}.job_details d
+    SET status = 'failed',
+        result = jsonb_build_object(
+            'type', 'jobrunner.LeaseExpired',
+            'message', 'the attempt''s lease expired before this step finished (its worker '
+                       'crashed, was killed or lost the database)',
+            'traceback', NULL),
+        processed_at = timezone('utc', now()),
+        metadata = coalesce(d.metadata, '{{}}'::jsonb)
+                   || jsonb_build_object('finished_at', now(), 'lease_expired', true)
+    FROM rescued r
+    WHERE d.tenant = r.tenant AND d.job_id = r.job_id AND d.status = 'processing'
 ), attempt_rows AS (
     INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
                                       retry_count, metadata)
@@ -151,15 +169,30 @@ SELECT job_id, status, queue FROM rescued
 
 -- name: release_jobs
 -- Graceful shutdown: hand unfinished attempts back without counting them against the policy.
+-- The job starts over: progress is reset and the attempt's open steps are closed.
 WITH released AS (
     UPDATE {schema}.jobs j
     SET status = 'queued', attempts = greatest(j.attempts - 1, 0), run_at = now(),
+        progress = 0, progress_message = NULL,
         lease_expires_at = NULL, worker_id = NULL, updated_at = timezone('utc', now())
     FROM unnest(%(tenants)s::uuid[], %(job_ids)s::uuid[], %(tokens)s::bigint[])
         AS r(tenant, job_id, token)
     WHERE j.tenant = r.tenant AND j.job_id = r.job_id AND j.lease_token = r.token
       AND j.status::text = 'processing'  -- `::text`: see complete_jobs
-    RETURNING j.job_id, j.queue
+    RETURNING j.tenant, j.job_id, j.queue
+), closed_steps AS (
+    UPDATE {schema}.job_details d
+    SET status = 'cancelled',
+        result = jsonb_build_object(
+            'type', 'jobrunner.Released',
+            'message', 'the worker shut down before this step finished; the job was queued '
+                       'again',
+            'traceback', NULL),
+        processed_at = timezone('utc', now()),
+        metadata = coalesce(d.metadata, '{{}}'::jsonb)
+                   || jsonb_build_object('finished_at', now(), 'released', true)
+    FROM released r
+    WHERE d.tenant = r.tenant AND d.job_id = r.job_id AND d.status = 'processing'
 )
 SELECT job_id, pg_notify(%(channel)s, queue) AS notified FROM released
 

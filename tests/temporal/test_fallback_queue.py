@@ -24,7 +24,13 @@ from typing import Any
 import pytest
 
 from apps.helpers import eventually, job_row
-from jobrunner import InvalidArgumentError, JobContext, JobHandlerRegistry, JobStatus
+from jobrunner import (
+    InvalidArgumentError,
+    JobContext,
+    JobHandlerRegistry,
+    JobStatus,
+    JobTimeoutError,
+)
 from jobrunner._config import Settings
 from jobrunner._factory import JobRunnerFactory
 from jobrunner.backends.postgres import PostgresJobRunner
@@ -270,12 +276,19 @@ async def cli_producer(
         await runner.close()
 
 
+async def wait_final(producer: Any, job_id: Any, worker: CliWorker, timeout: float = 90) -> Any:
+    try:
+        return await producer.wait_for_job(job_id, timeout=timeout)
+    except JobTimeoutError:
+        raise AssertionError(f"job not final; worker output:\n{worker.output()}") from None
+
+
 async def test_cli_temporal_worker_runs_fallback_jobs(
     cli_producer: PostgresJobRunner, spawn_cli: Any
 ) -> None:
     handle = await schedule_fallback_job(cli_producer, "proc-echo", {"value": 7})
     worker = spawn_cli()
-    info = await cli_producer.wait_for_job(handle.job_id, timeout=90)
+    info = await wait_final(cli_producer, handle.job_id, worker)
     assert info.status is JobStatus.COMPLETED, worker.output()
     assert info.result == {"echo": 7, "attempt": 1}
     assert info.runner_type == "postgres"
@@ -293,7 +306,7 @@ async def test_cli_no_postgres_queue_leaves_fallback_jobs_queued(
     worker = spawn_cli("--no-postgres-queue")
     temporal_producer = await make_temporal_runner(require_registered=False)
     probe = await temporal_producer.schedule_job("proc-echo", {"value": 8})
-    done = await temporal_producer.wait_for_job(probe.job_id, timeout=90)
+    done = await wait_final(temporal_producer, probe.job_id, worker)
     assert done.status is JobStatus.COMPLETED, worker.output()
     assert await worker.terminate() == 0, worker.output()
     row = await job_row(cli_producer, waiting.job_id)
@@ -322,7 +335,7 @@ async def test_cli_worker_killed_mid_fallback_job_next_temporal_worker_finishes_
     assert mid.attempts == 1
 
     second = spawn_cli("--lease", "3")
-    info = await cli_producer.wait_for_job(handle.job_id, timeout=120)
+    info = await wait_final(cli_producer, handle.job_id, second, timeout=120)
     assert info.status is JobStatus.COMPLETED, second.output()
     assert info.result == {"finished_on_attempt": 2}
     assert info.attempts == 2

@@ -34,6 +34,7 @@ from jobrunner import (
 from jobrunner._config import Settings
 from jobrunner._factory import JobRunnerFactory
 from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.temporal import TemporalWorker
 from jobrunner.testing import running_worker
 from temporal._support import free_port_address
 
@@ -110,6 +111,7 @@ async def test_temporal_worker_runs_jobs_written_during_the_fallback(
     with caplog.at_level(logging.WARNING, logger=WORKER_LOGGER):
         # What the CLI does with JOB_RUNNER_TYPE=temporal: create_worker on the Temporal runner.
         async with running_worker(trunner, grace=5.0, concurrency=4) as worker:
+            assert isinstance(worker, TemporalWorker)
             assert worker.postgres_worker is not None
             # Written while the worker already runs: picked up as well.
             during = await schedule_fallback_job(fallback_producer, "fallback-sync", {"value": 2})
@@ -155,6 +157,7 @@ async def test_no_postgres_queue_leaves_fallback_jobs_queued(
         async with running_worker(
             trunner, grace=5.0, concurrency=4, postgres_queue=False
         ) as worker:
+            assert isinstance(worker, TemporalWorker)
             assert worker.postgres_worker is None
             # A Temporal job run end to end: the worker consumed while the row sat there.
             probe = await trunner.schedule_job("fallback-echo", {"value": 2})

@@ -982,8 +982,10 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         """A Temporal worker for this runner's task queue and registered handlers.
 
         Options: ``shutdown_grace`` (seconds running activities get on stop, default 30),
-        ``heartbeat_interval`` (seconds between heartbeats sent to the server, default 1);
-        PostgreSQL-only options such as ``lease_seconds`` are accepted and ignored.
+        ``heartbeat_interval`` (seconds between heartbeats sent to the server, default 1),
+        ``postgres_queue`` (default ``True``: the worker also runs the PostgreSQL queue, where
+        producers that could not reach Temporal wrote their jobs; docs/backends.md).
+        PostgreSQL worker options such as ``lease_seconds`` configure that queue's worker.
         """
         from jobrunner.backends.temporal._worker import TemporalWorker, TemporalWorkerSettings
 

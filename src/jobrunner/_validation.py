@@ -39,6 +39,12 @@ MAX_KEY_LENGTH: Final = 500
 MAX_REASON_LENGTH: Final = 2_000
 """Longest cancel ``reason`` / ``cancelled_by`` (and other free text stored with a job)."""
 
+MAX_LIST_LIMIT: Final = 500
+"""Most jobs one ``list_jobs`` page returns."""
+
+MAX_SEARCH_LENGTH: Final = 200
+"""Longest ``list_jobs`` search text (name and other filters: the same)."""
+
 MIN_TIMESTAMP: Final = datetime(1, 1, 2, tzinfo=UTC)
 """Earliest accepted datetime (as a UTC instant): 0001-01-02.
 

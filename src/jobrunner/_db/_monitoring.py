@@ -33,6 +33,8 @@ from jobrunner._errors import InvalidArgumentError
 from jobrunner._models import LIVE_STATUSES, JobDetails, JobPage, JobStatus, Metrics
 from jobrunner._runner import AllTenants, HistoryScope, TenantArg
 from jobrunner._validation import (
+    MAX_LIST_LIMIT,
+    MAX_SEARCH_LENGTH,
     as_aware_datetime,
     as_history_age,
     as_optional_text,
@@ -55,8 +57,6 @@ __all__ = [
     "retry_job",
 ]
 
-MAX_LIST_LIMIT: Final = 500
-MAX_SEARCH_LENGTH: Final = 200
 CLEAR_BATCH: Final = 5000
 THROUGHPUT_MINUTES: Final = 60
 

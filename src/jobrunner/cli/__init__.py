@@ -51,11 +51,21 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         settings: Settings to use instead of the environment's (the Django integration's
             ``manage.py jobrunner`` passes the project's); ``--database-url`` and ``--schema``
             still override them.
+
+    Returns:
+        The exit status: 2 for a refused argument, whether argparse's own checks (and the
+        boundary checks its option types run) or a command found it, with a one-line
+        message on stderr. ``--help`` exits through ``SystemExit(0)``, as argparse does.
     """
     from jobrunner._errors import JobRunnerError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code in (0, None):
+            raise
+        return 2  # argparse printed the usage and the error
     if settings is not None:
         args.base_settings = settings
     _setup_logging(args.verbose)

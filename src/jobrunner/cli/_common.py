@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobrunner._config import Settings
-from jobrunner._errors import ConfigurationError
+from jobrunner._errors import ConfigurationError, InvalidArgumentError
+from jobrunner._validation import as_count, as_queues, as_seconds, as_uuid, check_text
 
 if TYPE_CHECKING:
     from jobrunner._runner import JobRunner
@@ -22,9 +23,80 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+# -- option types --------------------------------------------------------------------------------
+# Each is an argparse ``type=`` running the API's own boundary check on the raw text: a bad
+# value is argparse's usage error (a one-line message, exit code 2, no traceback) before
+# anything connects to the database.
+
+
+def checked(parse: Callable[[str], T], what: str) -> Callable[[str], T]:
+    """An argparse ``type`` from a parser that raises :class:`InvalidArgumentError`
+    (or ``ValueError`` for text that is not a number at all)."""
+
+    def convert(raw: str) -> T:
+        try:
+            return parse(raw)
+        except InvalidArgumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"invalid {what}: {raw!r:.80}") from None
+
+    convert.__name__ = what
+    return convert
+
+
+def seconds_option(
+    what: str, *, maximum: float, allow_zero: bool = False
+) -> Callable[[str], float]:
+    """Seconds, a finite number up to ``maximum`` (one of the documented bounds)."""
+    return checked(
+        lambda raw: as_seconds(float(raw), "value", allow_zero=allow_zero, maximum=maximum),
+        what,
+    )
+
+
+def count_option(what: str, *, maximum: int, minimum: int = 1) -> Callable[[str], int]:
+    """A whole number from ``minimum`` to ``maximum``."""
+    return checked(lambda raw: as_count(int(raw), "value", minimum=minimum, maximum=maximum), what)
+
+
+def text_option(what: str, *, max_length: int) -> Callable[[str], str]:
+    """Text the database can store (no lone surrogates from undecodable bytes)."""
+
+    def parse(raw: str) -> str:
+        if len(raw) > max_length:
+            raise InvalidArgumentError(f"value must be at most {max_length} characters")
+        return check_text(raw, "value")
+
+    return checked(parse, what)
+
+
+def uuid_option(what: str) -> Callable[[str], str]:
+    """A UUID (kept as the text given)."""
+
+    def parse(raw: str) -> str:
+        as_uuid(raw, "value")
+        return raw
+
+    return checked(parse, what)
+
+
+def queues_option(raw: str) -> list[str]:
+    """Comma-separated queue names, each a valid queue."""
+    names = [q.strip() for q in raw.split(",") if q.strip()]
+    try:
+        return list(as_queues(names))
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_database_options(parser: argparse.ArgumentParser) -> None:
     """``--database-url`` and ``--schema`` (defaults from the environment)."""
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: JOBRUNNER_DATABASE_URL)")
+    parser.add_argument(
+        "--database-url",
+        type=text_option("--database-url", max_length=10_000),
+        help="PostgreSQL URL (default: JOBRUNNER_DATABASE_URL)",
+    )
     parser.add_argument("--schema", help="schema of the jobrunner tables (default: jobrunner)")
 
 

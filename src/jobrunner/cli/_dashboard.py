@@ -7,7 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from jobrunner.cli._common import add_database_options, settings_from
+from jobrunner.cli._common import (
+    add_database_options,
+    count_option,
+    seconds_option,
+    settings_from,
+    text_option,
+    uuid_option,
+)
 
 logger = logging.getLogger("jobrunner.cli")
 
@@ -17,12 +24,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "dashboard", help="serve the monitoring dashboard (needs the 'dashboard' extra)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    parser.add_argument("--tenant", help="show only this tenant (default: every tenant)")
+    parser.add_argument(
+        "--host",
+        type=text_option("--host", max_length=255),
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=count_option("--port", maximum=65535),
+        default=8080,
+        help="port (default 8080)",
+    )
+    parser.add_argument(
+        "--tenant",
+        type=uuid_option("tenant"),
+        help="show only this tenant (default: every tenant)",
+    )
     parser.add_argument("--read-only", action="store_true", help="no cancel/retry/clear actions")
-    parser.add_argument("--refresh", type=float, default=5.0, help="live refresh, seconds")
-    parser.add_argument("--root-path", default="", help="URL prefix when behind a proxy")
+    parser.add_argument(
+        "--refresh",
+        type=seconds_option("--refresh", maximum=3600),
+        default=5.0,
+        help="live refresh, seconds (0.1 to 3600)",
+    )
+    parser.add_argument(
+        "--root-path",
+        type=text_option("--root-path", max_length=500),
+        default="",
+        help="URL prefix when behind a proxy",
+    )
     parser.add_argument(
         "--allowed-host",
         action="append",

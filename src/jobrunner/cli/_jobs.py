@@ -12,12 +12,24 @@ from typing import Any
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._models import JobInfo, JobStatus, Metrics
 from jobrunner._runner import ALL_TENANTS, AllTenants
+from jobrunner._validation import (
+    MAX_HISTORY_AGE_SECONDS,
+    MAX_LIST_LIMIT,
+    MAX_REASON_LENGTH,
+    MAX_SEARCH_LENGTH,
+    MIN_TIMESTAMP,
+    as_aware_datetime,
+    as_history_age,
+)
 from jobrunner.cli._common import (
     add_database_options,
+    count_option,
     format_time,
     print_json,
     print_table,
     run_with_runner,
+    text_option,
+    uuid_option,
 )
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
@@ -42,8 +54,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         help="status to show (repeat or comma-separate): " + ", ".join(s.value for s in JobStatus),
     )
-    listing.add_argument("--name", help="exact job name")
-    listing.add_argument("--runner-type", help="postgres, temporal, ...")
+    listing.add_argument(
+        "--name", type=text_option("--name", max_length=200), help="exact job name"
+    )
+    listing.add_argument(
+        "--runner-type",
+        type=text_option("--runner-type", max_length=50),
+        help="postgres, temporal, ...",
+    )
     listing.add_argument(
         "--since",
         "--created-after",
@@ -58,27 +76,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_when,
         help="created before: ISO time (UTC if no zone) or 30m, 2h, 7d ago",
     )
-    listing.add_argument("--search", help="text in the name, id or error message")
-    listing.add_argument("--limit", type=int, default=50, help="rows per page (1-500)")
-    listing.add_argument("--cursor", help="continue after a previous page (printed at the end)")
+    listing.add_argument(
+        "--search",
+        type=text_option("--search", max_length=MAX_SEARCH_LENGTH),
+        help="text in the name, id or error message",
+    )
+    listing.add_argument(
+        "--limit",
+        type=count_option("--limit", maximum=MAX_LIST_LIMIT),
+        default=50,
+        help=f"rows per page (1-{MAX_LIST_LIMIT})",
+    )
+    listing.add_argument(
+        "--cursor",
+        type=text_option("--cursor", max_length=200),
+        help="continue after a previous page (printed at the end)",
+    )
     _common(listing)
     listing.set_defaults(handler=_list)
 
     show = jobs_sub.add_parser("show", help="one job with its steps, error and data")
-    show.add_argument("job_id")
+    show.add_argument("job_id", type=uuid_option("job id"))
     _tenant_options(show, allow_all=False)
     _common(show)
     show.set_defaults(handler=_show)
 
     cancel = jobs_sub.add_parser("cancel", help="cancel a live job (stops a running handler)")
-    cancel.add_argument("job_id")
-    cancel.add_argument("--reason", help="recorded with the job")
+    cancel.add_argument("job_id", type=uuid_option("job id"))
+    cancel.add_argument(
+        "--reason",
+        type=text_option("--reason", max_length=MAX_REASON_LENGTH),
+        help="recorded with the job",
+    )
     _tenant_options(cancel, allow_all=False)
     _common(cancel)
     cancel.set_defaults(handler=_cancel)
 
     retry = jobs_sub.add_parser("retry", help="run a failed or cancelled job again")
-    retry.add_argument("job_id")
+    retry.add_argument("job_id", type=uuid_option("job id"))
     _tenant_options(retry, allow_all=False)
     _common(retry)
     retry.set_defaults(handler=_retry)
@@ -96,9 +131,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     clear.add_argument(
         "--older-than-days",
-        type=float,
+        type=_days,
         default=None,
-        help="only jobs that finished at least this many days ago",
+        help=f"only jobs that finished at least this many days ago "
+        f"(0 to {MAX_HISTORY_AGE_SECONDS / 86_400:.0f})",
     )
     clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     _tenant_options(clear, allow_all=True)
@@ -114,12 +150,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _tenant_options(parser: argparse.ArgumentParser, *, allow_all: bool) -> None:
     if allow_all:
         group = parser.add_mutually_exclusive_group()
-        group.add_argument("--tenant", help="tenant UUID (default: the system tenant)")
+        group.add_argument(
+            "--tenant", type=uuid_option("tenant"), help="tenant UUID (default: the system tenant)"
+        )
         group.add_argument(
             "--all-tenants", action="store_true", help="admin view across every tenant"
         )
     else:
-        parser.add_argument("--tenant", help="tenant UUID (default: the system tenant)")
+        parser.add_argument(
+            "--tenant", type=uuid_option("tenant"), help="tenant UUID (default: the system tenant)"
+        )
 
 
 def _tenant(args: argparse.Namespace) -> Any:
@@ -129,17 +169,44 @@ def _tenant(args: argparse.Namespace) -> Any:
 
 
 def _when(raw: str) -> datetime:
+    """A time filter: ISO (UTC when no zone is given) or an age such as ``7d``, within the
+    accepted timestamp range (``MIN_TIMESTAMP`` to ``MAX_TIMESTAMP``)."""
     match = _RELATIVE.match(raw.strip())
-    if match:
-        delta = timedelta(**{_UNITS[match[2]]: int(match[1])})
-        return datetime.now(UTC) - delta
     try:
-        value = datetime.fromisoformat(raw)
+        if match:
+            try:
+                value = datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+            except OverflowError:
+                raise InvalidArgumentError(
+                    f"{raw.strip()!r:.40} ago is before {MIN_TIMESTAMP.date().isoformat()}"
+                ) from None
+        else:
+            try:
+                value = datetime.fromisoformat(raw)
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"expected an ISO time or a relative age like 30m, 2h, 7d; got {raw!r:.80}"
+                ) from None
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+        return as_aware_datetime(value, "value")
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _days(raw: str) -> float:
+    """``--older-than-days``: a number of days from 0 to the history age bound."""
+    try:
+        days = float(raw)
     except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {raw!r:.80}") from None
+    try:
+        as_history_age(days * 86_400, "--older-than-days")
+    except InvalidArgumentError:
         raise argparse.ArgumentTypeError(
-            f"expected an ISO time or a relative age like 30m, 2h, 7d; got {raw!r}"
+            f"expected a number of days from 0 to {MAX_HISTORY_AGE_SECONDS / 86_400:.0f}"
         ) from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return days
 
 
 def _duration(job: JobInfo) -> str:

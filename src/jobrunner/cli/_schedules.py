@@ -7,13 +7,15 @@ from typing import Any
 
 from jobrunner._models import ScheduleInfo
 from jobrunner._runner import JobRunner
-from jobrunner._validation import as_tenant, as_uuid
+from jobrunner._validation import MAX_REASON_LENGTH, as_tenant, as_uuid
 from jobrunner.cli._common import (
     add_database_options,
     format_time,
     print_json,
     print_table,
     run_with_runner,
+    text_option,
+    uuid_option,
 )
 
 
@@ -32,15 +34,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("cancel", "remove a schedule (its tracker row is marked cancelled)"),
     ):
         one = actions.add_parser(action, help=help_text)
-        one.add_argument("schedule_id", help="the schedule's id (its tracker job id)")
+        one.add_argument(
+            "schedule_id",
+            type=uuid_option("schedule id"),
+            help="the schedule's id (its tracker job id)",
+        )
         if action == "cancel":
-            one.add_argument("--reason", help="recorded on the tracker row")
+            one.add_argument(
+                "--reason",
+                type=text_option("--reason", max_length=MAX_REASON_LENGTH),
+                help="recorded on the tracker row",
+            )
         _common(one)
         one.set_defaults(handler=_change, action=action)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tenant", help="tenant UUID (default: the system tenant)")
+    parser.add_argument(
+        "--tenant", type=uuid_option("tenant"), help="tenant UUID (default: the system tenant)"
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_database_options(parser)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from jobrunner.cli._common import add_database_options, settings_from
+from jobrunner.cli._common import add_database_options, settings_from, text_option, uuid_option
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,8 +22,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("revoke", "withdraw such a grant"),
     ):
         one = actions.add_parser(name, help=text)
-        one.add_argument("role", metavar="ROLE", help="a database role (not the tables' owner)")
-        one.add_argument("tenant", metavar="TENANT", help="a tenant UUID")
+        one.add_argument(
+            "role",
+            metavar="ROLE",
+            type=text_option("ROLE", max_length=63),
+            help="a database role (not the tables' owner)",
+        )
+        one.add_argument(
+            "tenant", metavar="TENANT", type=uuid_option("TENANT"), help="a tenant UUID"
+        )
         add_database_options(one)
         one.set_defaults(handler=run)
     listing = actions.add_parser("list", help="print every grant: ROLE TENANT")

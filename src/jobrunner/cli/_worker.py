@@ -9,7 +9,15 @@ import signal
 
 from jobrunner._execution import abandoned_handlers
 from jobrunner._process import hard_exit
-from jobrunner.cli._common import add_database_options, import_apps, settings_from
+from jobrunner._validation import MAX_LEASE_SECONDS, MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
+from jobrunner.cli._common import (
+    add_database_options,
+    count_option,
+    import_apps,
+    queues_option,
+    seconds_option,
+    settings_from,
+)
 
 logger = logging.getLogger("jobrunner.cli")
 
@@ -24,18 +32,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         required=True,
         help="module(s) that register handlers; repeat or comma-separate",
     )
-    parser.add_argument("--concurrency", type=int, default=None, help="handlers run at once")
+    parser.add_argument(
+        "--concurrency",
+        type=count_option("--concurrency", maximum=MAX_WORKER_COUNT),
+        default=None,
+        help=f"handlers run at once (1 to {MAX_WORKER_COUNT})",
+    )
     parser.add_argument(
         "--queues",
+        type=queues_option,
         default=None,
         help="comma-separated queues (default: the registered handlers' queues and 'default')",
     )
-    parser.add_argument("--lease", type=float, default=None, help="lease seconds (default 30)")
+    parser.add_argument(
+        "--lease",
+        type=seconds_option("--lease", maximum=MAX_LEASE_SECONDS),
+        default=None,
+        help=f"lease seconds (default 25, at most {MAX_LEASE_SECONDS:.0f})",
+    )
     parser.add_argument(
         "--grace",
-        type=float,
+        type=seconds_option("--grace", maximum=MAX_WORKER_INTERVAL_SECONDS, allow_zero=True),
         default=None,
-        help="seconds running jobs get on shutdown (default 30)",
+        help=f"seconds running jobs get on shutdown (default 30, at most "
+        f"{MAX_WORKER_INTERVAL_SECONDS:.0f})",
     )
     parser.add_argument(
         "--no-scheduler",
@@ -86,7 +106,7 @@ async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
             # This worker fell back to PostgreSQL itself (or was never Temporal): running the
             # PostgreSQL queue is all it does.
             logger.warning("--no-postgres-queue ignored: this worker runs the PostgreSQL queue")
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    queues = args.queues or None
     worker = runner.create_worker(concurrency=args.concurrency, queues=queues, **options)
     workers.append(worker)
     loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from jobrunner import (
     InvalidArgumentError,
     JobContext,
     JobHandlerRegistry,
+    JobRunnerError,
     JobStatus,
     JobTimeoutError,
 )
@@ -190,6 +191,33 @@ def test_postgres_queue_options_are_validated() -> None:
         TemporalWorkerSettings.build(postgres_queue="no")
     with pytest.raises(InvalidArgumentError, match="unknown worker options: postgres_options"):
         TemporalWorkerSettings.build(postgres_options={})
+
+
+@pytest.mark.parametrize("ending", ["raises", "returns"])
+async def test_postgres_queue_ending_on_its_own_stops_the_worker_with_an_error(
+    trunner: Any, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    """A worker whose PostgreSQL queue is gone must not go on as if fallback jobs were run:
+    the Temporal side shuts down and run() raises, so the process exits and is restarted."""
+    worker = trunner.create_worker(concurrency=2, shutdown_grace=1)
+    postgres = worker.postgres_worker
+    assert postgres is not None
+    end = asyncio.Event()
+
+    async def run_then_end() -> None:
+        postgres.started.set()
+        await end.wait()
+        if ending == "raises":
+            raise RuntimeError("the PostgreSQL queue broke")
+
+    monkeypatch.setattr(postgres, "run", run_then_end)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.started.wait(), 60)
+    assert not task.done()
+    end.set()
+    expected = RuntimeError if ending == "raises" else JobRunnerError
+    with pytest.raises(expected, match="PostgreSQL queue"):
+        await asyncio.wait_for(task, 60)
 
 
 # -- the real CLI ------------------------------------------------------------------------------

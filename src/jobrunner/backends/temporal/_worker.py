@@ -332,6 +332,9 @@ class TemporalWorker(JobWorker):
     async def _finish_postgres_queue(self, task: asyncio.Task[None]) -> None:
         """Stop the PostgreSQL queue worker (if :meth:`stop` has not) and wait for it; its
         failure, if any, is raised here."""
+        # Only a queue worker that ended before anyone asked is an error of its own; when the
+        # Temporal side failed or run() was cancelled, that is what propagates.
+        ended_unasked = task.done() and not self._stop.is_set()
         if self.postgres_worker is not None and not task.done():
             await self.postgres_worker.stop()
         try:
@@ -340,7 +343,7 @@ class TemporalWorker(JobWorker):
             if not task.done():  # we were cancelled while it drained
                 task.cancel()
             self._report_postgres_queue_runs()
-        if not self._stop.is_set():
+        if ended_unasked:
             raise JobRunnerError(
                 f"the PostgreSQL queue worker of temporal worker {self.worker_id} ended "
                 "without a stop request"

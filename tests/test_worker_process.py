@@ -72,7 +72,7 @@ class WorkerProcess:
 
 @contextlib.asynccontextmanager
 async def worker_process(
-    dsn: str, schema: str, *args: str, module_form: bool = False
+    dsn: str, schema: str, *args: str, module_form: bool = False, app: str = "apps.worker_app"
 ) -> AsyncIterator[WorkerProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBRUNNER_", "JOB_RUNNER"))}
     env.update(
@@ -89,7 +89,7 @@ async def worker_process(
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         "--app",
-        "apps.worker_app",
+        app,
         *args,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,

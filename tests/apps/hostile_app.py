@@ -4,6 +4,7 @@ tests/test_attempt_lifecycle.py (``jobrunner-worker --app apps.hostile_app``).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from typing import Any
@@ -39,10 +40,8 @@ async def _act(kind: str) -> Any:
         await asyncio.Event().wait()
     if kind == "swallow":
         for _ in range(3):
-            try:
+            with contextlib.suppress(asyncio.CancelledError):  # swallowed on purpose
                 await asyncio.sleep(1.0)
-            except asyncio.CancelledError:
-                pass
         return {"ok": "late"}
     if kind == "unstorable":
         return {"x": math.nan}
@@ -66,7 +65,5 @@ async def swallow_forever(ctx: JobContext, data: dict[str, Any]) -> None:
     """Ignores every cancellation, for ever: the worker must still exit on SIGTERM."""
     await ctx.set_progress(10, "started")
     while True:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed on purpose
             await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            pass

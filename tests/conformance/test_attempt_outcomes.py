@@ -8,6 +8,7 @@ property-based test over a real PostgreSQL with worker kills is tests/test_attem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -56,10 +57,8 @@ async def _hangs(ctx: JobContext, data: dict[str, Any]) -> Any:
 async def _swallows_cancellation(ctx: JobContext, data: dict[str, Any]) -> Any:
     # Ignores the timeout's cancellation, then ends by itself a little later.
     for _ in range(2):
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed on purpose
             await asyncio.sleep(1.5)
-        except asyncio.CancelledError:
-            pass
     return "late"
 
 

@@ -28,10 +28,14 @@ CASES = [
 def test_postgres_errors_are_classified(
     jobrunner_dsn: str, statement: str, expected: type[Exception], why: str
 ) -> None:
-    with psycopg.connect(jobrunner_dsn) as conn, pytest.raises(expected) as info:
+    def run(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         with translate_errors(), conn.transaction():
             for part in statement.split("; "):
                 conn.execute(part)  # type: ignore[call-overload]
+
+    with psycopg.connect(jobrunner_dsn) as conn:
+        with pytest.raises(expected) as info:
+            run(conn)
     assert isinstance(info.value.__cause__, psycopg.Error), why
 
 

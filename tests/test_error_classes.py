@@ -33,9 +33,8 @@ def test_postgres_errors_are_classified(
             for part in statement.split("; "):
                 conn.execute(part)  # type: ignore[call-overload]
 
-    with psycopg.connect(jobrunner_dsn) as conn:
-        with pytest.raises(expected) as info:
-            run(conn)
+    with psycopg.connect(jobrunner_dsn) as conn, pytest.raises(expected) as info:
+        run(conn)
     assert isinstance(info.value.__cause__, psycopg.Error), why
 
 

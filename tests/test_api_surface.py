@@ -42,7 +42,9 @@ EXPECTED_ALL = sorted(
         "StepInfo",
         "SyncJobContext",
         "SyncJobRunner",
+        "SyncJobWorker",
         "UnavailableError",
+        "UnknownOptionError",
         "job",
     ]
 )
@@ -126,7 +128,7 @@ def test_scheduled_job_fields() -> None:
 def test_typed_errors_keep_their_builtin_bases() -> None:
     """Typed jobrunner errors where Python's built-ins were raised before, still catchable
     as those built-ins."""
-    from jobrunner._errors import UnknownOptionError
+    from jobrunner import UnknownOptionError
 
     assert issubclass(UnknownOptionError, jobrunner.InvalidArgumentError)
     assert issubclass(UnknownOptionError, TypeError)
@@ -155,3 +157,28 @@ def test_drain_timeout_is_a_job_timeout_error() -> None:
             await adrain(runner, timeout=0.2)
 
     asyncio.run(go())
+
+
+def test_every_typed_error_is_importable_from_the_package() -> None:
+    """Every JobRunnerError subclass, wherever it is defined, is exported from ``jobrunner``
+    (test helpers' errors from ``jobrunner.testing``), so docs can name them all."""
+    import importlib
+    import pkgutil
+
+    import jobrunner.testing
+
+    for module in pkgutil.walk_packages(jobrunner.__path__, "jobrunner."):
+        if ".contrib." in module.name or module.name.endswith("__main__"):
+            continue  # integrations need their framework installed
+        importlib.import_module(module.name)
+
+    def subclasses(cls: type) -> set[type]:
+        found = set(cls.__subclasses__())
+        for sub in list(found):
+            found |= subclasses(sub)
+        return found
+
+    for error in subclasses(jobrunner.JobRunnerError):
+        home = jobrunner.testing if error.__module__.startswith("jobrunner.testing") else jobrunner
+        assert error.__name__ in home.__all__, f"{error.__module__}.{error.__name__}"
+        assert getattr(home, error.__name__) is error

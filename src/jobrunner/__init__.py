@@ -17,6 +17,7 @@ from jobrunner._errors import (
     Retry,
     ScheduleError,
     UnavailableError,
+    UnknownOptionError,
 )
 from jobrunner._factory import JobRunnerFactory
 from jobrunner._legacy import JobScheduler
@@ -35,7 +36,7 @@ from jobrunner._models import (
 )
 from jobrunner._policy import RetryPolicy
 from jobrunner._runner import ALL_TENANTS, JobRunner, JobWorker
-from jobrunner._sync import SyncJobRunner
+from jobrunner._sync import SyncJobRunner, SyncJobWorker
 from jobrunner._validation import SYSTEM_TENANT
 from jobrunner.registry import JobHandlerRegistry, job
 
@@ -73,6 +74,8 @@ __all__ = [
     "StepInfo",
     "SyncJobContext",
     "SyncJobRunner",
+    "SyncJobWorker",
     "UnavailableError",
+    "UnknownOptionError",
     "job",
 ]

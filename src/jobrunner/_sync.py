@@ -8,11 +8,13 @@ coroutine to that loop and waits. A ``connection=`` argument must then be a sync
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from datetime import datetime
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -21,10 +23,58 @@ from jobrunner._config import Settings
 from jobrunner._db._errors import translate_errors
 from jobrunner._db._savepoint import caller_savepoint_sync
 from jobrunner._errors import InvalidArgumentError, JobTimeoutError, UnknownOptionError
-from jobrunner._models import JobDetails, JobInfo, JobPage, Metrics, ScheduledJob, ScheduleInfo
-from jobrunner._runner import JobRunner, wait_timeout_message
+from jobrunner._models import (
+    JobDetails,
+    JobInfo,
+    JobPage,
+    JobStatus,
+    Metrics,
+    MissedTickPolicy,
+    OverlapPolicy,
+    ScheduledJob,
+    ScheduleInfo,
+)
+from jobrunner._runner import (
+    AllTenants,
+    HistoryScope,
+    JobRunner,
+    JobWorker,
+    TenantArg,
+    wait_timeout_message,
+)
 
 T = TypeVar("T")
+
+
+def _check_options(method: str, options: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    # A typed error that is also the TypeError Python raises for an unexpected keyword.
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise UnknownOptionError(
+            f"{method}() got unexpected keyword arguments: {', '.join(unknown)}"
+        )
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _typed_keywords(method: Callable[P, R]) -> Callable[P, R]:
+    """Raise :class:`UnknownOptionError` (an ``InvalidArgumentError`` and a ``TypeError``) for
+    a keyword the method does not take, as the sync runner always has; the signature shown
+    (``inspect.signature``, IDEs, mypy) stays the method's own."""
+    accepted = frozenset(
+        name
+        for name, p in inspect.signature(method).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
+
+    @functools.wraps(method)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        _check_options(method.__name__, kwargs, accepted)
+        return method(*args, **kwargs)
+
+    return checked
 
 
 class SyncJobRunner:
@@ -95,134 +145,305 @@ class SyncJobRunner:
         self.close()
 
     # -- the API ----------------------------------------------------------------------------
+    # Every method of JobRunner, with its parameters (names, kinds, defaults): a test
+    # compares the two classes. Unknown keywords raise UnknownOptionError (also a TypeError).
+    def get_runner_type(self) -> str:
+        """See :meth:`JobRunner.get_runner_type`."""
+        return self.runner.get_runner_type()
+
+    @_typed_keywords
+    def start(self) -> None:
+        """See :meth:`JobRunner.start`; the constructor already started the runner, so this
+        only matters after a failed start-up was retried by the caller. Idempotent."""
+        self._call(self.runner.start())
+
+    @_typed_keywords
     def is_healthy(self) -> bool:
         """See :meth:`JobRunner.is_healthy`."""
         return self._call(self.runner.is_healthy())
 
+    @_typed_keywords
     def schedule_job(
         self,
         name: str,
         data: Mapping[str, Any] | None = None,
         *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        singleton_key: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
         connection: Any = None,
-        **options: Any,
     ) -> ScheduledJob:
         """See :meth:`JobRunner.schedule_job`; ``connection`` is a sync psycopg connection."""
+        options: dict[str, Any] = {
+            "tenant": tenant,
+            "priority": priority,
+            "singleton_key": singleton_key,
+            "user_id": user_id,
+            "metadata": metadata,
+            "queue": queue,
+        }
         if connection is not None:
             return self._insert_with(connection, name, data, None, options)
-        _check_options("schedule_job", options, _SINGLE_OPTIONS)
         return self._call(self.runner.schedule_job(name, data, **options))
 
+    @_typed_keywords
     def schedule_job_at(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         run_at: datetime,
         *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        singleton_key: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
         connection: Any = None,
-        **options: Any,
     ) -> ScheduledJob:
         """See :meth:`JobRunner.schedule_job_at`."""
+        options: dict[str, Any] = {
+            "tenant": tenant,
+            "priority": priority,
+            "singleton_key": singleton_key,
+            "user_id": user_id,
+            "metadata": metadata,
+            "queue": queue,
+        }
         if connection is not None:
             from jobrunner._validation import as_aware_datetime
 
             return self._insert_with(connection, name, data, as_aware_datetime(run_at), options)
-        _check_options("schedule_job_at", options, _SINGLE_OPTIONS)
         return self._call(self.runner.schedule_job_at(name, data, run_at, **options))
 
+    @_typed_keywords
     def schedule_jobs(
         self,
         name: str,
         data: Iterable[Mapping[str, Any] | None],
         *,
+        tenant: TenantArg = None,
+        priority: int = 0,
+        run_at: datetime | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: str | None = None,
         connection: Any = None,
-        **options: Any,
     ) -> list[ScheduledJob]:
         """See :meth:`JobRunner.schedule_jobs`."""
-        if connection is not None:
-            _check_options("schedule_jobs", options, _BULK_OPTIONS)
-            pg = self._postgres()
-            conn = _sync_connection(connection)
-            base, ids, payloads = pg.prepare_bulk(
-                name,
-                data,
-                tenant=options.get("tenant"),
-                priority=options.get("priority", 0),
-                run_at=options.get("run_at"),
-                user_id=options.get("user_id"),
-                metadata=options.get("metadata"),
-                queue=options.get("queue"),
+        if connection is None:
+            return self._call(
+                self.runner.schedule_jobs(
+                    name,
+                    data,
+                    tenant=tenant,
+                    priority=priority,
+                    run_at=run_at,
+                    user_id=user_id,
+                    metadata=metadata,
+                    queue=queue,
+                )
             )
-            with translate_errors(), caller_savepoint_sync(conn, pg.db.queries):
-                for start in range(0, len(ids), 1000):
-                    params = dict(
-                        base,
-                        job_ids=ids[start : start + 1000],
-                        datas=payloads[start : start + 1000],
-                    )
-                    conn.execute(pg.db.queries.insert_jobs_bulk, params)
-            return [ScheduledJob(job_id=i, external_id=str(i), tenant=base["tenant"]) for i in ids]
-        _check_options("schedule_jobs", options, _BULK_OPTIONS)
-        return self._call(self.runner.schedule_jobs(name, data, **options))
+        pg = self._postgres()
+        conn = _sync_connection(connection)
+        base, ids, payloads = pg.prepare_bulk(
+            name,
+            data,
+            tenant=tenant,
+            priority=priority,
+            run_at=run_at,
+            user_id=user_id,
+            metadata=metadata,
+            queue=queue,
+        )
+        with translate_errors(), caller_savepoint_sync(conn, pg.db.queries):
+            for start in range(0, len(ids), 1000):
+                params = dict(
+                    base,
+                    job_ids=ids[start : start + 1000],
+                    datas=payloads[start : start + 1000],
+                )
+                conn.execute(pg.db.queries.insert_jobs_bulk, params)
+        return [ScheduledJob(job_id=i, external_id=str(i), tenant=base["tenant"]) for i in ids]
 
+    @_typed_keywords
     def schedule_recurring_job(
-        self, name: str, data: Mapping[str, Any] | None, expression: str, **options: Any
+        self,
+        name: str,
+        data: Mapping[str, Any] | None,
+        expression: str,
+        *,
+        tenant: TenantArg = None,
+        timezone: str = "UTC",
+        singleton_key: str | None = None,
+        missed_ticks: MissedTickPolicy | str = MissedTickPolicy.LATEST,
+        overlap: OverlapPolicy | str = OverlapPolicy.ALLOW,
+        max_catch_up: int = 10,
+        priority: int = 0,
+        queue: str | None = None,
+        user_id: uuid.UUID | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> ScheduledJob:
         """See :meth:`JobRunner.schedule_recurring_job`."""
-        return self._call(self.runner.schedule_recurring_job(name, data, expression, **options))
+        return self._call(
+            self.runner.schedule_recurring_job(
+                name,
+                data,
+                expression,
+                tenant=tenant,
+                timezone=timezone,
+                singleton_key=singleton_key,
+                missed_ticks=missed_ticks,
+                overlap=overlap,
+                max_catch_up=max_catch_up,
+                priority=priority,
+                queue=queue,
+                user_id=user_id,
+                metadata=metadata,
+            )
+        )
 
-    def list_schedules(self, **options: Any) -> list[ScheduleInfo]:
+    @_typed_keywords
+    def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:
         """See :meth:`JobRunner.list_schedules`."""
-        return self._call(self.runner.list_schedules(**options))
+        return self._call(self.runner.list_schedules(tenant=tenant))
 
-    def pause_schedule(self, job_id: uuid.UUID | str, **options: Any) -> bool:
+    @_typed_keywords
+    def pause_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """See :meth:`JobRunner.pause_schedule`."""
-        return self._call(self.runner.pause_schedule(job_id, **options))
+        return self._call(self.runner.pause_schedule(job_id, tenant=tenant))
 
-    def resume_schedule(self, job_id: uuid.UUID | str, **options: Any) -> bool:
+    @_typed_keywords
+    def resume_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """See :meth:`JobRunner.resume_schedule`."""
-        return self._call(self.runner.resume_schedule(job_id, **options))
+        return self._call(self.runner.resume_schedule(job_id, tenant=tenant))
 
-    def get_job_status(self, job_id: uuid.UUID | str, **options: Any) -> JobInfo | None:
+    @_typed_keywords
+    def get_job_status(
+        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+    ) -> JobInfo | None:
         """See :meth:`JobRunner.get_job_status`."""
-        return self._call(self.runner.get_job_status(job_id, **options))
+        return self._call(self.runner.get_job_status(job_id, tenant=tenant))
 
-    def cancel_job(self, job_id: uuid.UUID | str, **options: Any) -> bool:
+    @_typed_keywords
+    def cancel_job(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        tenant: TenantArg = None,
+        reason: str | None = None,
+        cancelled_by: str | None = None,
+    ) -> bool:
         """See :meth:`JobRunner.cancel_job`."""
-        return self._call(self.runner.cancel_job(job_id, **options))
+        return self._call(
+            self.runner.cancel_job(job_id, tenant=tenant, reason=reason, cancelled_by=cancelled_by)
+        )
 
-    def retry_job(self, job_id: uuid.UUID | str, **options: Any) -> bool:
+    @_typed_keywords
+    def retry_job(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """See :meth:`JobRunner.retry_job`."""
-        return self._call(self.runner.retry_job(job_id, **options))
+        return self._call(self.runner.retry_job(job_id, tenant=tenant))
 
-    def get_job_details(self, job_id: uuid.UUID | str, **options: Any) -> JobDetails | None:
+    @_typed_keywords
+    def get_job_details(
+        self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+    ) -> JobDetails | None:
         """See :meth:`JobRunner.get_job_details`."""
-        return self._call(self.runner.get_job_details(job_id, **options))
+        return self._call(self.runner.get_job_details(job_id, tenant=tenant))
 
-    def list_jobs(self, **options: Any) -> JobPage:
+    @_typed_keywords
+    def list_jobs(
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        status: JobStatus | str | Sequence[JobStatus | str] | None = None,
+        name: str | None = None,
+        runner_type: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
         """See :meth:`JobRunner.list_jobs`."""
-        return self._call(self.runner.list_jobs(**options))
+        return self._call(
+            self.runner.list_jobs(
+                tenant=tenant,
+                status=status,
+                name=name,
+                runner_type=runner_type,
+                created_after=created_after,
+                created_before=created_before,
+                search=search,
+                limit=limit,
+                cursor=cursor,
+            )
+        )
 
-    def get_metrics(self, **options: Any) -> Metrics:
+    @_typed_keywords
+    def get_metrics(self, *, tenant: TenantArg | AllTenants = None) -> Metrics:
         """See :meth:`JobRunner.get_metrics`."""
-        return self._call(self.runner.get_metrics(**options))
+        return self._call(self.runner.get_metrics(tenant=tenant))
 
-    def clear_history(self, **options: Any) -> int:
+    @_typed_keywords
+    def clear_history(
+        self,
+        *,
+        tenant: TenantArg | AllTenants = None,
+        scope: HistoryScope = "finished",
+        older_than: timedelta | float | None = None,
+    ) -> int:
         """See :meth:`JobRunner.clear_history`."""
-        return self._call(self.runner.clear_history(**options))
+        return self._call(
+            self.runner.clear_history(tenant=tenant, scope=scope, older_than=older_than)
+        )
 
-    def wait_for_job(self, job_id: uuid.UUID | str, **options: Any) -> JobInfo:
+    @_typed_keywords
+    def wait_for_job(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        tenant: TenantArg = None,
+        timeout: float | None = None,
+        poll_interval: float = 0.05,
+    ) -> JobInfo:
         """See :meth:`JobRunner.wait_for_job`.
 
         Raises:
             JobTimeoutError: ``timeout`` seconds passed first (also a ``TimeoutError``).
         """
         try:
-            return self._call(self.runner.wait_for_job(job_id, **options))
+            return self._call(
+                self.runner.wait_for_job(
+                    job_id, tenant=tenant, timeout=timeout, poll_interval=poll_interval
+                )
+            )
         except TimeoutError as exc:
             if isinstance(exc, JobTimeoutError):
                 raise
-            raise JobTimeoutError(wait_timeout_message(job_id, options.get("timeout"))) from exc
+            raise JobTimeoutError(wait_timeout_message(job_id, timeout)) from exc
+
+    def create_worker(
+        self,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        **options: Any,
+    ) -> SyncJobWorker:
+        """See :meth:`JobRunner.create_worker`: a blocking worker on this runner's loop.
+
+        The async worker is built on the private loop, where the runner's connections live
+        (it could not run on another loop); the :class:`SyncJobWorker` returned runs it with a
+        blocking :meth:`~SyncJobWorker.run` and stops it from any thread.
+        """
+
+        async def build() -> JobWorker:
+            return self.runner.create_worker(concurrency=concurrency, queues=queues, **options)
+
+        return SyncJobWorker(self._call(build()), self._loop)
 
     # -- transactional enqueue on a sync connection ----------------------------------------
     def _postgres(self) -> Any:
@@ -274,16 +495,51 @@ class SyncJobRunner:
 
 
 _SINGLE_OPTIONS = frozenset({"tenant", "priority", "singleton_key", "user_id", "metadata", "queue"})
-_BULK_OPTIONS = frozenset({"tenant", "priority", "run_at", "user_id", "metadata", "queue"})
 
 
-def _check_options(method: str, options: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    # A typed error that is also the TypeError Python raises for an unexpected keyword.
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UnknownOptionError(
-            f"{method}() got unexpected keyword arguments: {', '.join(unknown)}"
-        )
+class SyncJobWorker:
+    """A :class:`JobWorker` driven from sync code: :meth:`run` blocks until :meth:`stop`.
+
+    Returned by :meth:`SyncJobRunner.create_worker`. The async worker (``.worker``) runs on
+    the sync runner's private loop; ``run()`` may be called from any thread but the loop's,
+    and ``stop()`` from any other thread (a signal handler's or a web app's shutdown hook).
+    """
+
+    def __init__(self, worker: JobWorker, loop: asyncio.AbstractEventLoop) -> None:
+        self.worker = worker
+        self._loop = loop
+        self.started = threading.Event()
+        """Set once the worker is consuming (listening and ready to claim)."""
+
+    def run(self) -> None:
+        """Run until :meth:`stop` is called, then drain gracefully; returns when stopped.
+
+        A ``KeyboardInterrupt`` in the calling thread stops the worker gracefully (running
+        jobs get their grace, the rest are re-queued) and is raised again afterwards.
+        """
+        future = asyncio.run_coroutine_threadsafe(self._serve(), self._loop)
+        try:
+            future.result()
+        except KeyboardInterrupt:
+            self.stop()
+            future.result()
+            raise
+
+    async def _serve(self) -> None:
+        async def announce() -> None:
+            await self.worker.started.wait()
+            self.started.set()
+
+        watcher = asyncio.get_running_loop().create_task(announce())
+        try:
+            await self.worker.run()
+        finally:
+            watcher.cancel()
+
+    def stop(self, *, grace: float | None = None) -> None:
+        """See :meth:`JobWorker.stop`: blocks until the worker stopped claiming and its
+        running jobs finished within ``grace`` seconds (the rest re-queued)."""
+        asyncio.run_coroutine_threadsafe(self.worker.stop(grace=grace), self._loop).result()
 
 
 def _sync_connection(connection: Any) -> psycopg.Connection[Any]:

@@ -25,7 +25,13 @@ from starlette.staticfiles import StaticFiles
 from jobrunner._errors import InvalidArgumentError, JobRunnerError
 from jobrunner._models import JobInfo, JobStatus, Metrics
 from jobrunner._runner import ALL_TENANTS, AllTenants, JobRunner
-from jobrunner._validation import as_tenant
+from jobrunner._validation import (
+    MAX_HISTORY_AGE_SECONDS,
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
+    as_aware_datetime,
+    as_tenant,
+)
 from jobrunner.dashboard._security import (
     CSRF_COOKIE,
     CSRF_FIELD,
@@ -43,6 +49,7 @@ AuthHook = Callable[[Request], Any]
 ReadOnlySpec = bool | Callable[[Request, Any], Any]
 
 PAGE_SIZES = (10, 25, 50, 100, 200)
+_MAX_DAYS = int(MAX_HISTORY_AGE_SECONDS // 86_400)
 KNOWN_RUNNER_TYPES = ("postgres", "temporal", "memory")
 NOTICES = {
     "cancelled": "The job was cancelled.",
@@ -347,7 +354,7 @@ class Dashboard:
     async def history(self, request: Request) -> Response:
         view = await self.view(request)
         raw = request.query_params.get("removed") or ""
-        removed = int(raw) if raw.isdigit() and len(raw) < 12 else None
+        removed = _whole_number(raw, max_digits=11)
         return self.render(
             request,
             view,
@@ -368,10 +375,11 @@ class Dashboard:
         if scope not in ("finished", "all"):
             error = "Choose what to clear."
         elif raw_days:
-            if not raw_days.isdigit() or int(raw_days) > 36500:
-                error = "Older than must be a whole number of days (0 to 36500)."
+            days = _whole_number(raw_days, max_digits=6)
+            if days is None or days > _MAX_DAYS:
+                error = f"Older than must be a whole number of days (0 to {_MAX_DAYS})."
             else:
-                older = timedelta(days=int(raw_days))
+                older = timedelta(days=days)
         tenant: TenantView = view.tenant
         raw_tenant = values.get("tenant", "").strip()
         if error is None and view.all_tenants and raw_tenant:
@@ -488,12 +496,10 @@ class _JobFilters:
     def from_query(cls, request: Request, view: View) -> _JobFilters:
         qp = request.query_params
         error = None
-        raw_limit = qp.get("limit", "50")
-        limit = int(raw_limit) if raw_limit.isdigit() else 50
+        limit = _whole_number(qp.get("limit", "50"), max_digits=3) or 50
         if limit not in PAGE_SIZES:
             limit = 50
-        raw_page = qp.get("page", "1")
-        page = int(raw_page) if raw_page.isdigit() and 0 < int(raw_page) < 1_000_000 else 1
+        page = _whole_number(qp.get("page", "1"), max_digits=6) or 1
         statuses = [s for s in qp.getlist("status") if s]
         for s in statuses:
             if s not in {x.value for x in JobStatus}:
@@ -521,21 +527,48 @@ class _JobFilters:
         for raw in (form.date_from, form.date_to):
             if raw and _parse_day(raw) is None:
                 form.error = f"Dates must look like 2024-12-31, got {raw[:40]!r}."
+        if form.error is None:
+            try:
+                # The same range checks list_jobs runs, on the bounds these days become.
+                form.bounds()
+            except InvalidArgumentError:
+                form.error = (
+                    f"Dates must lie between {MIN_TIMESTAMP.date().isoformat()} and "
+                    f"{(MAX_TIMESTAMP.date() - timedelta(days=1)).isoformat()}."
+                )
         return form
+
+    def bounds(self) -> tuple[datetime | None, datetime | None]:
+        """``created_after`` and ``created_before`` of the date fields (the ``to`` day is
+        included whole), range-checked.
+
+        Raises:
+            InvalidArgumentError: a day lies outside the accepted timestamp range.
+        """
+        start = _parse_day(self.date_from) if self.date_from else None
+        end = _parse_day(self.date_to) if self.date_to else None
+        after = None if start is None else as_aware_datetime(start, "from")
+        before = None
+        if end is not None:
+            try:
+                before = end + timedelta(days=1)
+            except OverflowError:
+                raise InvalidArgumentError("to is out of range") from None
+            before = as_aware_datetime(before, "to")
+        return after, before
 
     def arguments(self, view: View) -> dict[str, Any]:
         tenant: TenantView = view.tenant
         if view.all_tenants and self.tenant:
             tenant = uuid.UUID(self.tenant)
-        start = _parse_day(self.date_from) if self.date_from else None
-        end = _parse_day(self.date_to) if self.date_to else None
+        created_after, created_before = self.bounds()
         return {
             "tenant": tenant,
             "status": self.status or None,
             "name": self.name or None,
             "runner_type": self.runner_type or None,
-            "created_after": start,
-            "created_before": end + timedelta(days=1) if end else None,  # the whole last day
+            "created_after": created_after,
+            "created_before": created_before,
             "search": self.q or None,
             "limit": self.limit,
             "cursor": self.cursor or None,
@@ -562,6 +595,14 @@ def _parse_day(raw: str) -> datetime | None:
     except ValueError:
         return None
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def _whole_number(raw: str, *, max_digits: int) -> int | None:
+    """A non-negative whole number written with ASCII digits (``str.isdigit`` also accepts
+    ``"²"``, which ``int`` refuses), or ``None``."""
+    if not raw or len(raw) > max_digits or not raw.isascii() or not raw.isdigit():
+        return None
+    return int(raw)
 
 
 def _job_id(raw: str) -> uuid.UUID:

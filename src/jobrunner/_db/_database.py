@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from jobrunner._db._errors import translate_errors
+from jobrunner._db._loaders import tolerant_adapters
 from jobrunner._db._migrate import check_current, migrate
 from jobrunner._db._queries import Queries, queries_for
 from jobrunner._errors import InvalidArgumentError
@@ -74,7 +75,9 @@ class Database:
             conninfo,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            # Tolerant timestamp loaders: a row holding 'infinity' or a year past 9999 (written
+            # by hand) loads clamped instead of failing every listing (see _loaders).
+            kwargs={"autocommit": True, "row_factory": dict_row, "context": tolerant_adapters()},
             open=False,
             name=f"jobrunner-{schema}",
             # No pool-wide liveness check: it costs a round trip per checkout. connection()
@@ -175,7 +178,7 @@ class Database:
         """A new connection outside the pool (LISTEN needs one it keeps)."""
         with translate_errors():
             return await psycopg.AsyncConnection.connect(
-                self.conninfo, autocommit=True, row_factory=dict_row
+                self.conninfo, autocommit=True, row_factory=dict_row, context=tolerant_adapters()
             )
 
     async def ping(self, timeout: float = 5.0) -> bool:

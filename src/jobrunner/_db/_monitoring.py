@@ -141,22 +141,42 @@ async def retry_job(
 
 
 # -- list ---------------------------------------------------------------------------------------
+# The stamp of a cursor whose row's created_at lies outside Python's range: such a value loads
+# clamped to datetime.min/max (_db/_loaders), so the next page starts after the row's own
+# stored value, looked up by its id ('-infinity'/'infinity' if the row is gone by then).
+_EDGE_STAMPS: Final = {datetime.min: "-infinity", datetime.max: "infinity"}
+_EDGE_CURSOR_CLAUSE: Final = (
+    "AND (created_at, job_id) < (coalesce((SELECT c.created_at FROM {jobs} c"
+    " WHERE c.job_id = %(cursor_id)s {tenant} LIMIT 1), %(cursor_edge)s::timestamp),"
+    " %(cursor_id)s)"
+)
+
+
 def encode_cursor(created_at: datetime | None, job_id: uuid.UUID) -> str:
     """An opaque keyset cursor for the row after which the next page starts."""
-    stamp = None if created_at is None else _naive_utc(created_at).isoformat()
+    stamp = None
+    if created_at is not None:
+        naive = _naive_utc(created_at)
+        stamp = _EDGE_STAMPS.get(naive) or naive.isoformat()
     raw = json.dumps([stamp, str(job_id)], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime | None, uuid.UUID]:
-    """Inverse of :func:`encode_cursor`; anything else is an :class:`InvalidArgumentError`."""
+def decode_cursor(cursor: str) -> tuple[datetime | str | None, uuid.UUID]:
+    """Inverse of :func:`encode_cursor`; anything else is an :class:`InvalidArgumentError`.
+
+    The stamp is a naive UTC datetime, ``None`` (a row without ``created_at``) or
+    ``"-infinity"`` / ``"infinity"`` (a row whose ``created_at`` Python cannot hold).
+    """
     if not isinstance(cursor, str) or not cursor or len(cursor) > 200:
         raise InvalidArgumentError("cursor is malformed")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, key = json.loads(raw)
-        created = None if stamp is None else datetime.fromisoformat(stamp)
         job_id = uuid.UUID(key)
+        if stamp in _EDGE_STAMPS.values():
+            return stamp, job_id
+        created = None if stamp is None else datetime.fromisoformat(stamp)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise InvalidArgumentError("cursor is malformed") from None
     if created is not None and created.tzinfo is not None:
@@ -311,6 +331,13 @@ async def list_jobs(
         if created is None:
             # Rows without created_at sort last (NULLS LAST); only those remain.
             clauses.append("AND created_at IS NULL AND job_id < %(cursor_id)s")
+        elif isinstance(created, str):
+            clause = sql.SQL(_EDGE_CURSOR_CLAUSE).format(
+                jobs=sql.Identifier(db.schema, "jobs"),
+                tenant=sql.SQL("AND c.tenant = %(tenant)s" if f.tenant is not None else ""),
+            )
+            clauses.append(clause.as_string(None))
+            params["cursor_edge"] = created
         else:
             # A row comparison keeps the keyset one index range (created_at has a default and
             # every writer sets it, so rows without one are not paged into here).

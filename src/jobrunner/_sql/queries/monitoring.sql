@@ -15,6 +15,7 @@ WITH counts AS (
     FROM {schema}.jobs
     WHERE status IN ('completed', 'failed', 'cancelled')
       AND completed_at >= date_trunc('minute', now()) - interval '59 minutes'
+      AND isfinite(completed_at)  -- a hand-written 'infinity' has no minute (and no epoch)
       AND status IN ('completed', 'failed') /*tenant*/
     GROUP BY 1, 2
 )
@@ -27,7 +28,8 @@ SELECT
     (SELECT coalesce(jsonb_agg(jsonb_build_array(minute, status, n)), '[]'::jsonb)
      FROM per_minute) AS per_minute,
     (SELECT extract(epoch FROM now() - min(run_at))::float8 FROM {schema}.jobs
-     WHERE status IN ('pending', 'queued', 'retrying') AND run_at <= now() /*tenant*/)
+     WHERE status IN ('pending', 'queued', 'retrying') AND run_at <= now()
+       AND isfinite(run_at) /*tenant*/)  -- now() - '-infinity' is an error
         AS oldest_waiting_seconds,
     extract(epoch FROM date_trunc('minute', now()))::bigint AS now_minute
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -166,6 +167,22 @@ def test_mount_dashboard_on_starlette(settings: Settings) -> None:
         assert 'href="/ops/jobs/jobs"' in client.get("/ops/jobs/").text
 
 
+def test_host_check_is_the_host_apps_behind_auth_and_localhost_without(
+    settings: Settings,
+) -> None:
+    rebinding = {"host": "attacker.example"}  # not the server's address
+    with TestClient(build_app(settings)) as client:
+        # Behind the app's own auth, the dashboard answers the hosts the app answers.
+        assert client.get("/admin/jobs/", headers={**ADMIN, **rebinding}).status_code == 200
+    for open_app in (Starlette, FastAPI):
+        app = open_app(lifespan=jobrunner_lifespan(settings=settings, registry=REGISTRY))
+        mount_dashboard(app, "/jobs", auth=None)
+        with TestClient(app) as client:
+            # Unguarded, it keeps the dashboard's DNS-rebinding defence.
+            assert client.get("/jobs/", headers=rebinding).status_code == 400
+            assert client.get("/jobs/").status_code == 200
+
+
 def test_get_runner_without_the_lifespan_is_a_clear_error() -> None:
     async def view(request: Request) -> JSONResponse:
         get_runner(request)
@@ -201,3 +218,7 @@ def test_dashboard_helpers_reject_bad_arguments() -> None:
         dashboard_app(auth=None, refresh_seconds=0)
     with pytest.raises(InvalidArgumentError, match="auth must be"):
         dashboard_app(auth="admin")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="allowed_hosts"):
+        dashboard_app(auth=None, allowed_hosts=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="allowed host"):
+        dashboard_app(auth=None, allowed_hosts=["bad host/"])

@@ -29,7 +29,7 @@ import contextlib
 import inspect
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -302,6 +302,7 @@ def dashboard_app(
     refresh_seconds: float = 5.0,
     csrf_secret: bytes | str | None = None,
     secure_cookies: bool | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> ASGIApp:
     """The dashboard as an ASGI app to mount in Starlette: ``Mount("/admin/jobs", app=...)``.
 
@@ -309,7 +310,11 @@ def dashboard_app(
     ``auth(request)`` is the host's check, run on every request: return the user (anything
     but ``None``/``False``), ``None`` for 401, or raise ``PermissionError`` for 403. The other
     arguments are those of :func:`jobrunner.dashboard.create_app` (``tenant`` may be a
-    callable ``(request, user) -> tenant | ALL_TENANTS``).
+    callable ``(request, user) -> tenant | ALL_TENANTS``), except that ``allowed_hosts``
+    defaults to every host when there is an ``auth`` hook: the dashboard is then one more
+    page of the host app, which decides what hosts it serves (e.g. with Starlette's
+    ``TrustedHostMiddleware``); without ``auth`` it keeps the dashboard's own default
+    (localhost and the server's address).
 
     Raises:
         InvalidArgumentError: an argument is malformed (checked now, not at the first request).
@@ -325,8 +330,19 @@ def dashboard_app(
             "refresh_seconds": refresh_seconds,
             "csrf_secret": csrf_secret,
             "secure_cookies": secure_cookies,
+            "allowed_hosts": _hosts(allowed_hosts, guarded=auth is not None),
         }
     )
+
+
+def _hosts(allowed_hosts: Iterable[str] | None, *, guarded: bool) -> list[str]:
+    if allowed_hosts is None:
+        return ["*"] if guarded else []
+    if isinstance(allowed_hosts, str):
+        return [allowed_hosts]
+    if not isinstance(allowed_hosts, Iterable):
+        raise InvalidArgumentError("allowed_hosts must be a list of host names")
+    return list(allowed_hosts)
 
 
 def _principal_in_scope(request: Request) -> Any:
@@ -372,6 +388,7 @@ def dashboard_router(
     refresh_seconds: float = 5.0,
     csrf_secret: bytes | str | None = None,
     secure_cookies: bool | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> APIRouter:
     """The dashboard as a FastAPI router guarded by a dependency of the host app.
 
@@ -381,7 +398,7 @@ def dashboard_router(
     assets) resolves it first. What it returns is the principal: ``None``/``False`` answers
     401, and ``tenant``/``read_only`` callables receive it as ``(request, principal)``.
     ``auth=None`` leaves the dashboard open (protect it otherwise!). The routes are left out
-    of the OpenAPI schema.
+    of the OpenAPI schema. ``allowed_hosts`` defaults as in :func:`dashboard_app`.
 
     Raises:
         InvalidArgumentError: an argument is malformed.
@@ -398,6 +415,7 @@ def dashboard_router(
         refresh_seconds=refresh_seconds,
         csrf_secret=csrf_secret,
         secure_cookies=secure_cookies,
+        allowed_hosts=_hosts(allowed_hosts, guarded=auth is not None),
     )
 
     def open_access() -> bool:

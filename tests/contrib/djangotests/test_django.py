@@ -188,6 +188,7 @@ def test_dashboard_requires_login_and_staff() -> None:
     assert page.status_code == 302
     assert page["Location"] == "/login/?next=/admin/jobs/"
     assert anonymous.get("/admin/jobs/api/jobs").status_code == 401
+    assert anonymous.get("/admin/jobs/", HTTP_HOST="attacker.example").status_code == 400
     customer = Client()
     customer.force_login(User.objects.create_user("customer"))
     assert customer.get("/admin/jobs/").status_code == 403

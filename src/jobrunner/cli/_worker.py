@@ -24,6 +24,9 @@ logger = logging.getLogger("jobrunner.cli")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the subcommand."""
+    from jobrunner.backends.postgres._worker import WorkerSettings
+
+    defaults = WorkerSettings()  # the help states the code's defaults, never a copy
     parser = sub.add_parser("worker", help="run a worker for the registered handlers")
     parser.add_argument(
         "--app",
@@ -48,14 +51,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--lease",
         type=seconds_option("--lease", maximum=MAX_LEASE_SECONDS),
         default=None,
-        help=f"lease seconds (default 25, at most {MAX_LEASE_SECONDS:.0f})",
+        help=f"lease seconds (default {defaults.lease_seconds:g}, at most {MAX_LEASE_SECONDS:.0f})",
     )
     parser.add_argument(
         "--grace",
         type=seconds_option("--grace", maximum=MAX_WORKER_INTERVAL_SECONDS, allow_zero=True),
         default=None,
-        help=f"seconds running jobs get on shutdown (default 30, at most "
-        f"{MAX_WORKER_INTERVAL_SECONDS:.0f})",
+        help=f"seconds running jobs get on shutdown (default {defaults.shutdown_grace:g}, "
+        f"at most {MAX_WORKER_INTERVAL_SECONDS:.0f})",
     )
     parser.add_argument(
         "--no-scheduler",

@@ -139,7 +139,10 @@ def run_with_runner(args: argparse.Namespace, work: Callable[[JobRunner], Awaita
 
 def format_time(value: datetime | None) -> str:
     """A UTC timestamp to the second for tables; ``-`` for none."""
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if value is None:
+        return "-"
+    # isoformat, not strftime("%Y"): that drops the zero padding of years before 1000.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
 
 
 def import_apps(modules: list[str]) -> None:

@@ -637,7 +637,8 @@ def _fmt_time(value: datetime | None) -> str:
         return "—"
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    # isoformat, not strftime("%Y"): that drops the zero padding of years before 1000.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
 
 
 def _seconds_text(seconds: float) -> str:

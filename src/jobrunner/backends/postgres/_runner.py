@@ -117,8 +117,6 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             UnavailableError: the database was still unreachable after ``timeout`` seconds.
             ConfigurationError: ``auto_migrate="check"`` and the schema is missing or behind.
         """
-        if self._started:
-            return
         from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
         from jobrunner._validation import MAX_TIMEOUT_SECONDS, as_seconds
 
@@ -127,6 +125,8 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             if timeout is None
             else as_seconds(timeout, "timeout", maximum=MAX_TIMEOUT_SECONDS)
         )
+        if self._started:
+            return
         deadline = asyncio.get_running_loop().time() + bound
 
         async def connect_and_migrate() -> None:

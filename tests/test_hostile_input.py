@@ -245,6 +245,50 @@ CLI_CASES: list[tuple[str, list[str]]] = [
     ("clear-older-than", ["history", "clear", "--older-than", "-1", "--yes"]),
     ("schedules-pause", ["schedules", "pause", "nope"]),
     ("schedules-tenant", ["schedules", "list", "--tenant", "nope"]),
+    # Out of the documented bounds (docs/reference/configuration.md, "Limits"): argparse's
+    # one-line usage error, never a traceback. Surrogates are what Python makes of undecodable
+    # bytes in argv.
+    ("list-since-overflow", ["jobs", "list", "--since", "99999999d"]),
+    ("list-since-huge-number", ["jobs", "list", "--since", "9" * 30 + "d"]),
+    ("list-until-before-year-1", ["jobs", "list", "--until", "0001-01-01T00:00:00+05:00"]),
+    ("list-since-year-9999", ["jobs", "list", "--since", "9999-12-31T23:00:00-05:00"]),
+    ("list-until-garbage", ["jobs", "list", "--until", "tomorrow"]),
+    ("list-search-surrogate", ["jobs", "list", "--search", "\udcff"]),
+    ("list-name-surrogate", ["jobs", "list", "--name", "a\udcff"]),
+    ("list-search-long", ["jobs", "list", "--search", "s" * 201]),
+    ("list-limit-float", ["jobs", "list", "--limit", "1e3"]),
+    ("list-limit-huge", ["jobs", "list", "--limit", "501"]),
+    ("list-cursor-surrogate", ["jobs", "list", "--cursor", "\udcff"]),
+    ("list-database-url-surrogate", ["jobs", "list", "--database-url", "postgresql://\udcff"]),
+    ("show-surrogate", ["jobs", "show", "\udcff"]),
+    ("cancel-reason-surrogate", ["jobs", "cancel", str(uuid.UUID(int=1)), "--reason", "\udcff"]),
+    ("cancel-reason-long", ["jobs", "cancel", str(uuid.UUID(int=1)), "--reason", "r" * 2001]),
+    ("clear-days-1e10", ["history", "clear", "--older-than-days", "1e10", "--yes"]),
+    ("clear-days-inf", ["history", "clear", "--older-than-days", "inf", "--yes"]),
+    ("clear-days-nan", ["history", "clear", "--older-than-days", "nan", "--yes"]),
+    ("clear-days-text", ["history", "clear", "--older-than-days", "ten", "--yes"]),
+    ("clear-tenant-surrogate", ["history", "clear", "--tenant", "\udcff", "--yes"]),
+    ("worker-lease-1e20", ["worker", "--app", "json", "--lease", "1e20"]),
+    ("worker-lease-nan", ["worker", "--app", "json", "--lease", "nan"]),
+    ("worker-lease-zero", ["worker", "--app", "json", "--lease", "0"]),
+    ("worker-grace-inf", ["worker", "--app", "json", "--grace", "inf"]),
+    ("worker-grace-negative", ["worker", "--app", "json", "--grace", "-1"]),
+    ("worker-concurrency-huge", ["worker", "--app", "json", "--concurrency", "1000000"]),
+    ("worker-queues-surrogate", ["worker", "--app", "json", "--queues", "default,\udcff"]),
+    ("worker-queues-probe", ["worker", "--app", "json", "--queues", "probe:x"]),
+    (
+        "schedules-cancel-reason",
+        ["schedules", "cancel", str(uuid.UUID(int=1)), "--reason", "\udcff"],
+    ),
+    ("schedules-resume-surrogate", ["schedules", "resume", "\udcff"]),
+    ("tenants-grant-role", ["tenants", "grant", "r\udcff", str(uuid.UUID(int=1))]),
+    ("tenants-grant-tenant", ["tenants", "grant", "postgres", "nope"]),
+    ("dashboard-port-zero", ["dashboard", "--port", "0"]),
+    ("dashboard-port-huge", ["dashboard", "--port", "70000"]),
+    ("dashboard-refresh-inf", ["dashboard", "--refresh", "inf"]),
+    ("dashboard-refresh-tiny", ["dashboard", "--refresh", "0.01"]),
+    ("dashboard-tenant", ["dashboard", "--tenant", "nope"]),
+    ("metrics-tenant-surrogate", ["metrics", "--tenant", "\udcff"]),
 ]
 
 # (case id, method, path, form or None) -> 4xx
@@ -262,6 +306,19 @@ HTTP_CASES: list[tuple[str, str, str, dict[str, str] | None]] = [
     ("action-no-csrf", "POST", "/jobs/{tenant}/{job}/cancel", {}),
     ("clear-no-csrf", "POST", "/history/clear", {"scope": "all"}),
     ("unknown-page", "GET", "/../../etc/passwd", None),
+    # Out of the documented bounds: a 4xx, never a 500.
+    ("api-jobs-to-9999", "GET", "/api/jobs?to=9999-12-31", None),
+    ("jobs-to-9999", "GET", "/jobs?to=9999-12-31", None),
+    ("api-jobs-from-year-1", "GET", "/api/jobs?from=0001-01-01", None),
+    ("api-jobs-from-after-to-9999", "GET", "/api/jobs?from=2024-01-01&to=9999-12-30", None),
+    ("api-jobs-q-nul", "GET", "/api/jobs?q=a%00b", None),
+    ("api-jobs-name-nul", "GET", "/api/jobs?name=%00", None),
+    ("api-jobs-runner-nul", "GET", "/api/jobs?runner_type=%00", None),
+    ("api-jobs-q-long", "GET", "/api/jobs?q=" + "x" * 201, None),
+    ("api-jobs-cursor-surrogate", "GET", "/api/jobs?cursor=%ED%A0%80", None),
+    ("jobs-cursor-nul", "GET", "/jobs?cursor=%00", None),
+    ("api-job-surrogate-id", "GET", "/api/jobs/{tenant}/%ED%A0%80", None),
+    ("job-nul-tenant", "GET", "/jobs/%00/{job}", None),
 ]
 
 
@@ -502,6 +559,11 @@ HISTORY_FORMS: list[tuple[str, dict[str, str]]] = [
     ("days-text", {"scope": "all", "older_than_days": "ten"}),
     ("days-huge", {"scope": "all", "older_than_days": "9" * 40}),
     ("days-sql", {"scope": "finished", "older_than_days": SQLI}),
+    ("days-superscript", {"scope": "all", "older_than_days": "²"}),
+    ("days-over-bound", {"scope": "all", "older_than_days": "36501"}),
+    ("days-float", {"scope": "all", "older_than_days": "1e10"}),
+    ("tenant-nul", {"scope": "all", "tenant": "\x00"}),
+    ("tenant-not-utf8", {"scope": "all", "tenant": "\ufffd"}),
 ]
 
 

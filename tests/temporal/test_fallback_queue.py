@@ -372,3 +372,24 @@ async def test_cli_worker_killed_mid_fallback_job_next_temporal_worker_finishes_
     assert info.attempts == 2
     assert info.runner_type == "postgres"
     assert await second.terminate() == 0, second.output()
+
+
+async def test_the_temporal_runner_cancels_and_retries_jobs_written_during_the_fallback(
+    fallback_producer: PostgresJobRunner, trunner: Any, registry: JobHandlerRegistry
+) -> None:
+    """Once Temporal is reachable again, a producer can still manage its fallback jobs."""
+
+    async def echo(ctx: JobContext, data: dict[str, Any]) -> Any:
+        return data
+
+    registry.add("fallback-managed", echo)
+    handle = await schedule_fallback_job(fallback_producer, "fallback-managed", {"v": 1})
+    assert await trunner.cancel_job(handle.job_id, reason="no longer needed")
+    row = await job_row(fallback_producer, handle.job_id)
+    assert (row["status"], row["runner_type"]) == ("cancelled", "postgres")
+    assert await trunner.retry_job(handle.job_id)
+    row = await job_row(fallback_producer, handle.job_id)
+    assert (row["status"], row["runner_type"], row["attempts"]) == ("queued", "postgres", 0)
+    async with running_worker(trunner, grace=5.0, concurrency=2):
+        info = await trunner.wait_for_job(handle.job_id, timeout=60)
+    assert info.status is JobStatus.COMPLETED and info.result == {"v": 1}

@@ -254,7 +254,8 @@ WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
   -- 0002 refuses it too; this also covers trackers cancelled before schedule_removed existed).
   AND NOT (coalesce(metadata, '{{}}'::jsonb) ? 'schedule_removed')
   AND coalesce(metadata ->> 'kind', '') <> 'temporal_schedule'
-RETURNING job_id, type, data, queue, priority, user_id, metadata, external_id, schedule_id
+RETURNING job_id, type, data, queue, priority, user_id, metadata, external_id, schedule_id,
+          policy
 
 -- name: temporal_get_tracker
 SELECT job_id, tenant, type, data, metadata, external_id, singleton_key, queue, priority,

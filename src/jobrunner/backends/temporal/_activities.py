@@ -56,9 +56,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jobrunner.temporal")
 
 
-def policy_input(spec: HandlerSpec | None) -> PolicyInput:
-    """The workflow-side description of a handler's policy (defaults when unknown)."""
-    retry = spec.retry if spec is not None else RetryPolicy()
+def policy_input(source: HandlerSpec | JobPolicy | None) -> PolicyInput:
+    """The workflow-side description of a handler's (or a job's stored) policy; defaults when
+    unknown."""
+    policy = JobPolicy.of(source) if isinstance(source, HandlerSpec) else source or JobPolicy()
+    retry = policy.retry
     names: list[str] = []
     for entry in retry.non_retryable_errors:
         # Temporal matches ApplicationError.type, which the activity sets to the class name.
@@ -71,7 +73,7 @@ def policy_input(spec: HandlerSpec | None) -> PolicyInput:
         max_interval=retry.max_seconds,
         jitter=retry.jitter,
         non_retryable_error_types=names,
-        timeout=spec.timeout if spec is not None else 300.0,
+        timeout=policy.timeout,
     )
 
 

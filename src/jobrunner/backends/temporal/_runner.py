@@ -28,6 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
 from jobrunner._db._monitoring import DatabaseMonitoring
+from jobrunner._db._monitoring import retry_job as retry_queue_job
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     InvalidArgumentError,
@@ -43,6 +44,7 @@ from jobrunner._models import (
     ScheduledJob,
     ScheduleInfo,
 )
+from jobrunner._policy import JobPolicy
 from jobrunner._runner import JobRunner, TenantArg
 from jobrunner._validation import (
     MAX_LEASE_SECONDS,
@@ -516,7 +518,13 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         async with self.db.connection() as conn:
             cur = await conn.execute(self.db.queries.get_job, {"tenant": tenant_id, "job_id": key})
             row = await cur.fetchone()
-            if row is None or row["runner_type"] != self.runner_type:
+            if row is None:
+                return False
+            # A job written while the Temporal fallback was in effect is a PostgreSQL queue
+            # job: cancelling it is the PostgreSQL cancel (a running handler is stopped by the
+            # Temporal worker's PostgreSQL queue on the cancel notification).
+            fallback_job = row["runner_type"] == "postgres" and row["status"] != "active"
+            if row["runner_type"] != self.runner_type and not fallback_job:
                 return False
             if row["status"] == JobStatus.ACTIVE.value:
                 return await self._cancel_schedule(tenant_id, key, reason, cancelled_by)
@@ -527,14 +535,14 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
                     "job_id": key,
                     "reason": reason,
                     "cancelled_by": cancelled_by,
-                    "runner_type": self.runner_type,
+                    "runner_type": row["runner_type"],
                     "channel": self.db.channel_cancel,
                 },
             )
             cancelled = await cur.fetchone()
         if cancelled is None:
             return False
-        if row["external_id"]:
+        if row["external_id"] and not fallback_job:
             await self._cancel_workflow(row["external_id"], reason, cancelled_by)
         return True
 
@@ -562,14 +570,20 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             )
             row = await cur.fetchone()
         if row is None:
-            return False
+            # A job written while the Temporal fallback was in effect is a PostgreSQL queue
+            # job (run by the Temporal workers' PostgreSQL queue): retry it there.
+            return await retry_queue_job(self.db, tenant_id, key, runner_type="postgres")
+        # The job's own policy, stored when it was first enqueued; else this registry's.
         spec = self.registry.find(row["type"])
+        stored = row["policy"]
+        fallback = JobPolicy.of(spec) if spec is not None else None
+        policy = JobPolicy.from_json(stored, fallback=fallback) if stored else fallback
         job = JobInput(
             job_id=str(key),
             tenant=str(tenant_id),
             name=row["type"],
             data=dict(row["data"] or {}),
-            policy=policy_input(spec) if spec is not None else None,
+            policy=policy_input(policy) if policy is not None else None,
             heartbeat_timeout=self.heartbeat_timeout,
             queue=row["queue"],
             priority=int(row["priority"] or 0),

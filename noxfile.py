@@ -46,24 +46,34 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", *LINT_PATHS)
 
 
+# The example downstream apps under examples/, each with its own tests.
+EXAMPLE_APPS = ("billing_app", "django_app", "fastapi_app")
+
+
 @nox.session
 def examples(session: nox.Session) -> None:
-    """The example downstream app's own tests, run the way a user runs them.
+    """The example apps' own tests, each run the way its users run them.
 
-    jobrunner is installed from a freshly built wheel (not editable, not the source tree), the
-    app next to it, and pytest runs from inside examples/billing_app with only the plugin and
-    jobrunner.testing.
+    jobrunner is installed from a freshly built wheel (not editable, not the source tree) with
+    the extras the apps use, then each app with its test dependencies, and pytest runs from
+    inside each app's directory: billing_app (only the plugin and jobrunner.testing),
+    django_app (jobrunner.contrib.django with pytest-django) and fastapi_app
+    (jobrunner.contrib.asgi with FastAPI's test client). Arguments go to each pytest run.
     """
-    session.install(".[testing]")
-    session.install("--no-deps", "--force-reinstall", ".", "./examples/billing_app")
-    session.chdir("examples/billing_app")
-    session.run(
-        "python",
-        "-c",
-        "import jobrunner, sys; f = jobrunner.__file__; "
-        "sys.exit(0 if 'site-packages' in f else f'jobrunner imported from {f}, not installed')",
+    session.install(".[testing,django,asgi]")
+    session.install(*(f"./examples/{app}[test]" for app in EXAMPLE_APPS))
+    session.install(
+        "--no-deps", "--force-reinstall", ".", *(f"./examples/{app}" for app in EXAMPLE_APPS)
     )
-    session.run("pytest", *(session.posargs or ["-q"]))
+    for app in EXAMPLE_APPS:
+        with session.chdir(f"examples/{app}"):
+            session.run(
+                "python",
+                "-c",
+                "import jobrunner, sys; f = jobrunner.__file__; sys.exit(0 if 'site-packages' "
+                "in f else f'jobrunner imported from {f}, not installed')",
+            )
+            session.run("pytest", *(session.posargs or ["-q"]))
 
 
 @nox.session

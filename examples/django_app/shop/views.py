@@ -1,5 +1,6 @@
 """A small JSON API (CSRF-exempt so that curl can call it; HTML forms keep CSRF)."""
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import aget_object_or_404, get_object_or_404
@@ -22,6 +23,23 @@ def place_order(request: HttpRequest) -> JsonResponse:
         # Rolled back: the order and its confirmation job disappear together.
         transaction.set_rollback(True)
         return JsonResponse({"error": f"{order.item} is out of stock"}, status=409)
+    return JsonResponse({"order": order.pk}, status=201)
+
+
+@transaction.non_atomic_requests  # async views cannot run under ATOMIC_REQUESTS
+@csrf_exempt
+@require_POST
+async def place_order_async(request: HttpRequest) -> JsonResponse:
+    # An async view has no transaction: the writes that belong together go in one sync
+    # function, run in Django's thread for database work.
+    @sync_to_async
+    def place() -> Order:
+        with transaction.atomic():
+            order = Order.objects.create(email=request.POST["email"], item=request.POST["item"])
+            enqueue_on_commit("send-order-confirmation", {"order_id": order.pk})
+            return order
+
+    order = await place()
     return JsonResponse({"order": order.pk}, status=201)
 
 

@@ -43,6 +43,13 @@ def test_a_refused_order_leaves_no_job() -> None:
     assert len(confirmation_jobs()) == before
 
 
+def test_an_async_view_enqueues_in_its_transaction() -> None:
+    before = len(confirmation_jobs())
+    response = Client().post("/orders/async/", {"email": "dee@example.com", "item": "mug"})
+    assert response.status_code == 201
+    assert len(confirmation_jobs()) == before + 1
+
+
 def test_resend_from_an_async_view() -> None:
     order = Order.objects.create(email="cy@example.com", item="kettle")
     response = Client().post(f"/orders/{order.pk}/resend/")  # the test client runs async views

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from apps.helpers import eventually, fetch, job_row
 from apps.hostile_app import POLICY
-from jobrunner import JobContext, JobHandlerRegistry, JobStatus
+from jobrunner import JobContext, JobHandlerRegistry, JobStatus, RetryPolicy
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.testing import isolated_schema, running_worker
 from test_worker_process import WorkerProcess, worker_process
@@ -265,3 +265,25 @@ async def test_sigterm_ends_a_worker_whose_handler_ignores_cancellation(
             assert row["status"] == "queued" and row["attempts"] == 0  # handed back
         finally:
             await producer.close()
+
+
+async def test_a_timed_out_attempt_closes_the_step_it_was_in(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry
+) -> None:
+    async def stuck_in_step(ctx: JobContext, data: dict[str, Any]) -> None:
+        async with ctx.step("upload"):
+            await asyncio.Event().wait()
+
+    registry.add("stuck-in-step", stuck_in_step, retry=RetryPolicy(max_attempts=1), timeout=0.3)
+    handle = await runner.schedule_job("stuck-in-step", {})
+    async with running_worker(runner):
+        info = await runner.wait_for_job(handle.job_id, timeout=30)
+    assert info.status is JobStatus.FAILED
+    steps = await fetch(
+        runner,
+        "SELECT status::text AS status, result FROM {schema}.job_details "
+        "WHERE job_id = %s AND step_name = 'upload'",
+        handle.job_id,
+    )
+    assert [s["status"] for s in steps] == ["failed"]
+    assert steps[0]["result"]["type"].endswith("JobTimeoutError")

@@ -191,7 +191,8 @@ async def test_sync_overrun_writes_nothing_after_its_failure(
     runner: PostgresJobRunner, registry: JobHandlerRegistry
 ) -> None:
     """A sync handler past its timeout keeps running in its thread, but its late step and
-    progress writes are fenced off: a step open at the timeout is never completed, a step
+    progress writes are fenced off: a step open at the timeout is closed as failed by the
+    attempt's failure and never completed by the handler, a step
     started afterwards writes no row, and its progress is dropped, even while the job's next
     attempt is ``processing`` (a new lease token)."""
     release = threading.Event()
@@ -237,7 +238,9 @@ async def test_sync_overrun_writes_nothing_after_its_failure(
     rows = await details(runner, handle.job_id)
     assert not [r for r in rows if r["step_name"] == "after-timeout"]
     (open_row,) = [r for r in rows if r["step_name"] == "open-at-timeout"]
-    assert open_row["status"] == "processing" and open_row["result"] is None
+    # Closed by the attempt's failure (its own late finish was fenced off), not left open.
+    assert open_row["status"] == "failed"
+    assert open_row["result"]["type"].endswith("JobTimeoutError")
 
 
 async def _claimed(runner: PostgresJobRunner, registry: JobHandlerRegistry) -> JobContext:

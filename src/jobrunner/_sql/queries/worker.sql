@@ -101,6 +101,15 @@ WITH failed AS (
               CASE WHEN j.attempts < j.max_attempts THEN f.retry_in END AS retry_in,
               f.error::jsonb AS error,
               f.started_at, f.duration_ms
+), closed_steps AS (
+    -- Steps the failed attempt left open (a timeout or a cancel stops the handler inside
+    -- them, and its own writes are fenced from then on) fail with the attempt's error.
+    UPDATE {schema}.job_details d
+    SET status = 'failed', result = u.error, processed_at = timezone('utc', now()),
+        metadata = coalesce(d.metadata, '{{}}'::jsonb)
+                   || jsonb_build_object('finished_at', now())
+    FROM updated u
+    WHERE d.tenant = u.tenant AND d.job_id = u.job_id AND d.status = 'processing'
 )
 INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
                                   retry_count, metadata)

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from jobrunner import (
     ALL_TENANTS,
+    DatabaseError,
     InvalidArgumentError,
     JobHandlerRegistry,
     JobRunnerError,
@@ -567,9 +568,9 @@ def test_refused_enqueue_leaves_the_callers_sync_transaction_usable(
                         runner.schedule_job_at("ok", {}, BEFORE_YEAR_1, connection=conn)
                     with pytest.raises(InvalidArgumentError):
                         runner.schedule_jobs("ok", [{}, {NUL: 1}], connection=conn)
-                    with pytest.raises(JobRunnerError, match="database-side check"):
+                    with pytest.raises(DatabaseError, match="database-side check"):
                         runner.schedule_job("db-refuses", {}, connection=conn)
-                    with pytest.raises(JobRunnerError, match="database-side check"):
+                    with pytest.raises(DatabaseError, match="database-side check"):
                         runner.schedule_jobs("db-refuses", [{}, {}], connection=conn)
                     conn.execute(orders, (2,))  # the transaction is not aborted
                     good = runner.schedule_job("ok", {"n": 1}, connection=conn)
@@ -579,7 +580,7 @@ def test_refused_enqueue_leaves_the_callers_sync_transaction_usable(
             assert runner.get_job_status(good.job_id) is not None
         # Outside any transaction block (autocommit): nothing to protect, nothing left over.
         with psycopg.connect(env["dsn"], autocommit=True) as conn:
-            with pytest.raises(JobRunnerError, match="database-side check"):
+            with pytest.raises(DatabaseError, match="database-side check"):
                 runner.schedule_job("db-refuses", {}, connection=conn)
             conn.execute(orders, (3,))
         assert _count(env["dsn"], env["schema"], "orders") == 5
@@ -603,9 +604,9 @@ async def test_refused_enqueue_leaves_the_callers_async_transaction_usable(
                 await runner.schedule_job("ok", {LONE: 1}, connection=conn)
             with pytest.raises(InvalidArgumentError):
                 await runner.schedule_job("ok", {}, singleton_key=NUL, connection=conn)
-            with pytest.raises(JobRunnerError, match="database-side check"):
+            with pytest.raises(DatabaseError, match="database-side check"):
                 await runner.schedule_job("db-refuses", {}, connection=conn)
-            with pytest.raises(JobRunnerError, match="database-side check"):
+            with pytest.raises(DatabaseError, match="database-side check"):
                 await runner.schedule_jobs("db-refuses", [{}], connection=conn)
             await conn.execute(orders, (2,))
             good = await runner.schedule_jobs("ok", [{}, {}], connection=conn)

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import abc
 from psycopg.adapt import AdaptersMap, Buffer, Loader
 from psycopg.pq import Format
 
@@ -46,7 +47,7 @@ def _clamped(data: Buffer, fmt: Format, aware: bool) -> datetime:
     return value.replace(tzinfo=UTC) if aware else value
 
 
-def _tolerant(type_name: str, fmt: Format, base: type[Loader]) -> type[Loader]:
+def _tolerant(type_name: str, fmt: Format, base: type[abc.Loader]) -> type[Loader]:
     aware = type_name == "timestamptz"
 
     class TolerantTimestampLoader(Loader):

@@ -287,6 +287,31 @@ def test_jobrunner_command_through_manage_py(project_env: dict[str, str]) -> Non
     assert "by_status" in done.stdout
 
 
+def test_manage_py_test_with_the_discover_runner_drops_its_database(
+    project_env: dict[str, str], jobrunner_dsn: str
+) -> None:
+    name = f"test_jrproject_{uuid.uuid4().hex[:8]}"
+    env = dict(project_env, JR_DJANGO_SCHEMA="public", JR_DJANGO_TEST_DATABASE=name)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "test", "djshop", "--noinput", "-v", "1"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Ran 1 test" in output
+    # Dropped: the runner's connections to it were closed first.
+    with psycopg.connect(jobrunner_dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if left is not None:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    assert left is None, output
+
+
 def test_post_migrate_applies_jobrunner_migrations_to_a_new_schema(settings: Any) -> None:
     fresh = f"jrdj_{uuid.uuid4().hex[:10]}"
     settings.JOBRUNNER = {**settings.JOBRUNNER, "SCHEMA": fresh}
@@ -337,7 +362,7 @@ def test_bad_settings_are_named_by_the_system_check_and_the_api(
 
 def test_enqueue_through_a_missing_alias_changes_nothing() -> None:
     before = get_runner().list_jobs(tenant=SHOP_TENANT, limit=500).jobs
-    with pytest.raises(Exception, match="replica"):
+    with pytest.raises(InvalidArgumentError, match="replica"):
         enqueue_on_commit("djshop-ping", {}, tenant=SHOP_TENANT, using="replica")
     assert len(get_runner().list_jobs(tenant=SHOP_TENANT, limit=500).jobs) == len(before)
 

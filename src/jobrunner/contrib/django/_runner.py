@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 import psycopg
 from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
 from django.db import connections, transaction
 
-from jobrunner._errors import ConfigurationError
+from jobrunner._errors import ConfigurationError, InvalidArgumentError
 from jobrunner._models import ScheduledJob
 from jobrunner._sync import SyncJobRunner
 from jobrunner.contrib.django._settings import DjangoConfig, read_config, runner_settings
@@ -99,13 +100,15 @@ def enqueue_on_commit(
         The scheduled job (``created=False`` when a live job holds the singleton key).
 
     Raises:
-        InvalidArgumentError: a malformed argument, or a backend that cannot enqueue in a
-            database transaction (Temporal); nothing is written.
+        InvalidArgumentError: a malformed argument, an unknown ``using`` alias, or a backend
+            that cannot enqueue in a database transaction (Temporal); nothing is written.
         ConfigurationError: the alias is not PostgreSQL with psycopg 3.
         django.core.exceptions.SynchronousOnlyOperation: called from async code; use
             :func:`aenqueue_on_commit`.
     """
-    alias = using or config().database
+    alias = config().database if using is None else using
+    if not isinstance(alias, str) or alias not in django_settings.DATABASES:
+        raise InvalidArgumentError(f"using must name an alias of settings.DATABASES, got {using!r}")
     runner = get_runner()
     with transaction.atomic(using=alias):
         connection = connections[alias]

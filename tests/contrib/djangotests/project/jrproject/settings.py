@@ -49,8 +49,11 @@ DATABASES = {
         "PORT": _db.get("port", ""),
         "ATOMIC_REQUESTS": True,
         "OPTIONS": {"options": f"-c search_path={SCHEMA}"},
+        # For `manage.py test` (Django's runner creates and drops this database).
+        "TEST": {"NAME": os.environ.get("JR_DJANGO_TEST_DATABASE", "test_jrproject")},
     }
 }
+TEST_RUNNER = "jobrunner.contrib.django.testing.DiscoverRunner"
 
 JOBRUNNER = {
     "SCHEMA": f"{SCHEMA}_jobs",

@@ -355,6 +355,11 @@ def test_the_bounds_are_consistent() -> None:
         datetime(2200, 1, 1, tzinfo=UTC) + timedelta(seconds=bounds.MAX_INTERVAL_SECONDS)
         < bounds.MAX_TIMESTAMP
     )
+    from jobrunner._outcome import MAX_RETRY_DELAY
+
+    assert datetime(2200, 1, 1, tzinfo=UTC) + timedelta(seconds=MAX_RETRY_DELAY) < (
+        bounds.MAX_TIMESTAMP
+    )
     assert bounds.MAX_ATTEMPTS < 2**31  # an INTEGER column
     assert datetime.min.replace(tzinfo=UTC) + timedelta(hours=23) < bounds.MIN_TIMESTAMP
     assert datetime.max.replace(tzinfo=UTC) - timedelta(hours=23) > bounds.MAX_TIMESTAMP
@@ -405,8 +410,10 @@ def test_retry_policy_max_interval_follows_initial_interval() -> None:
         policy.max_interval = 5  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("delay", [-1, math.nan, math.inf, 1e20, "5", timedelta(days=-1)])
-def test_retry_delay_bounds(delay: Any) -> None:
+@pytest.mark.parametrize("delay", [-1, -math.inf, "5", True, timedelta(days=-1), object()])
+def test_retry_delay_must_be_a_duration(delay: Any) -> None:
+    """(Huge, NaN and infinite delays are clamped or replaced by the policy's backoff when the
+    outcome is decided: tests/test_policy.py::test_unusable_retry_delays.)"""
     with pytest.raises(InvalidArgumentError):
         Retry(delay)
 

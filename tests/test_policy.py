@@ -112,13 +112,23 @@ def test_invalid_policies(kwargs: dict[str, Any]) -> None:
         RetryPolicy(**kwargs)
 
 
+def _retry_with_delay(delay: float) -> Retry:
+    """A Retry carrying a delay its constructor refuses (a subclass could set one)."""
+    retry = Retry()
+    retry.delay = delay
+    return retry
+
+
 def test_unusable_retry_delays() -> None:
+    """Retry(delay=...) refuses these (tests/test_boundaries.py); decide_failure still copes
+    with one that carries them anyway."""
     from jobrunner._outcome import MAX_RETRY_DELAY
 
     policy = RetryPolicy(initial_interval=2.0, jitter=0.0)
     for odd in (float("nan"), float("inf")):
-        assert decide_failure(Retry(delay=odd), attempt=1, policy=policy).retry_in == 2.0
-    huge = decide_failure(Retry(delay=1e300), attempt=1, policy=policy).retry_in
+        decision = decide_failure(_retry_with_delay(odd), attempt=1, policy=policy)
+        assert decision.retry_in == 2.0
+    huge = decide_failure(_retry_with_delay(1e300), attempt=1, policy=policy).retry_in
     assert huge == MAX_RETRY_DELAY
 
 

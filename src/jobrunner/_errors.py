@@ -81,28 +81,24 @@ class Retry(Exception):  # named for what the handler asks for, not an error
     The attempt counts toward ``RetryPolicy.max_attempts``; when none are left the job fails.
 
     Args:
-        delay: Seconds (or a ``timedelta``) to wait before the next attempt. ``None`` uses the
-            retry policy's backoff, and so does a NaN or infinite delay; a delay longer than
-            ten years is clamped to ten years, so the next run time is always a valid
-            timestamp.
+        delay: Seconds (or a ``timedelta``) to wait before the next attempt, from 0 to
+            ``MAX_INTERVAL_SECONDS`` (ten years), so the next run time is always a valid
+            timestamp. ``None`` uses the retry policy's backoff.
         reason: Recorded as the attempt's error message.
 
     Raises:
-        InvalidArgumentError: ``delay`` is negative or not a number of seconds or a
-            ``timedelta`` (the handler then fails with this error instead).
+        InvalidArgumentError: ``delay`` is not such a duration (negative, NaN, infinite, over
+            ten years, not a number); the attempt then fails with this error instead and the
+            policy's backoff applies.
     """
 
     def __init__(self, delay: float | timedelta | None = None, reason: str = "retry requested"):
+        from jobrunner._validation import MAX_INTERVAL_SECONDS, as_optional_seconds
+
         super().__init__(reason)
-        if isinstance(delay, timedelta):
-            delay = delay.total_seconds()
-        if delay is not None and (not isinstance(delay, int | float) or isinstance(delay, bool)):
-            raise InvalidArgumentError(
-                f"Retry delay must be seconds or a timedelta, got {delay!r:.80}"
-            )
-        if delay is not None and delay < 0:
-            raise InvalidArgumentError("Retry delay must not be negative")
-        self.delay = delay
+        self.delay = as_optional_seconds(
+            delay, "Retry delay", allow_zero=True, maximum=MAX_INTERVAL_SECONDS
+        )
         self.reason = reason
 
 

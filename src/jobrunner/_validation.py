@@ -59,9 +59,8 @@ MAX_ATTEMPTS: Final = 1_000_000
 """Largest ``RetryPolicy.max_attempts`` (stored in an ``INTEGER`` column)."""
 
 MAX_INTERVAL_SECONDS: Final = 10 * 365 * 86_400.0
-"""Longest ``RetryPolicy`` interval: ten years (315,360,000 s), so a next run time computed
-from it is always a valid timestamp. (A longer ``Retry(delay=...)`` from a handler is clamped
-to ``_outcome.MAX_RETRY_DELAY``, also ten years.)"""
+"""Longest retry interval or ``Retry`` delay: ten years (315,360,000 s), so a next run time
+computed from it is always a valid timestamp."""
 
 MAX_TIMEOUT_SECONDS: Final = 10 * 365 * 86_400.0
 """Longest handler timeout or wait (``wait_for_job``, start-up): ten years."""

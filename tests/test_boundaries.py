@@ -801,3 +801,31 @@ async def test_memory_runner_accepts_the_same_bounds() -> None:
         assert info is not None and info.status is JobStatus.PENDING
         assert await runner.cancel_job(job_id, tenant=TENANT, reason="r" * 2000)
         assert await runner.clear_history(older_than=bounds.MAX_HISTORY_AGE_SECONDS) == 0
+
+
+async def test_dashboard_display_parameters_are_normalised_never_a_500(
+    env: dict[str, Any],
+) -> None:
+    """``page``, ``limit`` and ``removed`` only shape the display: anything but a plain number
+    falls back to the default (``"²"`` passed ``str.isdigit`` and crashed ``int`` with a 500)."""
+    from jobrunner.dashboard import create_app
+
+    runner = PostgresJobRunner(
+        env["dsn"], schema=env["schema"], registry=env["registry"], pool_size=2
+    )
+    try:
+        transport = httpx.ASGITransport(app=create_app(runner))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            with writes_nothing(env):
+                for path in (
+                    "/jobs?page=%C2%B2",
+                    "/jobs?limit=%C2%B2&page=-1",
+                    "/api/jobs?limit=%D9%A3",  # ARABIC-INDIC DIGIT THREE
+                    "/api/jobs?limit=99999999999999999999",
+                    "/history?removed=%C2%B2",
+                    "/history?removed=" + "9" * 40,
+                ):
+                    response = await client.get(path)
+                    assert response.status_code == 200, (path, response.text[:300])
+    finally:
+        await runner.close()

@@ -188,6 +188,39 @@ CASES: list[Case] = [
     Case("start-timeout-huge", "start", (), {"timeout": 1e20}, backends=("postgres",)),
     Case("start-timeout-nan", "start", (), {"timeout": math.nan}, backends=("postgres",)),
     Case("flow-metrics-tenant", "flow_metrics", (), {"tenant": LONE}, backends=("postgres",)),
+    # -- flow control (runner.flow, and the sync twin's) ----------------------------------------
+    Case(
+        "flow-rate-per-huge",
+        "flow.set_rate_limit",
+        (),
+        {"name": "ok", "count": 1, "per": 1e20},
+        backends=DB,
+    ),
+    Case(
+        "flow-rate-per-nan",
+        "flow.set_rate_limit",
+        (),
+        {"name": "ok", "count": 1, "per": math.nan},
+        backends=DB,
+    ),
+    Case(
+        "flow-limit-huge",
+        "flow.set_concurrency_limit",
+        (),
+        {"name": "ok", "limit": 2**40},
+        backends=DB,
+    ),
+    Case(
+        "flow-limit-name-surrogate",
+        "flow.set_concurrency_limit",
+        (),
+        {"name": LONE, "limit": 1},
+        backends=DB,
+    ),
+    Case("flow-weight-nan", "flow.set_tenant_weight", (TENANT, math.nan), backends=DB),
+    Case("flow-pause-tenant-nul", "flow.pause", (), {"tenant": NUL}, backends=DB),
+    Case("flow-purge-queue-nul", "flow.purge_tenant", (TENANT,), {"queue": NUL}, backends=DB),
+    Case("flow-limits-tenant-surrogate", "flow.get_limits", (), {"tenant": LONE}, backends=DB),
 ]
 
 # Worker options (PostgreSQL WorkerSettings.build); the in-memory runner's workers take the
@@ -297,6 +330,13 @@ def check_error(exc: BaseException, case: Case) -> None:
         assert case.mentions in message, message
 
 
+def _method(target: Any, dotted: str) -> Any:
+    """``runner.flow.pause`` from ``"flow.pause"``."""
+    for part in dotted.split("."):
+        target = getattr(target, part)
+    return target
+
+
 def _cases(backend: str) -> list[Any]:
     return [pytest.param(c, id=c.id) for c in CASES if backend in c.backends]
 
@@ -308,7 +348,7 @@ async def test_postgres_runner_refuses(env: dict[str, Any], case: Case) -> None:
     )
     try:
         with writes_nothing(env), pytest.raises(BaseException) as info:
-            await getattr(runner, case.method)(*case.args, **case.kwargs)
+            await _method(runner, case.method)(*case.args, **case.kwargs)
         check_error(info.value, case)
     finally:
         await runner.close()
@@ -317,7 +357,7 @@ async def test_postgres_runner_refuses(env: dict[str, Any], case: Case) -> None:
 @pytest.mark.parametrize("case", _cases("sync"))
 def test_sync_runner_refuses(env: dict[str, Any], case: Case) -> None:
     with writes_nothing(env), pytest.raises(BaseException) as info:
-        getattr(env["sync"], case.method)(*case.args, **case.kwargs)
+        _method(env["sync"], case.method)(*case.args, **case.kwargs)
     check_error(info.value, case)
 
 
@@ -328,7 +368,7 @@ async def test_memory_runner_refuses(case: Case) -> None:
     await runner.schedule_recurring_job("ok", {}, "@daily", tenant=TENANT)
     before = await memory_state(runner)
     with pytest.raises(BaseException) as info:
-        await getattr(runner, case.method)(*case.args, **case.kwargs)
+        await _method(runner, case.method)(*case.args, **case.kwargs)
     check_error(info.value, case)
     assert await memory_state(runner) == before
 

@@ -11,6 +11,16 @@ from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.testing import isolated_schema
 
 
+@pytest.fixture(autouse=True)
+def _isolated_pytester(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nested pytest run (``pytester``) must not inherit the Django test project's settings:
+    tests/contrib's conftest sets ``DJANGO_SETTINGS_MODULE`` for this session, and
+    pytest-django would configure that project in the nested run, changing its output."""
+    if "pytester" in request.fixturenames:
+        monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+        monkeypatch.delenv("JR_DJANGO_SCHEMA", raising=False)
+
+
 @pytest.fixture
 def registry() -> JobHandlerRegistry:
     """A fresh handler registry per test, so tests never share handlers."""

@@ -550,6 +550,9 @@ def test_job_runner_fixture_drops_its_schema_afterwards(
         )
     )
     result = pytester.runpytest_inprocess(
+        # In process, Django may already be set up by tests/contrib in this session.
+        "-p",
+        "no:django",
         "-p",
         "asyncio",
         "-o",

@@ -43,7 +43,8 @@ from jobrunner import (
     ScheduleError,
     SyncJobRunner,
 )
-from jobrunner import _validation as bounds
+from jobrunner import _limits as bounds
+from jobrunner import _validation as checks
 from jobrunner._db._database import Database
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.cli import main as cli_main
@@ -530,7 +531,7 @@ async def test_bulk_enqueue_over_the_total_limit_writes_nothing(
 ) -> None:
     """The total is checked over all payloads before any is written (the real limit, 256 MiB,
     is lowered here so the test does not build a quarter of a gigabyte)."""
-    monkeypatch.setattr(bounds, "MAX_BULK_PAYLOAD_BYTES", 10_000)
+    monkeypatch.setattr(checks, "MAX_BULK_PAYLOAD_BYTES", 10_000)  # the name the check reads
     items = [{"x": "a" * 900} for _ in range(12)]  # each ~910 bytes, ~11 KB in all
     postgres = PostgresJobRunner(
         env["dsn"], schema=env["schema"], registry=env["registry"], pool_size=2

@@ -32,7 +32,7 @@ from jobrunner import (
     SyncJobRunner,
 )
 from jobrunner._db._database import Database
-from jobrunner._validation import MAX_PAYLOAD_BYTES
+from jobrunner._limits import MAX_PAYLOAD_BYTES
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.cli import main as cli_main
 

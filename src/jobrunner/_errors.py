@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
+
+from jobrunner._limits import MAX_INTERVAL_SECONDS
 
 __all__ = [
     "ConfigurationError",
@@ -93,13 +96,32 @@ class Retry(Exception):  # named for what the handler asks for, not an error
     """
 
     def __init__(self, delay: float | timedelta | None = None, reason: str = "retry requested"):
-        from jobrunner._validation import MAX_INTERVAL_SECONDS, as_optional_seconds
-
         super().__init__(reason)
-        self.delay = as_optional_seconds(
-            delay, "Retry delay", allow_zero=True, maximum=MAX_INTERVAL_SECONDS
-        )
+        self.delay = _retry_delay(delay)
         self.reason = reason
+
+
+def _retry_delay(delay: object) -> float | None:
+    # The same rule as every interval at the boundary (_validation.as_seconds), kept here so
+    # the error hierarchy imports no checks.
+    if delay is None:
+        return None
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        try:
+            seconds = float(delay)
+        except OverflowError:
+            seconds = math.inf
+    else:
+        raise InvalidArgumentError(f"Retry delay must be seconds or a timedelta, got {delay!r:.80}")
+    if not math.isfinite(seconds):
+        raise InvalidArgumentError("Retry delay must be finite")
+    if not 0 <= seconds <= MAX_INTERVAL_SECONDS:
+        raise InvalidArgumentError(
+            f"Retry delay must be from 0 to {MAX_INTERVAL_SECONDS:.0f} seconds"
+        )
+    return seconds
 
 
 class NonRetryable(Exception):  # named for the outcome

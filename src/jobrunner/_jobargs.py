@@ -68,7 +68,7 @@ class JobArgs:
     def policy(self) -> JobPolicy | None:
         """The policy stored with the job: its handler's, or ``None`` for an unknown name
         (the first worker that claims the job pins its own)."""
-        return JobPolicy.of(self.spec) if self.spec else None
+        return self.spec.policy if self.spec else None
 
     @property
     def policy_param(self) -> Jsonb | None:

@@ -8,20 +8,11 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jobrunner._errors import InvalidArgumentError
-from jobrunner._validation import (
-    MAX_ATTEMPTS,
-    MAX_INTERVAL_SECONDS,
-    MAX_KEY_LENGTH,
-    as_count,
-    as_seconds,
-    as_text,
-)
-
-if TYPE_CHECKING:
-    from jobrunner.registry import HandlerSpec
+from jobrunner._limits import MAX_ATTEMPTS, MAX_INTERVAL_SECONDS, MAX_KEY_LENGTH
+from jobrunner._validation import as_count, as_seconds, as_text
 
 __all__ = ["DEFAULT_TIMEOUT", "JobPolicy", "RetryPolicy"]
 
@@ -168,11 +159,6 @@ class JobPolicy:
     """Attempts, backoff and non-retryable errors."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds an attempt may run."""
-
-    @classmethod
-    def of(cls, spec: HandlerSpec) -> JobPolicy:
-        """The policy a handler is registered with."""
-        return cls(retry=spec.retry, timeout=spec.timeout)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON form, stored in ``jobs.policy`` (exception types by qualified name)."""

@@ -335,13 +335,8 @@ def wait_arguments(
     Returns the job id, the tenant, the timeout in seconds (``None``: no limit) and the poll
     interval in seconds.
     """
-    from jobrunner._validation import (
-        MAX_WORKER_INTERVAL_SECONDS,
-        as_seconds,
-        as_tenant,
-        as_uuid,
-        as_wait_timeout,
-    )
+    from jobrunner._limits import MAX_WORKER_INTERVAL_SECONDS
+    from jobrunner._validation import as_seconds, as_tenant, as_uuid, as_wait_timeout
 
     return (
         as_uuid(job_id, "job_id"),

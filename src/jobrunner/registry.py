@@ -15,8 +15,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from jobrunner._errors import DuplicateHandlerError, HandlerNotFoundError, InvalidArgumentError
-from jobrunner._policy import DEFAULT_TIMEOUT, RetryPolicy
-from jobrunner._validation import MAX_TIMEOUT_SECONDS, as_job_name, as_queue, as_seconds
+from jobrunner._limits import MAX_TIMEOUT_SECONDS
+from jobrunner._policy import DEFAULT_TIMEOUT, JobPolicy, RetryPolicy
+from jobrunner._validation import as_job_name, as_queue, as_seconds
 
 if TYPE_CHECKING:
     from jobrunner._context import JobContext
@@ -50,6 +51,11 @@ class HandlerSpec:
     """
     queue: str = DEFAULT_QUEUE
     """Queue jobs of this name go to unless ``schedule_job(queue=...)`` says otherwise."""
+
+    @property
+    def policy(self) -> JobPolicy:
+        """The policy a job of this handler is enqueued with (stored with the job)."""
+        return JobPolicy(retry=self.retry, timeout=self.timeout)
 
     @property
     def is_async(self) -> bool:

@@ -3,7 +3,7 @@
 PostgreSQL's ``timestamp``/``timestamptz`` reach from 4713 BC to 294276 AD and include
 ``infinity`` / ``-infinity``; Python's ``datetime`` holds years 1 to 9999 only, and psycopg
 raises ``DataError`` when it meets anything else. Every value the API writes is range-checked
-(``_validation.MIN_TIMESTAMP`` to ``MAX_TIMESTAMP``), but a row written by hand-written SQL
+(``_limits.MIN_TIMESTAMP`` to ``MAX_TIMESTAMP``), but a row written by hand-written SQL
 (or by an older release) must not break a listing, the CLI or the dashboard. So the
 connections jobrunner opens load such values clamped:
 

@@ -30,11 +30,10 @@ from psycopg import sql
 from jobrunner._db._database import Database
 from jobrunner._db._store import JobStore, row_to_info, utc
 from jobrunner._errors import InvalidArgumentError
+from jobrunner._limits import MAX_LIST_LIMIT, MAX_SEARCH_LENGTH
 from jobrunner._models import LIVE_STATUSES, JobDetails, JobPage, JobStatus, Metrics
 from jobrunner._runner import AllTenants, HistoryScope, TenantArg
 from jobrunner._validation import (
-    MAX_LIST_LIMIT,
-    MAX_SEARCH_LENGTH,
     as_aware_datetime,
     as_history_age,
     as_optional_text,

@@ -10,17 +10,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobrunner._errors import InvalidArgumentError
-from jobrunner._models import JobInfo, JobStatus, Metrics
-from jobrunner._runner import ALL_TENANTS, AllTenants
-from jobrunner._validation import (
+from jobrunner._limits import (
     MAX_HISTORY_AGE_SECONDS,
     MAX_LIST_LIMIT,
     MAX_REASON_LENGTH,
     MAX_SEARCH_LENGTH,
     MIN_TIMESTAMP,
-    as_aware_datetime,
-    as_history_age,
 )
+from jobrunner._models import JobInfo, JobStatus, Metrics
+from jobrunner._runner import ALL_TENANTS, AllTenants
+from jobrunner._validation import as_aware_datetime, as_history_age
 from jobrunner.cli._common import (
     add_database_options,
     count_option,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from jobrunner._limits import MAX_REASON_LENGTH
 from jobrunner._models import ScheduleInfo
 from jobrunner._runner import JobRunner
-from jobrunner._validation import MAX_REASON_LENGTH, as_tenant, as_uuid
+from jobrunner._validation import as_tenant, as_uuid
 from jobrunner.cli._common import (
     add_database_options,
     format_time,

@@ -8,8 +8,8 @@ import logging
 import signal
 
 from jobrunner._execution import abandoned_handlers
+from jobrunner._limits import MAX_LEASE_SECONDS, MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
 from jobrunner._process import hard_exit
-from jobrunner._validation import MAX_LEASE_SECONDS, MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
 from jobrunner.cli._common import (
     add_database_options,
     count_option,

@@ -23,15 +23,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from jobrunner._errors import InvalidArgumentError, JobRunnerError
+from jobrunner._limits import MAX_HISTORY_AGE_SECONDS, MAX_TIMESTAMP, MIN_TIMESTAMP
 from jobrunner._models import JobInfo, JobStatus, Metrics
 from jobrunner._runner import ALL_TENANTS, AllTenants, JobRunner
-from jobrunner._validation import (
-    MAX_HISTORY_AGE_SECONDS,
-    MAX_TIMESTAMP,
-    MIN_TIMESTAMP,
-    as_aware_datetime,
-    as_tenant,
-)
+from jobrunner._validation import as_aware_datetime, as_tenant
 from jobrunner.dashboard._security import (
     CSRF_COOKIE,
     CSRF_FIELD,

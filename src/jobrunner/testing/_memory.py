@@ -1174,7 +1174,7 @@ class InMemoryJobRunner(JobRunner):
         job.updated_at = now
         if job.policy is None:  # pinned by the first claim, as on PostgreSQL
             spec = self.registry.find(job.name)
-            job.policy = JobPolicy.of(spec) if spec is not None else JobPolicy()
+            job.policy = spec.policy if spec is not None else JobPolicy()
             job.max_attempts = job.policy.retry.max_attempts
         ctx = JobContext(
             job_id=job.job_id,

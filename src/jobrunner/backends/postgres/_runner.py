@@ -118,7 +118,8 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             ConfigurationError: ``auto_migrate="check"`` and the schema is missing or behind.
         """
         from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
-        from jobrunner._validation import MAX_TIMEOUT_SECONDS, as_seconds
+        from jobrunner._limits import MAX_TIMEOUT_SECONDS
+        from jobrunner._validation import as_seconds
 
         bound = (
             STARTUP_TIMEOUT

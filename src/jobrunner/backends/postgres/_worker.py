@@ -42,19 +42,12 @@ from jobrunner._execution import (
     Outcome,
     run_attempt,
 )
+from jobrunner._limits import MAX_LEASE_SECONDS, MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
 from jobrunner._outcome import describe_error
 from jobrunner._policy import JobPolicy
 from jobrunner._process import hard_exit
 from jobrunner._runner import JobWorker
-from jobrunner._validation import (
-    MAX_LEASE_SECONDS,
-    MAX_WORKER_COUNT,
-    MAX_WORKER_INTERVAL_SECONDS,
-    as_count,
-    as_queues,
-    as_seconds,
-    as_uuid,
-)
+from jobrunner._validation import as_count, as_queues, as_seconds, as_uuid
 from jobrunner.backends.postgres._flow import FlowGate
 from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec
 
@@ -436,7 +429,7 @@ class PostgresWorker(JobWorker):
 
     def _start_job(self, row: dict[str, Any], now: float) -> None:
         spec = self.runner.registry.find(row["type"])
-        fallback = JobPolicy.of(spec) if spec is not None else JobPolicy()
+        fallback = spec.policy if spec is not None else JobPolicy()
         stored = row.get("policy")
         policy = JobPolicy.from_json(stored, fallback=fallback)
         ctx = JobContext(

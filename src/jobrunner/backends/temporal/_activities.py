@@ -59,7 +59,7 @@ logger = logging.getLogger("jobrunner.temporal")
 def policy_input(source: HandlerSpec | JobPolicy | None) -> PolicyInput:
     """The workflow-side description of a handler's (or a job's stored) policy; defaults when
     unknown."""
-    policy = JobPolicy.of(source) if isinstance(source, HandlerSpec) else source or JobPolicy()
+    policy = source.policy if isinstance(source, HandlerSpec) else source or JobPolicy()
     retry = policy.retry
     names: list[str] = []
     for entry in retry.non_retryable_errors:

@@ -36,6 +36,7 @@ from jobrunner._errors import (
     UnavailableError,
 )
 from jobrunner._jobargs import job_args, recurring_args
+from jobrunner._limits import MAX_LEASE_SECONDS, MAX_TIMEOUT_SECONDS
 from jobrunner._models import (
     JobInfo,
     JobStatus,
@@ -47,8 +48,6 @@ from jobrunner._models import (
 from jobrunner._policy import JobPolicy
 from jobrunner._runner import JobRunner, TenantArg
 from jobrunner._validation import (
-    MAX_LEASE_SECONDS,
-    MAX_TIMEOUT_SECONDS,
     as_aware_datetime,
     as_bulk_data,
     as_optional_key,
@@ -576,7 +575,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         # The job's own policy, stored when it was first enqueued; else this registry's.
         spec = self.registry.find(row["type"])
         stored = row["policy"]
-        fallback = JobPolicy.of(spec) if spec is not None else None
+        fallback = spec.policy if spec is not None else None
         policy = JobPolicy.from_json(stored, fallback=fallback) if stored else fallback
         job = JobInput(
             job_id=str(key),

@@ -870,3 +870,25 @@ async def test_dashboard_display_parameters_are_normalised_never_a_500(
                     assert response.status_code == 200, (path, response.text[:300])
     finally:
         await runner.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"concurrency": 0},
+        {"concurrency": 10**9},
+        {"sync_threads": 10**9},
+        {"shutdown_grace": -1},
+        {"shutdown_grace": 1e20},
+        {"heartbeat_interval": 0},
+        {"heartbeat_interval": float("nan")},
+        {"queues": "default"},
+        {"queues": ["bad\x00queue"]},
+    ],
+    ids=repr,
+)
+def test_temporal_worker_options_have_the_documented_bounds(options: dict[str, Any]) -> None:
+    from jobrunner.backends.temporal import TemporalWorkerSettings
+
+    with pytest.raises(InvalidArgumentError):
+        TemporalWorkerSettings.build(**options)

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobrunner._errors import JobTimeoutError, NonRetryable, Retry
+from jobrunner._limits import MAX_INTERVAL_SECONDS
 from jobrunner._models import JobError
 from jobrunner._policy import RetryPolicy
 
 MAX_TRACEBACK_CHARS = 20_000
-#: Longest delay a ``Retry`` may ask for (ten years); longer ones are clamped to it so the next
-#: run time stays a valid timestamp.
-MAX_RETRY_DELAY = 10 * 366 * 86400.0
+#: Longest delay a ``Retry`` may ask for: the documented interval bound. ``Retry`` refuses a
+#: longer one when it is raised; one set on the object afterwards is clamped to it here.
+MAX_RETRY_DELAY = MAX_INTERVAL_SECONDS
 
 
 def describe_error(exc: BaseException) -> JobError:

@@ -17,8 +17,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from jobrunner._errors import InvalidArgumentError, JobRunnerError
 from jobrunner._execution import AbortReason
+from jobrunner._limits import MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
 from jobrunner._process import hard_exit
 from jobrunner._runner import JobWorker
+from jobrunner._validation import as_count, as_queues, as_seconds
 from jobrunner.backends.postgres import PostgresJobRunner, PostgresWorker, WorkerSettings
 from jobrunner.backends.temporal._activities import JobActivities
 from jobrunner.backends.temporal._workflow import JobWorkflow
@@ -100,16 +102,25 @@ class TemporalWorkerSettings:
         if concurrency is not None:
             values["concurrency"] = concurrency
         if queues is not None:
-            if isinstance(queues, str):
-                raise InvalidArgumentError("queues must be a sequence of names, not a string")
-            values["queues"] = tuple(queues)
-        settings = cls(**values)
-        if not isinstance(settings.concurrency, int) or settings.concurrency < 1:
-            raise InvalidArgumentError("concurrency must be a positive integer")
-        if settings.shutdown_grace < 0 or settings.heartbeat_interval <= 0:
-            raise InvalidArgumentError(
-                "shutdown_grace must be >= 0 and heartbeat_interval positive"
+            values["queues"] = as_queues(queues)
+        # The same documented bounds as the PostgreSQL worker's (docs/reference/configuration.md).
+        for name in ("concurrency", "sync_threads"):
+            if values.get(name) is not None:
+                values[name] = as_count(values[name], name, maximum=MAX_WORKER_COUNT)
+        if "shutdown_grace" in values:
+            values["shutdown_grace"] = as_seconds(
+                values["shutdown_grace"],
+                "shutdown_grace",
+                allow_zero=True,
+                maximum=MAX_WORKER_INTERVAL_SECONDS,
             )
+        if "heartbeat_interval" in values:
+            values["heartbeat_interval"] = as_seconds(
+                values["heartbeat_interval"],
+                "heartbeat_interval",
+                maximum=MAX_WORKER_INTERVAL_SECONDS,
+            )
+        settings = cls(**values)
         if not isinstance(settings.postgres_queue, bool):
             raise InvalidArgumentError("postgres_queue must be True or False")
         # Validated now, so a bad option fails here rather than when the worker runs.

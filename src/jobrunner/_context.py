@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from jobrunner._errors import InvalidArgumentError
+from jobrunner._telemetry import step_span
 
 __all__ = ["JobContext", "JobSink", "StepHandle", "SyncJobContext"]
 
@@ -149,11 +150,12 @@ class JobContext:
         handle = await self._begin_step(name)
         if self._cancel_flag:
             raise asyncio.CancelledError(f"job {self.job_id} was cancelled; step {name!r} skipped")
-        try:
-            yield handle
-        except BaseException as exc:
-            await asyncio.shield(self._end_step(handle, exc))
-            raise
+        with step_span(name, job_name=self.name, job_id=self.job_id, attempt=self.attempt):
+            try:
+                yield handle
+            except BaseException as exc:
+                await asyncio.shield(self._end_step(handle, exc))
+                raise
         await self._end_step(handle, None)
 
     async def _begin_step(self, name: str) -> StepHandle:
@@ -222,14 +224,14 @@ class SyncJobContext:
         """
         inner = self._inner
         handle = self._call(lambda: inner._begin_step(name))
-        try:
-            yield handle
-        except BaseException as exc:
-            error = exc
-            self._call(lambda: inner._end_step(handle, error))
-            raise
-        else:
-            self._call(lambda: inner._end_step(handle, None))
+        with step_span(name, job_name=self.name, job_id=self.job_id, attempt=self.attempt):
+            try:
+                yield handle
+            except BaseException as exc:
+                error = exc
+                self._call(lambda: inner._end_step(handle, error))
+                raise
+        self._call(lambda: inner._end_step(handle, None))
 
 
 def _check_progress(progress: object, message: object) -> int:

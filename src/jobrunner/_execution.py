@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
+import functools
 import json
 import logging
 import random
 import re
+import sys
+import threading
 import time
+import traceback
+import types
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from jobrunner import _telemetry as telemetry
 from jobrunner._context import JobContext, SyncJobContext
 from jobrunner._errors import HandlerNotFoundError, NonRetryable
 from jobrunner._models import JobError
@@ -89,6 +97,8 @@ class Failed:
 
     error: JobError
     retry_in: float | None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+    """The exception itself, for logs (``error`` is what is stored)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +127,10 @@ class Attempt:
         self.started = time.monotonic()
         #: True when the handler ignored cancellation past the grace and was left running.
         self.abandoned = False
+        #: True when the attempt ran past its timeout.
+        self.timed_out = False
+        #: When the job was due (epoch seconds), if the backend knows: the queue wait metric.
+        self.due_at: float | None = None
         self._aborted = asyncio.Event()
 
     @property
@@ -141,7 +155,7 @@ class Attempt:
         decision = decide_failure(
             exc, attempt=self.ctx.attempt, policy=self.policy.retry, rand=rand
         )
-        return Failed(decision.error, decision.retry_in)
+        return Failed(decision.error, decision.retry_in, exc)
 
 
 class _HandlerRaised(Exception):
@@ -163,11 +177,28 @@ async def _call_async(handler: Callable[..., Any], ctx: JobContext, data: dict[s
         raise _HandlerRaised(exc) from None
 
 
-def _call_sync(handler: Callable[..., Any], ctx: SyncJobContext, data: dict[str, Any]) -> Any:
+class _HandlerThread:
+    """Which thread runs a plain ``def`` handler (its stack is shown when it times out)."""
+
+    __slots__ = ("ident",)
+
+    def __init__(self) -> None:
+        self.ident: int | None = None
+
+
+def _call_sync(
+    handler: Callable[..., Any],
+    ctx: SyncJobContext,
+    data: dict[str, Any],
+    thread: _HandlerThread,
+) -> Any:
+    thread.ident = threading.get_ident()
     try:
         return handler(ctx, data)
     except BaseException as exc:  # noqa: BLE001 - the thread pool must never see SystemExit
         raise _HandlerRaised(exc) from None
+    finally:
+        thread.ident = None
 
 
 async def run_attempt(
@@ -177,8 +208,13 @@ async def run_attempt(
     executor: Executor | None = None,
     rand: Callable[[], float] = random.random,
     cancel_grace: float | None = None,
+    runner_type: str = "",
 ) -> Outcome:
     """Run ``attempt``'s handler once and return its one outcome.
+
+    The attempt is observed here, once for every backend: a span ``jobrunner.run <name>``
+    continuing the enqueuer's trace (docs/howto/observability.md), a log record for its start
+    (debug) and for every ending but success, and the attempt counters and histograms.
 
     Args:
         attempt: The claimed attempt; stop it from outside with :meth:`Attempt.abort`.
@@ -187,32 +223,85 @@ async def run_attempt(
         rand: Source of jitter for the retry delay.
         cancel_grace: Seconds a cancelled ``async def`` handler gets to finish (default
             :data:`CANCEL_GRACE`).
+        runner_type: The backend's name, for logs and metrics.
 
     Returns:
         :class:`Completed`, :class:`Failed` or :class:`Aborted`. Cancelling the task that
         awaits this stops the handler and re-raises ``CancelledError`` (no outcome).
     """
     ctx = attempt.ctx
+    carrier = ctx.metadata.pop(telemetry.TRACE_CONTEXT_KEY, None)
+    span = telemetry.attempt_span(
+        name=ctx.name,
+        job_id=ctx.job_id,
+        tenant=ctx.tenant,
+        attempt=ctx.attempt,
+        queue=ctx.queue,
+        runner_type=runner_type,
+        carrier=carrier,
+    )
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "job %s (%s) attempt %d/%d started",
+            ctx.job_id,
+            ctx.name,
+            ctx.attempt,
+            ctx.max_attempts,
+            extra=_log_fields(attempt, runner_type),
+        )
+    try:
+        with span.current():
+            outcome = await _run(attempt, spec, executor, rand, cancel_grace)
+    except BaseException:
+        span.end("interrupted", None, {})
+        raise
+    _report(attempt, outcome, span, runner_type)
+    return outcome
+
+
+async def _run(
+    attempt: Attempt,
+    spec: HandlerSpec | None,
+    executor: Executor | None,
+    rand: Callable[[], float],
+    cancel_grace: float | None,
+) -> Outcome:
+    ctx = attempt.ctx
     if spec is None:
         # Failed for good (docs/concepts.md): waiting would not give this worker the handler.
-        return Failed(describe_error(HandlerNotFoundError(ctx.name)), None)
+        missing = HandlerNotFoundError(ctx.name)
+        return Failed(describe_error(missing), None, missing)
     timeout = attempt.policy.timeout
     loop = asyncio.get_running_loop()
+    thread = _HandlerThread()
     if spec.is_async:
         work: asyncio.Future[Any] = loop.create_task(
             _call_async(spec.handler, ctx, attempt.data), name=f"jobrunner-handler-{ctx.job_id}"
         )
     else:
-        work = loop.run_in_executor(
-            executor, _call_sync, spec.handler, SyncJobContext(ctx, loop), attempt.data
+        # The handler's thread runs in a copy of this context: the attempt's span is current
+        # there too (run_in_executor alone does not carry context variables).
+        call = functools.partial(
+            contextvars.copy_context().run,
+            _call_sync,
+            spec.handler,
+            SyncJobContext(ctx, loop),
+            attempt.data,
+            thread,
         )
+        work = loop.run_in_executor(executor, call)
     stopper = loop.create_task(attempt._aborted.wait())
+    where: str | None = None
     try:
         done, _ = await asyncio.wait(
             {work, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         finished_first = work in done
         if not finished_first:
+            if attempt.abort_reason is None:
+                # The timeout: where the handler is now is what its error must show.
+                attempt.timed_out = True
+                where = _handler_stack(work, thread) if spec.is_async else _thread_stack(thread)
             ctx.mark_cancelled()
             work.add_done_callback(_retrieve_late)
             if spec.is_async:
@@ -231,7 +320,10 @@ async def run_attempt(
     elif attempt.abort_reason is not None:
         outcome = Aborted(attempt.abort_reason)
     else:
-        outcome = attempt.fail_with(timeout_error(timeout), rand)
+        expired = timeout_error(timeout)
+        if where:
+            expired.add_note(where)
+        outcome = attempt.fail_with(expired, rand)
     if not isinstance(outcome, Aborted):
         await _flush_progress(ctx)
     ctx.cancel_pending_flush()
@@ -289,7 +381,7 @@ def _classify(attempt: Attempt, work: asyncio.Future[Any], rand: Callable[[], fl
     try:
         return Completed(storable_result(work.result()))
     except NonRetryable as problem:
-        return Failed(describe_error(problem), None)
+        return Failed(describe_error(problem), None, problem)
 
 
 _NUL_ESCAPE = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")
@@ -327,3 +419,186 @@ async def _flush_progress(ctx: JobContext) -> None:
     # Progress is best effort: an unwritable last progress value never costs the outcome.
     with contextlib.suppress(Exception):
         await ctx.flush_progress()
+
+
+# -- where a timed-out handler was -------------------------------------------------------------
+_STACK_LIMIT = 100
+
+
+def _handler_stack(work: asyncio.Future[Any], thread: _HandlerThread) -> str:
+    """The stack of an ``async def`` handler's task, from the handler down to the await it is
+    suspended in (``Task.get_stack`` stops at the outermost coroutine; this follows
+    ``cr_await`` through every coroutine awaited)."""
+    if not isinstance(work, asyncio.Task):
+        return _thread_stack(thread)
+    frames: list[tuple[types.FrameType, int]] = []
+    awaited: Any = work.get_coro()
+    while awaited is not None and len(frames) < _STACK_LIMIT:
+        frame = (
+            getattr(awaited, "cr_frame", None)
+            or getattr(awaited, "gi_frame", None)
+            or getattr(awaited, "ag_frame", None)
+        )
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        awaited = (
+            getattr(awaited, "cr_await", None)
+            or getattr(awaited, "gi_yieldfrom", None)
+            or getattr(awaited, "ag_await", None)
+        )
+    # The first frame is jobrunner's own wrapper around the handler.
+    return _format_stack(traceback.StackSummary.extract(frames[1:] or frames))
+
+
+def _thread_stack(thread: _HandlerThread) -> str:
+    """The stack of the thread running a plain ``def`` handler, down to the line it runs."""
+    ident = thread.ident
+    frame = None if ident is None else sys._current_frames().get(ident)
+    if frame is None:
+        return "The handler had not started when it timed out (every handler thread was busy)."
+    summary = traceback.StackSummary.extract(traceback.walk_stack(frame), limit=_STACK_LIMIT)
+    summary.reverse()
+    # Drop the thread pool's and jobrunner's frames above the handler.
+    for index, entry in enumerate(summary):
+        if entry.name == "_call_sync" and entry.filename == __file__:
+            summary = traceback.StackSummary.from_list(summary[index + 1 :])
+            break
+    return _format_stack(summary)
+
+
+def _format_stack(summary: traceback.StackSummary) -> str:
+    if not summary:
+        return "The handler's stack at the timeout could not be read."
+    return "The handler was here when it timed out (most recent call last):\n" + "".join(
+        summary.format()
+    ).rstrip("\n")
+
+
+# -- logs, spans and metrics of an attempt -----------------------------------------------------
+def _log_fields(attempt: Attempt, runner_type: str) -> dict[str, Any]:
+    ctx = attempt.ctx
+    return {
+        "job_id": str(ctx.job_id),
+        "job_name": ctx.name,
+        "tenant": str(ctx.tenant),
+        "attempt": ctx.attempt,
+        "max_attempts": ctx.max_attempts,
+        "queue": ctx.queue,
+        "runner_type": runner_type,
+    }
+
+
+_ABORT_LOGS: dict[AbortReason, tuple[int, str]] = {
+    AbortReason.CANCELLED: (logging.INFO, "cancelled; its handler was stopped"),
+    AbortReason.LEASE_LOST: (
+        logging.WARNING,
+        "lost its lease; its handler was stopped (the job's new holder decides its outcome)",
+    ),
+    AbortReason.SHUTDOWN: (
+        logging.INFO,
+        "was handed back unfinished (the worker is stopping; the attempt does not count)",
+    ),
+    AbortReason.INTERRUPTED: (logging.WARNING, "was interrupted before its handler finished"),
+}
+
+
+def _report(
+    attempt: Attempt, outcome: Outcome, span: telemetry.AttemptSpan, runner_type: str
+) -> None:
+    ctx = attempt.ctx
+    fields = _log_fields(attempt, runner_type)
+    duration_ms = attempt.duration_ms
+    fields["duration_ms"] = round(duration_ms, 3)
+    span_attributes: dict[str, Any] = {}
+    error: JobError | None = None
+    kind: str | None
+    if isinstance(outcome, Completed):
+        kind = label = "completed"
+        logger.debug(
+            "job %s (%s) attempt %d completed in %.0f ms",
+            ctx.job_id,
+            ctx.name,
+            ctx.attempt,
+            duration_ms,
+            extra=fields,
+        )
+    elif isinstance(outcome, Failed):
+        error = outcome.error
+        kind = label = "failed" if outcome.retry_in is None else "retried"
+        what = (
+            f"timed out after {attempt.policy.timeout:g} s"
+            if attempt.timed_out
+            else f"failed: {error.type}: {error.message}"
+        )
+        fields.update(
+            outcome="failed" if outcome.retry_in is None else "retrying",
+            timed_out=attempt.timed_out,
+            error_type=error.type,
+        )
+        exc = outcome.exception
+        exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+        if outcome.retry_in is None:
+            logger.error(
+                "job %s (%s) attempt %d/%d %s; the job failed for good",
+                ctx.job_id,
+                ctx.name,
+                ctx.attempt,
+                ctx.max_attempts,
+                what,
+                extra=fields,
+                exc_info=exc_info,
+            )
+        else:
+            next_run = _next_run(outcome.retry_in)
+            fields.update(retry_in=outcome.retry_in, next_run_at=next_run)
+            span_attributes["jobrunner.retry_in"] = outcome.retry_in
+            logger.warning(
+                "job %s (%s) attempt %d/%d %s; retrying in %.3g s (at %s)",
+                ctx.job_id,
+                ctx.name,
+                ctx.attempt,
+                ctx.max_attempts,
+                what,
+                outcome.retry_in,
+                next_run,
+                extra=fields,
+                exc_info=exc_info,
+            )
+        label = "timeout" if attempt.timed_out else label
+        span_attributes["jobrunner.timed_out"] = attempt.timed_out
+    else:
+        reason = outcome.reason
+        kind = "cancelled" if reason is AbortReason.CANCELLED else None
+        label = reason.value
+        level, text = _ABORT_LOGS[reason]
+        fields["outcome"] = reason.value
+        logger.log(
+            level,
+            "job %s (%s) attempt %d %s",
+            ctx.job_id,
+            ctx.name,
+            ctx.attempt,
+            text,
+            extra=fields,
+        )
+    span.end(label, error, span_attributes)
+    telemetry.record_attempt(
+        kind,
+        name=ctx.name,
+        queue=ctx.queue,
+        runner_type=runner_type,
+        tenant=ctx.tenant,
+        duration=duration_ms / 1000,
+        queue_wait=None
+        if attempt.due_at is None
+        else max(attempt.started_wall - attempt.due_at, 0.0),
+    )
+
+
+def _next_run(retry_in: float) -> str:
+    try:
+        when = datetime.now(UTC) + timedelta(seconds=retry_in)
+    except OverflowError:
+        return "never (beyond the calendar)"
+    return when.isoformat(timespec="milliseconds")

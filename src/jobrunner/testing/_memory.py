@@ -1191,6 +1191,7 @@ class InMemoryJobRunner(JobRunner):
         running = _Running(
             job, Attempt(ctx, _roundtrip(job.data), job.policy), asyncio.get_running_loop()
         )
+        running.attempt.due_at = job.run_at.timestamp()
         self._running[running.key] = running
         self.attempts_run += 1
         self._notify()
@@ -1204,7 +1205,11 @@ class InMemoryJobRunner(JobRunner):
             self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="jobrunner-mem")
         try:
             outcome = await run_attempt(
-                attempt, self.registry.find(job.name), executor=self._executor, rand=self.rand
+                attempt,
+                self.registry.find(job.name),
+                executor=self._executor,
+                rand=self.rand,
+                runner_type=self.runner_type,
             )
             if isinstance(outcome, Failed):
                 self._record_failure(

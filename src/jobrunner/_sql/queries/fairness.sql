@@ -238,7 +238,7 @@ claimed AS (
     FROM locked l
     WHERE j.tenant = l.tenant AND j.job_id = l.job_id
     RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
-              j.queue, j.metadata, j.schedule_id, j.started_at, j.policy
+              j.queue, j.metadata, j.schedule_id, j.started_at, j.policy, j.run_at
 ),
 served AS (
     SELECT p.tenant, max(p.vstart + 1 / p.weight) AS new_pass, max(p.vstart) AS last_v
@@ -272,5 +272,5 @@ pruned AS (
       AND e.at <= clock.ts - cp.rate_period
 )
 SELECT tenant, job_id, type, data, attempts, max_attempts, lease_token, queue, metadata,
-       schedule_id, started_at, policy
+       schedule_id, started_at, policy, run_at
 FROM claimed

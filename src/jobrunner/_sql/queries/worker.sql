@@ -39,7 +39,7 @@ SET status = 'processing',
     updated_at = timezone('utc', now())
 WHERE j.ctid = ANY(ARRAY(SELECT row_ctid FROM picked))
 RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
-          j.queue, j.metadata, j.schedule_id, j.started_at, j.policy
+          j.queue, j.metadata, j.schedule_id, j.started_at, j.policy, j.run_at
 
 -- name: next_due_in
 SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM {schema}.jobs
@@ -207,6 +207,11 @@ SELECT job_id, pg_notify(%(channel)s, queue) AS notified FROM released
 
 -- name: notify_jobs
 SELECT pg_notify(%(channel)s, %(payload)s)
+
+-- name: listen_channel
+-- LISTEN takes no parameters: {channel} is rendered as an identifier
+-- (Queries.with_identifiers).
+LISTEN {channel}
 
 -- name: pin_policy
 -- A job enqueued without a policy (an older release, or a producer without the handler) takes

@@ -148,9 +148,13 @@ class JobActivities:
             _sink=_ProgressMirror(self.store, info.workflow_id or "", info.workflow_run_id),
         )
         attempt = Attempt(ctx, inp.data, policy)
+        scheduled = info.current_attempt_scheduled_time
+        if scheduled is not None:
+            attempt.due_at = scheduled.timestamp()
         beat = asyncio.create_task(self._heartbeat(ctx), name=f"jobrunner-heartbeat-{job_id}")
         work = asyncio.create_task(
-            run_attempt(attempt, spec, executor=self.executor), name=f"jobrunner-run-{job_id}"
+            run_attempt(attempt, spec, executor=self.executor, runner_type="temporal"),
+            name=f"jobrunner-run-{job_id}",
         )
         self.running[inp.job_id] = attempt
         try:

@@ -1,0 +1,452 @@
+"""Traces, metrics and attempt logs: what jobrunner reports about the jobs it runs.
+
+OpenTelemetry is optional (the ``otel`` extra). Without ``opentelemetry-api`` installed every
+hook here is a cheap no-op and nothing imports it; with it installed, spans and metric
+instruments go to whatever TracerProvider / MeterProvider the application configured (the API
+is a no-op until it does), so no jobrunner call is needed to turn tracing on.
+
+The trace context of an enqueue travels with the job, in its metadata under
+:data:`TRACE_CONTEXT_KEY` (W3C ``traceparent``/``tracestate`` as the application's propagator
+writes them), so the span of each attempt continues the enqueuer's trace in whichever process
+and host runs it, on every backend: the PostgreSQL worker reads it from the claimed row, the
+Temporal activity from the job's row, the in-memory runner from its job.
+
+Counters and histograms are also kept in process (:func:`snapshot`) for the Prometheus
+collector (``jobrunner.prometheus``), which needs neither OpenTelemetry nor its SDK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobrunner._models import JobError
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "TRACE_CONTEXT_KEY",
+    "MetricsSnapshot",
+    "attach_trace_context",
+    "enqueue_span",
+    "record_attempt",
+    "record_enqueued",
+    "set_tenant_label",
+    "snapshot",
+    "step_span",
+]
+
+#: Metadata key holding the enqueuer's trace context (reserved; the attempt consumes it).
+TRACE_CONTEXT_KEY = "jobrunner.trace_context"
+
+#: Histogram bucket bounds in seconds (queue wait and run time), Prometheus-style.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+
+_MESSAGING_SYSTEM = "jobrunner"
+
+
+# -- OpenTelemetry, loaded on first use ----------------------------------------------------------
+class _Otel:
+    """The OpenTelemetry API objects jobrunner uses (only built when the API is installed)."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, metrics, propagate, trace
+
+        version = _package_version()
+        self.context = context
+        self.propagate = propagate
+        self.trace = trace
+        self.tracer = trace.get_tracer("jobrunner", version)
+        meter = metrics.get_meter("jobrunner", version)
+        self.counters = {
+            kind: meter.create_counter(
+                f"jobrunner.jobs.{kind}", unit="{job}", description=description
+            )
+            for kind, description in _COUNTERS.items()
+        }
+        self.queue_wait = meter.create_histogram(
+            "jobrunner.job.queue_wait",
+            unit="s",
+            description="Seconds from a job's due time to the start of its attempt",
+        )
+        self.duration = meter.create_histogram(
+            "jobrunner.job.duration", unit="s", description="Seconds an attempt ran"
+        )
+
+
+_COUNTERS = {
+    "enqueued": "Jobs enqueued (a singleton key that matched an existing job counts nothing)",
+    "completed": "Attempts that completed their job",
+    "failed": "Attempts that failed their job for good (no attempts left or not retryable)",
+    "retried": "Failed attempts whose job runs again later",
+    "cancelled": "Attempts stopped because their job was cancelled",
+}
+
+_UNLOADED: Any = object()
+_otel_state: Any = _UNLOADED
+_otel_lock = threading.Lock()
+
+
+def _otel() -> _Otel | None:
+    global _otel_state
+    state = _otel_state
+    if state is _UNLOADED:
+        with _otel_lock:
+            if _otel_state is _UNLOADED:
+                try:
+                    _otel_state = _Otel()
+                except ImportError:
+                    _otel_state = None
+            state = _otel_state
+    return state  # type: ignore[no-any-return]
+
+
+def _package_version() -> str:
+    from importlib import metadata
+
+    for name in ("jobrunner-pg", "jobrunner"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return metadata.version(name)
+    return "0"
+
+
+# -- in-process tallies (the Prometheus collector reads them) ------------------------------------
+@dataclass
+class _Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        index = len(DURATION_BUCKETS)
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if value <= bound:
+                index = i
+                break
+        self.buckets[index] += 1
+        self.total += value
+        self.count += 1
+
+
+Labels = tuple[str, str, str, str]
+"""(job name, queue, runner type, tenant or ``""``)."""
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Counters and histograms recorded in this process since it started."""
+
+    counters: dict[str, dict[Labels, int]]
+    """Counter kind (``enqueued``, ``completed``, ...) to its value per label set."""
+    histograms: dict[str, dict[Labels, tuple[list[int], float, int]]]
+    """``queue_wait`` / ``duration`` to (per-bucket counts, sum, count) per label set; the
+    last bucket is everything over the largest bound."""
+
+
+class _Tallies:
+    def __init__(self) -> None:
+        # Sync runners run their loop in another thread than the application's runner.
+        self.lock = threading.Lock()
+        self.counters: dict[str, dict[Labels, int]] = {kind: {} for kind in _COUNTERS}
+        self.histograms: dict[str, dict[Labels, _Histogram]] = {"queue_wait": {}, "duration": {}}
+
+    def add(self, kind: str, labels: Labels, amount: int = 1) -> None:
+        with self.lock:
+            table = self.counters[kind]
+            table[labels] = table.get(labels, 0) + amount
+
+    def observe(self, kind: str, labels: Labels, value: float) -> None:
+        with self.lock:
+            table = self.histograms[kind]
+            found = table.get(labels)
+            if found is None:
+                found = table[labels] = _Histogram()
+            found.observe(value)
+
+    def snapshot(self) -> MetricsSnapshot:
+        with self.lock:
+            return MetricsSnapshot(
+                counters={kind: dict(table) for kind, table in self.counters.items()},
+                histograms={
+                    kind: {k: (list(h.buckets), h.total, h.count) for k, h in table.items()}
+                    for kind, table in self.histograms.items()
+                },
+            )
+
+
+_tallies = _Tallies()
+_tenant_label = False
+
+
+def set_tenant_label(enabled: bool) -> None:
+    """Label counters and histograms with the tenant too (off by default: one series per
+    tenant can be a great many)."""
+    global _tenant_label
+    _tenant_label = bool(enabled)
+
+
+def snapshot() -> MetricsSnapshot:
+    """The counters and histograms recorded in this process."""
+    return _tallies.snapshot()
+
+
+def _labels(name: str, queue: str, runner_type: str, tenant: object) -> Labels:
+    return (name, queue, runner_type, str(tenant) if _tenant_label else "")
+
+
+def _attributes(labels: Labels) -> dict[str, str]:
+    attributes = {
+        "jobrunner.job.name": labels[0],
+        "messaging.destination.name": labels[1],
+        "jobrunner.runner_type": labels[2],
+    }
+    if labels[3]:
+        attributes["jobrunner.tenant"] = labels[3]
+    return attributes
+
+
+def _count(kind: str, labels: Labels, amount: int = 1) -> None:
+    _tallies.add(kind, labels, amount)
+    otel = _otel()
+    if otel is not None:
+        otel.counters[kind].add(amount, _attributes(labels))
+
+
+# -- enqueue -------------------------------------------------------------------------------------
+class EnqueueSpan:
+    """The span of one enqueue call; :meth:`done` reports what it wrote."""
+
+    __slots__ = ("_queue", "_runner_type", "_span", "name")
+
+    def __init__(self, span: Any, name: str, queue: str | None, runner_type: str) -> None:
+        self._span = span
+        self.name = name
+        self._queue = queue
+        self._runner_type = runner_type
+
+    def done(self, handles: list[Any], queue: str | None = None) -> None:
+        """Record the jobs written (``ScheduledJob`` handles) on the span and the counter."""
+        queue_name = queue or self._queue or "default"
+        created = [h for h in handles if getattr(h, "created", True)]
+        if created:
+            tenant = created[0].tenant
+            _count(
+                "enqueued", _labels(self.name, queue_name, self._runner_type, tenant), len(created)
+            )
+        span = self._span
+        if span is None or not span.is_recording():
+            return
+        span.set_attribute("messaging.destination.name", queue_name)
+        if len(handles) == 1:
+            handle = handles[0]
+            span.set_attribute("messaging.message.id", str(handle.job_id))
+            span.set_attribute("jobrunner.job_id", str(handle.job_id))
+            span.set_attribute("jobrunner.tenant", str(handle.tenant))
+            span.set_attribute("jobrunner.created", bool(getattr(handle, "created", True)))
+        else:
+            span.set_attribute("messaging.batch.message_count", len(handles))
+            if handles:
+                span.set_attribute("jobrunner.tenant", str(handles[0].tenant))
+
+
+@contextlib.contextmanager
+def enqueue_span(name: object, queue: object, runner_type: str) -> Iterator[EnqueueSpan]:
+    """A producer span ``jobrunner.enqueue <name>`` around an enqueue, made current so that
+    :func:`attach_trace_context` stores it with the job; errors are recorded on it."""
+    job_name = name if isinstance(name, str) else "?"
+    queue_name = queue if isinstance(queue, str) else None
+    otel = _otel()
+    if otel is None:
+        yield EnqueueSpan(None, job_name, queue_name, runner_type)
+        return
+    attributes = {
+        "messaging.system": _MESSAGING_SYSTEM,
+        "messaging.operation.type": "create",
+        "messaging.operation.name": "enqueue",
+        "jobrunner.job.name": job_name,
+        "jobrunner.runner_type": runner_type,
+    }
+    with otel.tracer.start_as_current_span(
+        f"jobrunner.enqueue {job_name}",
+        kind=otel.trace.SpanKind.PRODUCER,
+        attributes=attributes,
+    ) as span:
+        yield EnqueueSpan(span, job_name, queue_name, runner_type)
+
+
+def attach_trace_context(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Store the current trace context in ``metadata`` (in place; returned for chaining).
+
+    Only while a span is recording (an enqueue span under a configured TracerProvider): with
+    tracing off the metadata is left exactly as given.
+    """
+    otel = _otel()
+    if otel is None:
+        return metadata
+    if not otel.trace.get_current_span().get_span_context().is_valid:
+        return metadata
+    carrier: dict[str, str] = {}
+    otel.propagate.inject(carrier)
+    if carrier:
+        metadata[TRACE_CONTEXT_KEY] = carrier
+    return metadata
+
+
+def record_enqueued(name: str, queue: str, runner_type: str, tenant: object, count: int) -> None:
+    """Count ``count`` jobs enqueued outside :func:`enqueue_span` (recurring schedule runs)."""
+    if count > 0:
+        _count("enqueued", _labels(name, queue, runner_type, tenant), count)
+
+
+# -- attempts ------------------------------------------------------------------------------------
+class AttemptSpan:
+    """The consumer span ``jobrunner.run <name>`` of one attempt (a no-op without tracing)."""
+
+    __slots__ = ("_otel", "_span", "_token")
+
+    def __init__(self, otel: _Otel | None, span: Any) -> None:
+        self._otel = otel
+        self._span = span
+        self._token: Any = None
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """Make the span current (handler tasks and threads started inside inherit it)."""
+        if self._otel is None or self._span is None:
+            yield
+            return
+        token = self._otel.context.attach(self._otel.trace.set_span_in_context(self._span))
+        try:
+            yield
+        finally:
+            self._otel.context.detach(token)
+
+    def end(self, outcome: str, error: JobError | None, attributes: Mapping[str, Any]) -> None:
+        """End the span with the attempt's outcome; a failure is recorded as its error."""
+        span = self._span
+        if span is None:
+            return
+        if span.is_recording():
+            span.set_attribute("jobrunner.outcome", outcome)
+            for key, value in attributes.items():
+                if value is not None:
+                    span.set_attribute(key, value)
+            if error is not None:
+                assert self._otel is not None
+                span.add_event(
+                    "exception",
+                    {
+                        "exception.type": error.type,
+                        "exception.message": error.message,
+                        "exception.stacktrace": error.traceback or "",
+                    },
+                )
+                span.set_status(self._otel.trace.Status(self._otel.trace.StatusCode.ERROR))
+                span.set_attribute("error.type", error.type)
+        span.end()
+
+
+def attempt_span(
+    *,
+    name: str,
+    job_id: object,
+    tenant: object,
+    attempt: int,
+    queue: str,
+    runner_type: str,
+    carrier: object,
+) -> AttemptSpan:
+    """Start the span of an attempt as a child of the enqueuer's span (``carrier``, the
+    stored trace context), or as a new trace when there is none."""
+    otel = _otel()
+    if otel is None:
+        return AttemptSpan(None, None)
+    parent = None
+    if isinstance(carrier, Mapping):
+        values = {str(k): v for k, v in carrier.items() if isinstance(v, str)}
+        # A malformed stored context extracts as none: the attempt starts a new trace.
+        parent = otel.propagate.extract(values)
+    span = otel.tracer.start_span(
+        f"jobrunner.run {name}",
+        context=parent,
+        kind=otel.trace.SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": _MESSAGING_SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "run",
+            "messaging.destination.name": queue,
+            "messaging.message.id": str(job_id),
+            "jobrunner.job.name": name,
+            "jobrunner.job_id": str(job_id),
+            "jobrunner.tenant": str(tenant),
+            "jobrunner.attempt": attempt,
+            "jobrunner.runner_type": runner_type,
+        },
+    )
+    return AttemptSpan(otel, span)
+
+
+def record_attempt(
+    kind: str | None,
+    *,
+    name: str,
+    queue: str,
+    runner_type: str,
+    tenant: object,
+    duration: float,
+    queue_wait: float | None,
+) -> None:
+    """Count an attempt's outcome (``kind`` is a counter kind or ``None``) and its timings."""
+    labels = _labels(name, queue, runner_type, tenant)
+    if kind is not None:
+        _count(kind, labels)
+    _tallies.observe("duration", labels, duration)
+    if queue_wait is not None:
+        _tallies.observe("queue_wait", labels, queue_wait)
+    otel = _otel()
+    if otel is not None:
+        attributes = _attributes(labels)
+        otel.duration.record(duration, attributes)
+        if queue_wait is not None:
+            otel.queue_wait.record(queue_wait, attributes)
+
+
+# -- steps ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def step_span(step: str, *, job_name: str, job_id: object, attempt: int) -> Iterator[None]:
+    """A span ``jobrunner.step <step>`` around a ``ctx.step`` block (child of the current
+    span: the attempt's, or one the handler opened); its error is recorded."""
+    otel = _otel()
+    if otel is None:
+        yield
+        return
+    with otel.tracer.start_as_current_span(
+        f"jobrunner.step {step}",
+        attributes={
+            "jobrunner.step": step,
+            "jobrunner.job.name": job_name,
+            "jobrunner.job_id": str(job_id),
+            "jobrunner.attempt": attempt,
+        },
+    ):
+        yield

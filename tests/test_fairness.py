@@ -7,6 +7,7 @@ choice; tests/test_fairness_processes.py proves the same rules across worker pro
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 
 from jobrunner import ALL_TENANTS, InvalidArgumentError, SyncJobRunner
+from jobrunner._queue._store import ClaimedJob, ClaimRequest, CompletedAttempt, OutcomeBatch
 from jobrunner.backends.postgres import PostgresJobRunner
-from jobrunner.backends.postgres._flow import FlowGate
 from jobrunner.testing import running_worker
 
 A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -32,42 +33,26 @@ async def prunner(make_runner: MakeRunner) -> PostgresJobRunner:
     return await make_runner(require_registered=False)
 
 
-async def claim(
-    runner: PostgresJobRunner, limit: int, *, force: bool = True
-) -> list[dict[str, Any]]:
-    """One claim as a worker would make it; returns the claimed rows."""
-    gate = FlowGate(runner.db, force=force)
-    params = {
-        "queues": ["default"],
-        "limit": limit,
-        "worker_id": uuid.uuid4(),
-        "lease_seconds": 30.0,
-    }
-    async with runner.db.connection() as conn:
-        rows = await gate.claim(conn, params)
-        if rows is None:
-            cur = await conn.execute(runner.db.queries.claim_jobs, params)
-            rows = await cur.fetchall()
-            if not rows:
-                rows = await gate.claim_after_empty(conn, params)
-    return list(rows)
+async def claim(runner: PostgresJobRunner, limit: int, *, force: bool = True) -> list[ClaimedJob]:
+    """One claim as a worker's store makes it; returns the claimed jobs."""
+    request = ClaimRequest(
+        worker_id=uuid.uuid4(),
+        queues=("default",),
+        limit=limit,
+        lease_seconds=30.0,
+        fair=force,
+    )
+    store = runner.queue_store()
+    try:
+        return (await store.claim(request)).jobs
+    finally:
+        await store.close()
 
 
-async def finish(runner: PostgresJobRunner, rows: list[dict[str, Any]]) -> None:
-    """Complete claimed rows (frees their capacity)."""
-    async with runner.db.connection() as conn:
-        await conn.execute(
-            runner.db.queries.complete_jobs,
-            {
-                "tenants": [r["tenant"] for r in rows],
-                "job_ids": [r["job_id"] for r in rows],
-                "tokens": [r["lease_token"] for r in rows],
-                "results": [None] * len(rows),
-                "started": [r["started_at"] for r in rows],
-                "durations": [1.0] * len(rows),
-                "worker_id": str(uuid.uuid4()),
-            },
-        )
+async def finish(runner: PostgresJobRunner, jobs: list[ClaimedJob]) -> None:
+    """Complete claimed jobs (frees their capacity)."""
+    batch = OutcomeBatch(completed=[CompletedAttempt(j.ref, None, time.time(), 1.0) for j in jobs])
+    await runner.schedule_store.record_outcomes(batch, worker_id=uuid.uuid4(), per_statement=1000)
 
 
 async def test_round_robin_serves_a_small_tenant_next_to_a_big_backlog(
@@ -76,10 +61,10 @@ async def test_round_robin_serves_a_small_tenant_next_to_a_big_backlog(
     await prunner.schedule_jobs("work", [{"i": i} for i in range(500)], tenant=A)
     await prunner.schedule_jobs("work", [{"i": i} for i in range(6)], tenant=B)
     first = await claim(prunner, 8)
-    counts = Counter(r["tenant"] for r in first)
+    counts = Counter(r.tenant for r in first)
     assert counts == {A: 4, B: 4}
     second = await claim(prunner, 8)
-    assert Counter(r["tenant"] for r in second) == {A: 6, B: 2}  # B has only 2 left
+    assert Counter(r.tenant for r in second) == {A: 6, B: 2}  # B has only 2 left
 
 
 async def test_without_flow_control_the_plain_claim_serves_the_backlog_first(
@@ -89,7 +74,7 @@ async def test_without_flow_control_the_plain_claim_serves_the_backlog_first(
     await prunner.schedule_jobs("work", [{"i": i} for i in range(50)], tenant=A)
     await prunner.schedule_jobs("work", [{"i": i} for i in range(6)], tenant=B)
     rows = await claim(prunner, 8, force=False)
-    assert Counter(r["tenant"] for r in rows) == {A: 8}
+    assert Counter(r.tenant for r in rows) == {A: 8}
 
 
 async def test_weights_share_claims_in_proportion(prunner: PostgresJobRunner) -> None:
@@ -98,7 +83,7 @@ async def test_weights_share_claims_in_proportion(prunner: PostgresJobRunner) ->
     await prunner.flow.set_tenant_weight(A, 3)
     got: Counter[uuid.UUID] = Counter()
     for _ in range(10):
-        got.update(r["tenant"] for r in await claim(prunner, 4))
+        got.update(r.tenant for r in await claim(prunner, 4))
     assert sum(got.values()) == 40
     assert 28 <= got[A] <= 32, got
 
@@ -112,7 +97,7 @@ async def test_a_returning_tenant_gets_no_burst_for_its_idle_time(
         await claim(prunner, 10)  # A alone: its pass and the virtual clock advance
     await prunner.schedule_jobs("work", [{} for _ in range(100)], tenant=B)
     rows = await claim(prunner, 10)
-    assert Counter(r["tenant"] for r in rows) == {A: 5, B: 5}
+    assert Counter(r.tenant for r in rows) == {A: 5, B: 5}
 
 
 async def test_priorities_still_order_a_tenants_own_jobs(prunner: PostgresJobRunner) -> None:
@@ -120,8 +105,8 @@ async def test_priorities_still_order_a_tenants_own_jobs(prunner: PostgresJobRun
     await prunner.schedule_jobs("work", [{"p": 9} for _ in range(3)], tenant=A, priority=9)
     await prunner.schedule_jobs("work", [{"p": 0} for _ in range(5)], tenant=B)
     rows = await claim(prunner, 6)
-    assert sorted(r["data"]["p"] for r in rows if r["tenant"] == A) == [9, 9, 9]
-    assert Counter(r["tenant"] for r in rows) == {A: 3, B: 3}
+    assert sorted(r.data["p"] for r in rows if r.tenant == A) == [9, 9, 9]
+    assert Counter(r.tenant for r in rows) == {A: 3, B: 3}
 
 
 async def test_concurrency_limits_per_tenant_name_and_pair(prunner: PostgresJobRunner) -> None:
@@ -133,14 +118,14 @@ async def test_concurrency_limits_per_tenant_name_and_pair(prunner: PostgresJobR
     await prunner.flow.set_concurrency_limit(tenant=ALL_TENANTS, name="report", limit=3)
     await prunner.flow.set_concurrency_limit(tenant=C, name="work", limit=1)
     held = await claim(prunner, 50)
-    key = Counter((r["tenant"], r["type"]) for r in held)
+    key = Counter((r.tenant, r.name) for r in held)
     assert key[(A, "work")] == 2
     assert key[(B, "report")] + key[(C, "report")] == 3
     assert key[(C, "work")] == 1
     assert await claim(prunner, 50) == []  # everything at its limit: nothing more
-    await finish(prunner, [r for r in held if r["tenant"] == A][:1])
+    await finish(prunner, [r for r in held if r.tenant == A][:1])
     again = await claim(prunner, 50)
-    assert [(r["tenant"], r["type"]) for r in again] == [(A, "work")]
+    assert [(r.tenant, r.name) for r in again] == [(A, "work")]
     limits = {(r.tenant, r.name): r for r in await prunner.flow.get_limits(tenant=ALL_TENANTS)}
     assert limits[(A, None)].running == 2
     assert limits[(A, None)].max_running == 2
@@ -155,25 +140,16 @@ async def test_rescue_and_release_free_capacity(prunner: PostgresJobRunner) -> N
     await prunner.flow.set_concurrency_limit(tenant=A, limit=1)
     (held,) = await claim(prunner, 5)
     assert await claim(prunner, 5) == []
-    async with prunner.db.connection() as conn:
-        await conn.execute(
-            prunner.db.queries.release_jobs,
-            {
-                "tenants": [held["tenant"]],
-                "job_ids": [held["job_id"]],
-                "tokens": [held["lease_token"]],
-                "channel": prunner.db.channel_jobs,
-            },
-        )
+    await prunner.schedule_store.release([held.ref])
     (held2,) = await claim(prunner, 5)
     assert await claim(prunner, 5) == []
     async with prunner.db.connection() as conn:  # the worker died: its lease runs out
         await conn.execute(
             f"UPDATE \"{prunner.schema}\".jobs SET lease_expires_at = now() - interval '1 s' "
             "WHERE job_id = %s",
-            (held2["job_id"],),
+            (held2.job_id,),
         )
-        await conn.execute(prunner.db.queries.rescue_expired)
+    assert await prunner.schedule_store.rescue_expired() == 1
     assert len(await claim(prunner, 5)) == 1
 
 
@@ -183,7 +159,7 @@ async def test_rate_limit_is_a_sliding_window(prunner: PostgresJobRunner) -> Non
     await prunner.flow.set_rate_limit(tenant=ALL_TENANTS, name="ping", count=3, per=3600)
     await prunner.flow.set_rate_limit(tenant=B, count=2, per=3600)
     rows = await claim(prunner, 20)
-    assert Counter(r["type"] for r in rows) == {"ping": 3, "work": 2}
+    assert Counter(r.name for r in rows) == {"ping": 3, "work": 2}
     await finish(prunner, rows)  # finishing does not refund a rate window
     assert await claim(prunner, 20) == []
     (rule,) = [r for r in await prunner.flow.get_limits(tenant=A) if r.name == "ping"]
@@ -191,7 +167,7 @@ async def test_rate_limit_is_a_sliding_window(prunner: PostgresJobRunner) -> Non
     assert rule.rate_count == 3
     assert rule.rate_period == 3600
     await prunner.flow.set_rate_limit(tenant=ALL_TENANTS, name="ping", count=None)
-    assert Counter(r["type"] for r in await claim(prunner, 20)) == {"ping": 7}
+    assert Counter(r.name for r in await claim(prunner, 20)) == {"ping": 7}
 
 
 async def test_pause_resume_and_purge(prunner: PostgresJobRunner) -> None:
@@ -201,14 +177,14 @@ async def test_pause_resume_and_purge(prunner: PostgresJobRunner) -> None:
     await prunner.flow.pause(tenant=A)
     await prunner.flow.pause(tenant=ALL_TENANTS, name="report")
     rows = await claim(prunner, 20)
-    assert Counter((r["tenant"], r["type"]) for r in rows) == {(B, "work"): 4}
+    assert Counter((r.tenant, r.name) for r in rows) == {(B, "work"): 4}
     await prunner.flow.resume(tenant=ALL_TENANTS, name="report")
-    assert Counter(r["type"] for r in await claim(prunner, 20)) == {"report": 4}
+    assert Counter(r.name for r in await claim(prunner, 20)) == {"report": 4}
     await prunner.flow.resume(tenant=A)
     (one,) = await claim(prunner, 1)
-    assert one["tenant"] == A
+    assert one.tenant == A
     assert await prunner.flow.purge_tenant(A) == 3  # the running one stays
-    info = await prunner.get_job_status(one["job_id"], tenant=A)
+    info = await prunner.get_job_status(one.job_id, tenant=A)
     assert info is not None
     assert info.status.value == "processing"
     assert await prunner.flow.purge_tenant(A) == 0

@@ -26,13 +26,27 @@ from jobrunner import (
     OverlapPolicy,
     ScheduleError,
 )
+from jobrunner._jobargs import recurring_args
 from jobrunner._legacy import JobScheduler
+from jobrunner._queue._ticker import ScheduleTicker
 from jobrunner.backends.postgres import PostgresJobRunner
-from jobrunner.backends.postgres import _schedules as schedules
-from jobrunner.backends.postgres._scheduler import Scheduler, fire_due
+from jobrunner.backends.postgres._schedule_ticks import fire_due
 from jobrunner.testing import running_worker
 
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+#: schedule_recurring_job's defaults, for schedules created with an injected clock.
+SCHEDULE_DEFAULTS: dict[str, Any] = {
+    "tenant": None,
+    "timezone": "UTC",
+    "singleton_key": None,
+    "missed_ticks": "latest",
+    "overlap": "allow",
+    "max_catch_up": 10,
+    "priority": 0,
+    "queue": None,
+    "user_id": None,
+    "metadata": None,
+}
 
 
 async def noop(ctx: JobContext, data: dict[str, Any]) -> None:
@@ -80,7 +94,9 @@ async def create(runner: PostgresJobRunner, expr: str, now: datetime = T0, **kw:
     kw.setdefault("name", "tick")
     name = kw.pop("name")
     data = kw.pop("data", {})
-    handle = await schedules.upsert_schedule(runner, name, data, expr, now=now, **kw)
+    options = {**SCHEDULE_DEFAULTS, **kw}
+    args = recurring_args(runner.registry, runner.require_registered, name, data, expr, **options)
+    handle = await runner.schedule_store.save_schedule(args, now=now)
     return handle.job_id
 
 
@@ -432,7 +448,7 @@ async def test_pause_and_resume(runner: PostgresJobRunner, reg: JobHandlerRegist
     assert tracker is not None and tracker.metadata["paused"] is True
     assert await fire(runner, T0 + timedelta(hours=1)) == []
     resume_at = T0 + timedelta(hours=1, minutes=2)
-    assert await schedules.set_paused(runner, tenant, sid, paused=False, now=resume_at)
+    assert await runner.schedule_store.set_schedule_paused(tenant, sid, paused=False, now=resume_at)
     [s] = await runner.list_schedules(tenant=tenant)
     # From the next future tick; ticks that fell while paused are not caught up.
     assert not s.paused and s.next_run_at == T0 + timedelta(hours=1, minutes=5)
@@ -510,7 +526,7 @@ async def test_workers_fire_on_time_exactly_once(
     reg.add("beat", beat)
     runner_a = await make_runner()
     runner_b = await make_runner()
-    extra = Scheduler(runner_b.db)
+    extra = ScheduleTicker(runner_b.queue_store())
     extra_task = asyncio.create_task(extra.run())
     try:
         async with (

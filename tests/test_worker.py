@@ -738,7 +738,7 @@ async def test_stop_while_database_is_away_is_bounded(
     """Stopping a worker whose last outcome cannot be written (database away) returns after a
     bounded wait instead of hanging; the job is not lost: its lease expires and it runs again."""
     from apps.proxy import TcpProxy
-    from jobrunner.backends.postgres import _worker
+    from jobrunner._queue import _worker
 
     monkeypatch.setattr(_worker, "_FINAL_WRITES_TIMEOUT", 1.0)
     params = psycopg.conninfo.conninfo_to_dict(jobrunner_dsn)

@@ -95,6 +95,11 @@ class Database:
         """NOTIFY channel announcing cancellations (payload: job id)."""
         return f"{self.schema}_cancel"
 
+    @property
+    def channel_schedules(self) -> str:
+        """NOTIFY channel telling tickers that a schedule changed (payload: schedule id)."""
+        return f"{self.schema}_schedules"
+
     async def open(self, *, wait: bool = True, timeout: float = 10.0) -> None:
         """Open the pool (idempotent)."""
         if self._opened:

@@ -54,6 +54,16 @@ class Queries:
         self._rendered[name] = text
         return text
 
+    def with_identifiers(self, name: str, **identifiers: str) -> str:
+        """The named query with ``{schema}`` and each ``{key}`` of ``identifiers`` rendered as
+        quoted identifiers (for statements that take no parameters there, e.g. ``LISTEN``)."""
+        try:
+            raw = _raw_queries()[name]
+        except KeyError:
+            raise AttributeError(f"no SQL query named {name!r}") from None
+        names = {key: sql.Identifier(value) for key, value in identifiers.items()}
+        return sql.SQL(raw).format(schema=sql.Identifier(self.schema), **names).as_string(None)
+
     @staticmethod
     def names() -> list[str]:
         """Every query name known."""

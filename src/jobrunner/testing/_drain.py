@@ -280,7 +280,7 @@ async def _fire_schedules(runner: PostgresJobRunner, until: datetime | None) -> 
     the in-memory runner, so ``missed_ticks`` does not collapse them. Jobs of future ticks are
     ``pending`` at their tick and made due by the caller.
     """
-    from jobrunner.backends.postgres._scheduler import fire_due
+    from jobrunner.backends.postgres._schedule_ticks import fire_due
 
     next_tick = sql.SQL(
         "SELECT min(next_run_at) AS at FROM {}.schedules "

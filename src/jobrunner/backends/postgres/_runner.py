@@ -20,7 +20,7 @@ from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._savepoint import caller_savepoint
 from jobrunner._db._store import JobStore
 from jobrunner._errors import DatabaseError, InvalidArgumentError, UnavailableError
-from jobrunner._jobargs import job_args
+from jobrunner._jobargs import job_args, recurring_args
 from jobrunner._models import (
     JobInfo,
     Metrics,
@@ -37,6 +37,8 @@ from jobrunner._validation import (
     as_tenant,
     as_uuid,
 )
+from jobrunner.backends.postgres._store import PostgresStore
+from jobrunner.backends.postgres._worker import PostgresWorker, WorkerSettings
 from jobrunner.registry import JobHandlerRegistry
 
 logger = logging.getLogger("jobrunner.postgres")
@@ -82,6 +84,9 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             database = Database(dsn, schema=schema, max_size=pool_size)
         self.db = database
         self.store = JobStore(database)
+        #: The runner's own queue store: schedule definitions and ticks (a worker gets a
+        #: store of its own from :meth:`queue_store`).
+        self.schedule_store = self.queue_store()
         self.require_registered = require_registered
         self.auto_migrate = auto_migrate
         self._started = False
@@ -459,11 +464,9 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         reason: str | None = None,
         cancelled_by: str | None = None,
     ) -> bool:
-        """Remove a recurring schedule whose tracker row is ``job_id``; see _schedules."""
-        from jobrunner.backends.postgres import _schedules
-
-        return await _schedules.cancel_schedule(
-            self, tenant, job_id, reason=reason, cancelled_by=cancelled_by
+        """Remove a recurring schedule whose tracker row is ``job_id``."""
+        return await self.schedule_store.remove_schedule(
+            tenant, job_id, reason=reason, cancelled_by=cancelled_by
         )
 
     async def retry_job(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
@@ -499,12 +502,10 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         user_id: uuid.UUID | str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> ScheduledJob:
-        """Create or update a recurring schedule; see :mod:`._schedules`."""
-        from jobrunner.backends.postgres import _schedules
-
-        await self._ensure_started()
-        return await _schedules.upsert_schedule(
-            self,
+        """Create or update a recurring schedule; see :mod:`._schedule_definitions`."""
+        args = recurring_args(
+            self.registry,
+            self.require_registered,
             name,
             data,
             expression,
@@ -519,30 +520,26 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             user_id=user_id,
             metadata=metadata,
         )
+        await self._ensure_started()
+        return await self.schedule_store.save_schedule(args)
 
     async def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:
         """The tenant's schedules."""
-        from jobrunner.backends.postgres import _schedules
-
         await self._ensure_started()
-        return await _schedules.list_schedules(self, as_tenant(tenant))
+        return await self.schedule_store.list_schedules(as_tenant(tenant))
 
     async def pause_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """Pause a schedule."""
-        from jobrunner.backends.postgres import _schedules
-
         await self._ensure_started()
-        return await _schedules.set_paused(
-            self, as_tenant(tenant), as_uuid(job_id, "job_id"), paused=True
+        return await self.schedule_store.set_schedule_paused(
+            as_tenant(tenant), as_uuid(job_id, "job_id"), paused=True
         )
 
     async def resume_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """Resume a paused schedule."""
-        from jobrunner.backends.postgres import _schedules
-
         await self._ensure_started()
-        return await _schedules.set_paused(
-            self, as_tenant(tenant), as_uuid(job_id, "job_id"), paused=False
+        return await self.schedule_store.set_schedule_paused(
+            as_tenant(tenant), as_uuid(job_id, "job_id"), paused=False
         )
 
     # -- workers ----------------------------------------------------------------------------
@@ -554,10 +551,13 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         **options: Any,
     ) -> PostgresWorker:
         """A worker for this runner's registry and database (see :class:`WorkerSettings`)."""
-        from jobrunner.backends.postgres._worker import PostgresWorker, WorkerSettings
-
         settings = WorkerSettings.build(concurrency=concurrency, queues=queues, **options)
         return PostgresWorker(self, settings)
+
+    def queue_store(self) -> PostgresStore:
+        """A new queue store on this runner's database, for one worker (it keeps that
+        worker's claim and flush connections; opening it starts the runner)."""
+        return PostgresStore(self.db, tables=self.store, ensure_started=self.start)
 
 
 class BulkPayloads:
@@ -597,4 +597,3 @@ def _handle(job_id: Any, tenant: uuid.UUID, *, created: bool) -> ScheduledJob:
 
 # Imported late for the type annotation above without a cycle at import time.
 from jobrunner.backends.postgres._flow import FlowControl  # noqa: E402
-from jobrunner.backends.postgres._worker import PostgresWorker  # noqa: E402

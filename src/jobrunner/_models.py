@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+from jobrunner._errors import JobCancelledError, JobFailedError, JobRunnerError
 
 __all__ = [
     "JobDetails",
@@ -20,6 +22,7 @@ __all__ = [
     "ScheduleInfo",
     "ScheduledJob",
     "StepInfo",
+    "SyncScheduledJob",
 ]
 
 
@@ -93,6 +96,71 @@ class ScheduledJob:
     """Tenant the job belongs to."""
     created: bool = True
     """False when a singleton key matched an existing job, which is returned instead."""
+    _runner: Any = field(default=None, init=False, repr=False, compare=False)
+
+    async def result(self, *, timeout: float | timedelta | None = None) -> Any:
+        """Wait until the job is final and return its handler's result.
+
+        Woken by the backend's notification when the job finishes (``wait_for_job``), not by
+        polling.
+
+        Args:
+            timeout: Seconds (or a ``timedelta``) to wait at most; ``None`` waits for ever.
+
+        Raises:
+            JobFailedError: the job failed for good (``.error`` is its last error).
+            JobCancelledError: the job was cancelled.
+            JobTimeoutError: ``timeout`` passed first (the job goes on).
+            JobRunnerError: this handle was not returned by a runner (build one with
+                ``runner.wait_for_job`` instead).
+        """
+        runner = _bound_runner(self)
+        return job_result(
+            await runner.wait_for_job(self.job_id, tenant=self.tenant, timeout=timeout)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SyncScheduledJob(ScheduledJob):
+    """What the blocking :class:`~jobrunner.SyncJobRunner` returns: ``result`` blocks."""
+
+    def result(self, *, timeout: float | timedelta | None = None) -> Any:
+        """Block until the job is final and return its handler's result (see
+        :meth:`ScheduledJob.result` for the errors)."""
+        runner = _bound_runner(self)
+        return job_result(runner.wait_for_job(self.job_id, tenant=self.tenant, timeout=timeout))
+
+
+def bind_handle(handle: ScheduledJob, runner: Any, *, sync: bool = False) -> ScheduledJob:
+    """``handle`` answering :meth:`ScheduledJob.result` through ``runner`` (a blocking
+    :class:`SyncScheduledJob` for the sync runner)."""
+    if sync and not isinstance(handle, SyncScheduledJob):
+        handle = SyncScheduledJob(
+            job_id=handle.job_id,
+            external_id=handle.external_id,
+            tenant=handle.tenant,
+            created=handle.created,
+        )
+    object.__setattr__(handle, "_runner", runner)
+    return handle
+
+
+def _bound_runner(handle: ScheduledJob) -> Any:
+    if handle._runner is None:
+        raise JobRunnerError(
+            f"this handle of job {handle.job_id} was not returned by a runner; "
+            "wait with runner.wait_for_job(job_id, tenant=...)"
+        )
+    return handle._runner
+
+
+def job_result(info: JobInfo) -> Any:
+    """The result of a final job, or the typed error of a failed or cancelled one."""
+    if info.status is JobStatus.FAILED:
+        raise JobFailedError(info)
+    if info.status is JobStatus.CANCELLED:
+        raise JobCancelledError(info)
+    return info.result
 
 
 @dataclass(frozen=True, slots=True)

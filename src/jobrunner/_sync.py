@@ -42,6 +42,7 @@ from jobrunner._runner import (
     TenantArg,
     wait_timeout_message,
 )
+from jobrunner._telemetry import enqueue_boundary
 
 T = TypeVar("T")
 
@@ -163,6 +164,7 @@ class SyncJobRunner:
         return self._call(self.runner.is_healthy())
 
     @_typed_keywords
+    @enqueue_boundary
     def schedule_job(
         self,
         name: str,
@@ -190,6 +192,7 @@ class SyncJobRunner:
         return self._call(self.runner.schedule_job(name, data, **options))
 
     @_typed_keywords
+    @enqueue_boundary
     def schedule_job_at(
         self,
         name: str,
@@ -220,6 +223,7 @@ class SyncJobRunner:
         return self._call(self.runner.schedule_job_at(name, data, run_at, **options))
 
     @_typed_keywords
+    @enqueue_boundary
     def schedule_jobs(
         self,
         name: str,

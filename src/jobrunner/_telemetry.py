@@ -18,10 +18,15 @@ collector (``jobrunner.prometheus``), which needs neither OpenTelemetry nor its 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+import inspect
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from jobrunner._models import ScheduledJob, bind_handle
 
 if TYPE_CHECKING:
     from jobrunner._models import JobError
@@ -31,6 +36,7 @@ __all__ = [
     "TRACE_CONTEXT_KEY",
     "MetricsSnapshot",
     "attach_trace_context",
+    "enqueue_boundary",
     "enqueue_span",
     "record_attempt",
     "record_enqueued",
@@ -300,16 +306,109 @@ def attach_trace_context(metadata: dict[str, Any]) -> dict[str, Any]:
     Only while a span is recording (an enqueue span under a configured TracerProvider): with
     tracing off the metadata is left exactly as given.
     """
-    otel = _otel()
-    if otel is None:
-        return metadata
-    if not otel.trace.get_current_span().get_span_context().is_valid:
-        return metadata
-    carrier: dict[str, str] = {}
-    otel.propagate.inject(carrier)
+    carrier = _current_carrier()
     if carrier:
         metadata[TRACE_CONTEXT_KEY] = carrier
     return metadata
+
+
+_IN_ENQUEUE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "jobrunner_in_enqueue", default=False
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def enqueue_boundary(method: F) -> F:
+    """Decorate a runner's ``schedule_job`` / ``schedule_job_at`` / ``schedule_jobs``.
+
+    The outermost call (the sync twin's, or the async runner's when called directly) runs in
+    an enqueue span whose trace context is stored in the jobs' metadata, and counts the jobs
+    written; every call binds the returned handles to its runner, so ``handle.result()``
+    waits through it (blocking for the sync twin, whose calls run the async runner's inside).
+    """
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def enqueue_async(self: Any, name: Any, *args: Any, **options: Any) -> Any:
+            if _IN_ENQUEUE.get():
+                return _bind(await method(self, name, *args, **options), self, sync=False)
+            token = _IN_ENQUEUE.set(True)
+            try:
+                with enqueue_span(name, options.get("queue"), _runner_type(self)) as span:
+                    result = await method(self, name, *args, **_traced(options))
+                    span.done(_handles(result), _queue_of(self, name, options))
+            finally:
+                _IN_ENQUEUE.reset(token)
+            return _bind(result, self, sync=False)
+
+        return cast(F, enqueue_async)
+
+    @functools.wraps(method)
+    def enqueue_sync(self: Any, name: Any, *args: Any, **options: Any) -> Any:
+        token = _IN_ENQUEUE.set(True)
+        try:
+            with enqueue_span(name, options.get("queue"), _runner_type(self)) as span:
+                result = method(self, name, *args, **_traced(options))
+                span.done(_handles(result), _queue_of(self, name, options))
+        finally:
+            _IN_ENQUEUE.reset(token)
+        return _bind(result, self, sync=True)
+
+    return cast(F, enqueue_sync)
+
+
+def _runner_type(runner: Any) -> str:
+    return str(getattr(runner, "runner_type", "") or "")
+
+
+def _traced(options: dict[str, Any]) -> dict[str, Any]:
+    metadata = options.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        return options  # validation refuses it
+    carrier = _current_carrier()
+    if not carrier:
+        return options
+    return {**options, "metadata": {**(metadata or {}), TRACE_CONTEXT_KEY: carrier}}
+
+
+def _current_carrier() -> dict[str, str] | None:
+    otel = _otel()
+    if otel is None or not otel.trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    otel.propagate.inject(carrier)
+    return carrier or None
+
+
+def _handles(result: Any) -> list[Any]:
+    if isinstance(result, ScheduledJob):
+        return [result]
+    return list(result) if isinstance(result, list) else []
+
+
+def _bind(result: Any, runner: Any, *, sync: bool) -> Any:
+    if isinstance(result, ScheduledJob):
+        return bind_handle(result, runner, sync=sync)
+    if isinstance(result, list):
+        return [
+            bind_handle(h, runner, sync=sync) if isinstance(h, ScheduledJob) else h for h in result
+        ]
+    return result
+
+
+def _queue_of(runner: Any, name: object, options: Mapping[str, Any]) -> str | None:
+    queue = options.get("queue")
+    if isinstance(queue, str):
+        return queue
+    registry = getattr(runner, "registry", None) or getattr(
+        getattr(runner, "runner", None), "registry", None
+    )
+    try:
+        spec = registry.find(name) if registry is not None and isinstance(name, str) else None
+    except Exception:  # noqa: BLE001 - a label, never a reason to fail an enqueue
+        spec = None
+    return spec.queue if spec is not None else None
 
 
 def record_enqueued(name: str, queue: str, runner_type: str, tenant: object, count: int) -> None:

@@ -17,6 +17,7 @@ from jobrunner._db._errors import translate_errors
 from jobrunner._db._loaders import tolerant_adapters
 from jobrunner._db._migrate import check_current, migrate
 from jobrunner._db._queries import Queries, queries_for
+from jobrunner._db._waiters import JobWaiters
 from jobrunner._errors import InvalidArgumentError
 
 logger = logging.getLogger("jobrunner.db")
@@ -84,6 +85,14 @@ class Database:
             # runs it itself unless the caller can retry (see its docstring).
         )
         self._opened = False
+        self._waiters: JobWaiters | None = None
+
+    @property
+    def waiters(self) -> JobWaiters:
+        """The process's waiters for finished jobs of this schema (one LISTEN connection)."""
+        if self._waiters is None:
+            self._waiters = JobWaiters(self)
+        return self._waiters
 
     @property
     def channel_jobs(self) -> str:
@@ -110,6 +119,9 @@ class Database:
 
     async def close(self) -> None:
         """Close the pool (idempotent)."""
+        waiters, self._waiters = self._waiters, None
+        if waiters is not None:
+            await waiters.close()
         if self._opened:
             self._opened = False
             await self._pool.close()

@@ -29,10 +29,10 @@ from psycopg import sql
 
 from jobrunner._db._database import Database
 from jobrunner._db._store import JobStore, row_to_info, utc
-from jobrunner._errors import InvalidArgumentError
+from jobrunner._errors import InvalidArgumentError, JobNotFoundError
 from jobrunner._limits import MAX_LIST_LIMIT, MAX_SEARCH_LENGTH
-from jobrunner._models import LIVE_STATUSES, JobDetails, JobPage, JobStatus, Metrics
-from jobrunner._runner import AllTenants, HistoryScope, TenantArg
+from jobrunner._models import LIVE_STATUSES, JobDetails, JobInfo, JobPage, JobStatus, Metrics
+from jobrunner._runner import AllTenants, HistoryScope, TenantArg, wait_arguments, wait_within
 from jobrunner._validation import (
     as_aware_datetime,
     as_history_age,
@@ -463,6 +463,45 @@ class DatabaseMonitoring:
         db: Database
 
         async def _ensure_started(self) -> None: ...
+
+        async def get_job_status(
+            self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
+        ) -> JobInfo | None: ...
+
+    async def wait_for_job(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        tenant: TenantArg = None,
+        timeout: float | timedelta | None = None,
+        poll_interval: float = 0.05,
+    ) -> JobInfo:
+        """Wait until the job is final and return it, woken by the database.
+
+        Every change of a job to a final status notifies ``<schema>_done`` (migration 0008,
+        whichever backend wrote it); one LISTEN connection per process serves every waiter,
+        and a waiter re-reads its job only when its job is announced. ``poll_interval`` only
+        applies while that connection cannot be opened (then waiters poll); otherwise the job
+        is re-read at most every 30 s as a safety net.
+
+        Raises:
+            JobTimeoutError: ``timeout`` seconds passed first (also a ``TimeoutError``).
+            JobNotFoundError: no such job for the tenant.
+            InvalidArgumentError: an argument is malformed.
+        """
+        key, tenant_id, seconds, longest = wait_arguments(job_id, tenant, timeout, poll_interval)
+
+        async def read() -> JobInfo:
+            info = await self.get_job_status(key, tenant=tenant_id)
+            if info is None:
+                raise JobNotFoundError(f"job {key} not found")
+            return info
+
+        async def wait() -> JobInfo:
+            await self._ensure_started()
+            return await self.db.waiters.wait(key, read, longest)
+
+        return await wait_within(wait(), key, seconds)
 
     async def get_job_details(
         self, job_id: uuid.UUID | str, *, tenant: TenantArg = None

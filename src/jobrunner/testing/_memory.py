@@ -58,6 +58,7 @@ from jobrunner._runner import (
     wait_arguments,
     wait_within,
 )
+from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import (
     as_aware_datetime,
     as_bulk_data,
@@ -488,6 +489,7 @@ class InMemoryJobRunner(JobRunner):
         self._notify()
         return _handle(job, created=True)
 
+    @enqueue_boundary
     async def schedule_job(
         self,
         name: str,
@@ -519,6 +521,7 @@ class InMemoryJobRunner(JobRunner):
             await self._run_eagerly([job])
         return handle
 
+    @enqueue_boundary
     async def schedule_job_at(
         self,
         name: str,
@@ -552,6 +555,7 @@ class InMemoryJobRunner(JobRunner):
             await self._run_eagerly([job])
         return handle
 
+    @enqueue_boundary
     async def schedule_jobs(
         self,
         name: str,

@@ -30,6 +30,7 @@ from jobrunner._models import (
     ScheduleInfo,
 )
 from jobrunner._runner import AllTenants, JobRunner, TenantArg
+from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import (
     as_aware_datetime,
     as_bulk_data,
@@ -278,6 +279,7 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         # The singleton's holder finished between the two statements: try once more.
         return await self._insert_pooled(params, checked=checked)
 
+    @enqueue_boundary
     async def schedule_job(
         self,
         name: str,
@@ -305,6 +307,7 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         )
         return await self._insert(params, connection)
 
+    @enqueue_boundary
     async def schedule_job_at(
         self,
         name: str,
@@ -367,6 +370,7 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         ids = [uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, len(raw), 16)]
         return base, ids, payloads
 
+    @enqueue_boundary
     async def schedule_jobs(
         self,
         name: str,

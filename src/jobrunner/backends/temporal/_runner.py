@@ -47,6 +47,7 @@ from jobrunner._models import (
 )
 from jobrunner._policy import JobPolicy
 from jobrunner._runner import JobRunner, TenantArg
+from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import (
     as_aware_datetime,
     as_bulk_data,
@@ -361,6 +362,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         except Exception:
             logger.exception("could not mark %d unstarted jobs failed", len(job_ids))
 
+    @enqueue_boundary
     async def schedule_job(
         self,
         name: str,
@@ -394,6 +396,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         )
         return await self._launch(params, job, None)
 
+    @enqueue_boundary
     async def schedule_job_at(
         self,
         name: str,
@@ -424,6 +427,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         )
         return await self._launch(params, job, when)
 
+    @enqueue_boundary
     async def schedule_jobs(
         self,
         name: str,

@@ -124,7 +124,10 @@ async def test_retry_and_final_failure_are_logged_with_the_next_run_time(
 
 
 async def test_cancel_and_lease_loss_are_logged(
-    runner: PostgresJobRunner, registry: JobHandlerRegistry, caplog: pytest.LogCaptureFixture
+    runner: PostgresJobRunner,
+    registry: JobHandlerRegistry,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     started: dict[str, asyncio.Event] = {"cancel-me": asyncio.Event(), "lose-me": asyncio.Event()}
@@ -134,6 +137,16 @@ async def test_cancel_and_lease_loss_are_logged(
         await asyncio.Event().wait()
 
     registry.add("waits", waits, retry=RetryPolicy(max_attempts=1))
+    lost_logged = asyncio.Event()
+
+    class LeaseLossSeen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "outcome", None) == "lease_lost":
+                lost_logged.set()
+
+    seen = LeaseLossSeen()
+    logging.getLogger(LOGGER).addHandler(seen)
+    request.addfinalizer(lambda: logging.getLogger(LOGGER).removeHandler(seen))
     cancel_me = await runner.schedule_job("waits", {"key": "cancel-me"})
     lose_me = await runner.schedule_job("waits", {"key": "lose-me"})
     async with running_worker(runner, lease_seconds=1.5, heartbeat_interval=0.2):
@@ -148,9 +161,7 @@ async def test_cancel_and_lease_loss_are_logged(
             lose_me.job_id,
         )
         await runner.wait_for_job(cancel_me.job_id, timeout=30)
-        deadline = time.monotonic() + 30
-        while not records_of(caplog, lose_me.job_id) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # the heartbeat's verdict has no event to await here
+        await asyncio.wait_for(lost_logged.wait(), 30)
     (cancelled,) = records_of(caplog, cancel_me.job_id)
     assert cancelled.levelno == logging.INFO
     assert "cancelled; its handler was stopped" in cancelled.getMessage()

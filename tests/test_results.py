@@ -115,8 +115,7 @@ async def test_waiter_wakes_within_milliseconds_without_polling(
         waiter = asyncio.create_task(
             runner.wait_for_job(handle.job_id, timeout=60, poll_interval=NO_POLLING)
         )
-        while not runner.db.waiters.listening:
-            await asyncio.sleep(0.01)  # the listener connects in the background
+        await asyncio.wait_for(runner.db.waiters.listening_ready(), 30)
         await asyncio.sleep(0.2)  # the waiter has read the job once and sleeps on its future
         release.set()
         info = await waiter
@@ -146,8 +145,7 @@ async def test_a_thousand_waiters_share_one_listening_connection(
         for h in handles
         for _ in range(4)  # several waiters on one job are all woken
     ]
-    while not runner.db.waiters.listening:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(runner.db.waiters.listening_ready(), 30)
     channel = f"{runner.schema}_done"
     listeners = await fetch(
         runner,

@@ -60,6 +60,10 @@ class JobWaiters:
         """Whether the LISTEN connection is up right now."""
         return self._listening.is_set()
 
+    async def listening_ready(self) -> None:
+        """Return once the LISTEN connection is up (started by the first waiter)."""
+        await self._listening.wait()
+
     async def wait(
         self,
         job_id: uuid.UUID,

@@ -155,12 +155,7 @@ class JobStateMachine(RuleBasedStateMachine):
             f"sm.a{max_attempts}",
             {"n": len(self.model)},
             datetime.now(UTC) + timedelta(seconds=delay) if delay else None,
-            tenant=TENANT,
-            priority=0,
-            singleton_key=None,
-            user_id=None,
-            metadata=None,
-            queue=None,
+            {"tenant": TENANT},
         )
         rows = self.run(self.q.insert_job, params)
         job_id = rows[0]["job_id"]

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
-from typing import TYPE_CHECKING
 
 from jobrunner._config import Settings
-from jobrunner._errors import UnavailableError
+from jobrunner._from_settings import runner_from_settings
 from jobrunner._runner import JobRunner
+from jobrunner._sync import SyncJobRunner
 from jobrunner.registry import JobHandlerRegistry
-
-if TYPE_CHECKING:
-    from jobrunner._sync import SyncJobRunner
-
-logger = logging.getLogger("jobrunner.factory")
 
 
 class JobRunnerFactory:
@@ -48,8 +42,6 @@ class JobRunnerFactory:
     @classmethod
     def get_sync_instance(cls, settings: Settings | None = None) -> SyncJobRunner:
         """A blocking twin of :meth:`get_instance` for sync code (Django, Flask, scripts)."""
-        from jobrunner._sync import SyncJobRunner
-
         with cls._lock:
             if cls._sync_instance is None:
                 cls._sync_instance = SyncJobRunner.from_factory(settings)
@@ -60,51 +52,7 @@ class JobRunnerFactory:
         cls, settings: Settings | None = None, *, registry: JobHandlerRegistry | None = None
     ) -> JobRunner:
         """Build and start a new runner (not the singleton) from ``settings`` or the env."""
-        settings = settings or Settings.from_env()
-        if settings.runner_type == "memory":
-            from jobrunner.testing import InMemoryJobRunner
-
-            memory = InMemoryJobRunner(registry=registry)
-            await memory.start()
-            return memory
-        if settings.runner_type == "temporal":
-            try:
-                from jobrunner.backends.temporal import create_from_settings
-            except ImportError as exc:
-                raise UnavailableError(
-                    "JOB_RUNNER_TYPE=temporal needs the extra: pip install 'jobrunner[temporal]'"
-                ) from exc
-            try:
-                return await create_from_settings(settings, registry=registry)
-            except UnavailableError as exc:
-                if not settings.fallback_to_postgres:
-                    raise
-                logger.warning(
-                    "Temporal at %s is unreachable (%s); falling back to the PostgreSQL backend "
-                    "(JOB_RUNNER_FALLBACK_TO_PGBOSS=true): jobs scheduled now go to the "
-                    "PostgreSQL queue, which Temporal workers run too unless started with "
-                    "--no-postgres-queue",
-                    settings.temporal_address,
-                    exc,
-                )
-        return await cls._create_postgres(settings, registry)
-
-    @staticmethod
-    async def _create_postgres(
-        settings: Settings, registry: JobHandlerRegistry | None
-    ) -> JobRunner:
-        from jobrunner.backends.postgres import PostgresJobRunner
-
-        runner = PostgresJobRunner(
-            settings.require_database_url(),
-            schema=settings.schema,
-            registry=registry,
-            require_registered=settings.require_registered,
-            auto_migrate=settings.auto_migrate,
-            pool_size=settings.pool_max_size,
-        )
-        await runner.start()
-        return runner
+        return await runner_from_settings(settings, registry=registry)
 
     @classmethod
     def set_instance(cls, runner: JobRunner | None) -> None:

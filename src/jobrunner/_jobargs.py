@@ -17,6 +17,15 @@ from psycopg.types.json import Jsonb
 
 from jobrunner._errors import HandlerNotFoundError
 from jobrunner._models import MissedTickPolicy, OverlapPolicy
+from jobrunner._options import (
+    DEFAULT_MAX_CATCH_UP,
+    DEFAULT_MISSED_TICKS,
+    DEFAULT_OVERLAP,
+    DEFAULT_PRIORITY,
+    DEFAULT_TIMEZONE,
+    BulkOptions,
+    EnqueueOptions,
+)
 from jobrunner._policy import JobPolicy
 from jobrunner._recurrence import (
     Recurrence,
@@ -38,7 +47,7 @@ from jobrunner._validation import (
 )
 from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec, JobHandlerRegistry
 
-__all__ = ["JobArgs", "RecurringArgs", "job_args", "recurring_args"]
+__all__ = ["JobArgs", "RecurringArgs", "bulk_args", "enqueue_args", "job_args", "recurring_args"]
 
 #: Attempts of a job whose name has no local handler (``require_registered=False``).
 DEFAULT_MAX_ATTEMPTS = 3
@@ -95,12 +104,12 @@ def job_args(
     data: Mapping[str, Any] | None,
     run_at: object = None,
     *,
-    tenant: object,
-    priority: object,
-    singleton_key: object,
-    user_id: object,
-    metadata: Mapping[str, Any] | None,
-    queue: object,
+    tenant: object = None,
+    priority: object = DEFAULT_PRIORITY,
+    singleton_key: object = None,
+    user_id: object = None,
+    metadata: Mapping[str, Any] | None = None,
+    queue: object = None,
 ) -> JobArgs:
     """Check every scheduling argument; the queue defaults to the handler's.
 
@@ -129,6 +138,50 @@ def job_args(
     )
 
 
+def enqueue_args(
+    registry: JobHandlerRegistry,
+    require_registered: bool,
+    name: object,
+    data: Mapping[str, Any] | None,
+    run_at: object,
+    options: EnqueueOptions,
+) -> JobArgs:
+    """:func:`job_args` for ``schedule_job`` / ``schedule_job_at`` and their options
+    (``connection`` is the backend's to handle)."""
+    return job_args(
+        registry,
+        require_registered,
+        name,
+        data,
+        run_at,
+        tenant=options.get("tenant"),
+        priority=options.get("priority", DEFAULT_PRIORITY),
+        singleton_key=options.get("singleton_key"),
+        user_id=options.get("user_id"),
+        metadata=options.get("metadata"),
+        queue=options.get("queue"),
+    )
+
+
+def bulk_args(
+    registry: JobHandlerRegistry, require_registered: bool, name: object, options: BulkOptions
+) -> JobArgs:
+    """:func:`job_args` for what the jobs of a ``schedule_jobs`` batch share (their data is
+    checked by :func:`~jobrunner._validation.as_bulk_data`)."""
+    return job_args(
+        registry,
+        require_registered,
+        name,
+        None,
+        options.get("run_at"),
+        tenant=options.get("tenant"),
+        priority=options.get("priority", DEFAULT_PRIORITY),
+        user_id=options.get("user_id"),
+        metadata=options.get("metadata"),
+        queue=options.get("queue"),
+    )
+
+
 def recurring_args(
     registry: JobHandlerRegistry,
     require_registered: bool,
@@ -136,18 +189,19 @@ def recurring_args(
     data: Mapping[str, Any] | None,
     expression: object,
     *,
-    tenant: object,
-    timezone: object,
-    singleton_key: object,
-    missed_ticks: object,
-    overlap: object,
-    max_catch_up: object,
-    priority: object,
-    queue: object,
-    user_id: object,
-    metadata: Mapping[str, Any] | None,
+    tenant: object = None,
+    timezone: object = DEFAULT_TIMEZONE,
+    singleton_key: object = None,
+    missed_ticks: object = DEFAULT_MISSED_TICKS,
+    overlap: object = DEFAULT_OVERLAP,
+    max_catch_up: object = DEFAULT_MAX_CATCH_UP,
+    priority: object = DEFAULT_PRIORITY,
+    queue: object = None,
+    user_id: object = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> RecurringArgs:
-    """:func:`job_args` plus the recurrence and its policies.
+    """:func:`job_args` plus the recurrence and its policies; the keywords are
+    :class:`~jobrunner._options.RecurringOptions` (``recurring_args(..., **options)``).
 
     Raises:
         ScheduleError: bad expression, timezone or policy.

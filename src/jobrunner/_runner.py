@@ -8,22 +8,29 @@ import uuid
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Unpack
 
+from jobrunner._errors import JobNotFoundError, JobTimeoutError
+from jobrunner._limits import MAX_WORKER_INTERVAL_SECONDS
 from jobrunner._models import (
     JobDetails,
     JobInfo,
     JobPage,
     JobStatus,
     Metrics,
-    MissedTickPolicy,
-    OverlapPolicy,
     ScheduledJob,
     ScheduleInfo,
 )
+from jobrunner._options import (
+    BulkOptions,
+    EnqueueOptions,
+    RecurringOptions,
+    TenantArg,
+)
+from jobrunner._validation import as_seconds, as_tenant, as_uuid, as_wait_timeout
 from jobrunner.registry import JobHandlerRegistry
 
-__all__ = ["ALL_TENANTS", "AllTenants", "JobRunner", "JobWorker"]
+__all__ = ["ALL_TENANTS", "AllTenants", "JobRunner", "JobWorker", "TenantArg"]
 
 
 class AllTenants:
@@ -42,7 +49,6 @@ class AllTenants:
 
 ALL_TENANTS: Final = AllTenants()
 
-TenantArg = uuid.UUID | str | None
 HistoryScope = Literal["finished", "all"]
 
 
@@ -112,34 +118,28 @@ class JobRunner(abc.ABC):
         self,
         name: str,
         data: Mapping[str, Any] | None = None,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """Enqueue a job to run as soon as a worker is free.
 
         Args:
             name: A registered job name.
             data: JSON object passed to the handler.
-            tenant: Owner of the job.
-            priority: Higher runs first within a queue.
-            singleton_key: At most one live (pending, queued, processing, retrying) job per key
-                and tenant; a second call returns the existing job with ``created=False``.
-            user_id: Who asked for it (stored in ``jobs.user_id``).
-            metadata: Free-form JSON stored with the job.
-            queue: Overrides the handler's queue.
-            connection: An open psycopg connection of the caller's; the job is written in its
-                current transaction and exists only if that transaction commits.
+            **options: :class:`~jobrunner._options.EnqueueOptions`, each optional:
+                ``tenant`` (owner of the job), ``priority`` (higher runs first within a
+                queue; ``0``), ``singleton_key`` (at most one live job -- pending, queued,
+                processing, retrying -- per key and tenant; a second call returns the
+                existing job with ``created=False``), ``user_id`` (who asked for it, stored in
+                ``jobs.user_id``), ``metadata`` (free-form JSON stored with the job),
+                ``queue`` (overrides the handler's queue), ``connection`` (an open psycopg
+                connection of the caller's: the job is written in its current transaction
+                and exists only if that transaction commits).
 
         Raises:
             HandlerNotFoundError: ``name`` is not registered (unless the runner was built with
                 ``require_registered=False``).
             InvalidArgumentError: an argument is malformed; nothing was written.
+            UnknownOptionError: a keyword no option declares (also a ``TypeError``).
         """
 
     @abc.abstractmethod
@@ -148,14 +148,7 @@ class JobRunner(abc.ABC):
         name: str,
         data: Mapping[str, Any] | None,
         run_at: datetime,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """Enqueue a job to run at ``run_at`` (timezone-aware). Options as :meth:`schedule_job`."""
 
@@ -164,16 +157,13 @@ class JobRunner(abc.ABC):
         self,
         name: str,
         data: Iterable[Mapping[str, Any] | None],
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[BulkOptions],
     ) -> list[ScheduledJob]:
-        """Enqueue many jobs of one name in bulk; returns their handles in input order."""
+        """Enqueue many jobs of one name in bulk; returns their handles in input order.
+
+        ``options`` (:class:`~jobrunner._options.BulkOptions`) are :meth:`schedule_job`'s
+        without ``singleton_key``, plus ``run_at`` for the whole batch.
+        """
 
     @abc.abstractmethod
     async def schedule_recurring_job(
@@ -181,22 +171,15 @@ class JobRunner(abc.ABC):
         name: str,
         data: Mapping[str, Any] | None,
         expression: str,
-        *,
-        tenant: TenantArg = None,
-        timezone: str = "UTC",
-        singleton_key: str | None = None,
-        missed_ticks: MissedTickPolicy | str = MissedTickPolicy.LATEST,
-        overlap: OverlapPolicy | str = OverlapPolicy.ALLOW,
-        max_catch_up: int = 10,
-        priority: int = 0,
-        queue: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        **options: Unpack[RecurringOptions],
     ) -> ScheduledJob:
         """Create or update (by ``singleton_key``, default ``<name>:<tenant>``) a schedule.
 
         ``expression`` is a 5-field cron expression, ``@hourly``/``@daily``/``@weekly``/
-        ``@monthly``, or an interval ``"N seconds|minutes|hours|days"``.
+        ``@monthly``, or an interval ``"N seconds|minutes|hours|days"``. ``options``
+        (:class:`~jobrunner._options.RecurringOptions`): ``tenant``, ``timezone`` (``"UTC"``),
+        ``singleton_key``, ``missed_ticks`` (``latest``), ``overlap`` (``allow``),
+        ``max_catch_up`` (``10``), ``priority``, ``queue``, ``user_id``, ``metadata``.
         """
 
     @abc.abstractmethod
@@ -298,8 +281,6 @@ class JobRunner(abc.ABC):
             JobNotFoundError: no such job for the tenant.
             InvalidArgumentError: an argument is malformed.
         """
-        from jobrunner._errors import JobNotFoundError
-
         key, tenant_id, seconds, longest = wait_arguments(job_id, tenant, timeout, poll_interval)
 
         async def poll() -> JobInfo:
@@ -335,9 +316,6 @@ def wait_arguments(
     Returns the job id, the tenant, the timeout in seconds (``None``: no limit) and the poll
     interval in seconds.
     """
-    from jobrunner._limits import MAX_WORKER_INTERVAL_SECONDS
-    from jobrunner._validation import as_seconds, as_tenant, as_uuid, as_wait_timeout
-
     return (
         as_uuid(job_id, "job_id"),
         as_tenant(tenant),
@@ -355,8 +333,6 @@ async def wait_within(
         JobTimeoutError: the time ran out first; the message names the job and the timeout,
             the same as the sync runner's.
     """
-    from jobrunner._errors import JobTimeoutError
-
     try:
         async with asyncio.timeout(timeout) as scope:
             return await waiting

@@ -8,32 +8,25 @@ coroutine to that loop and waits. A ``connection=`` argument must then be a sync
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
-
-import psycopg
-from psycopg.rows import tuple_row
+from typing import Any, TypeVar, Unpack
 
 from jobrunner._config import Settings
-from jobrunner._db._errors import translate_errors
-from jobrunner._db._savepoint import caller_savepoint_sync
-from jobrunner._errors import InvalidArgumentError, JobTimeoutError, UnknownOptionError
+from jobrunner._errors import ConfigurationError, InvalidArgumentError, JobTimeoutError
+from jobrunner._from_settings import runner_from_settings
 from jobrunner._models import (
     JobDetails,
     JobInfo,
     JobPage,
     JobStatus,
     Metrics,
-    MissedTickPolicy,
-    OverlapPolicy,
     ScheduledJob,
     ScheduleInfo,
 )
+from jobrunner._options import BulkOptions, EnqueueOptions, RecurringOptions, checked_options
 from jobrunner._runner import (
     AllTenants,
     HistoryScope,
@@ -43,39 +36,10 @@ from jobrunner._runner import (
     wait_timeout_message,
 )
 from jobrunner._telemetry import enqueue_boundary
+from jobrunner._validation import as_aware_datetime
+from jobrunner.backends.postgres import PostgresJobRunner, SyncFlowControl
 
 T = TypeVar("T")
-
-
-def _check_options(method: str, options: Mapping[str, Any], allowed: frozenset[str]) -> None:
-    # A typed error that is also the TypeError Python raises for an unexpected keyword.
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise UnknownOptionError(
-            f"{method}() got unexpected keyword arguments: {', '.join(unknown)}"
-        )
-
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _typed_keywords(method: Callable[P, R]) -> Callable[P, R]:
-    """Raise :class:`UnknownOptionError` (an ``InvalidArgumentError`` and a ``TypeError``) for
-    a keyword the method does not take, as the sync runner always has; the signature shown
-    (``inspect.signature``, IDEs, mypy) stays the method's own."""
-    accepted = frozenset(
-        name
-        for name, p in inspect.signature(method).parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    )
-
-    @functools.wraps(method)
-    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
-        _check_options(method.__name__, kwargs, accepted)
-        return method(*args, **kwargs)
-
-    return checked
 
 
 class SyncJobRunner:
@@ -106,9 +70,7 @@ class SyncJobRunner:
     @classmethod
     def from_factory(cls, settings: Settings | None = None) -> SyncJobRunner:
         """Build the runner the factory would, owned by a private loop."""
-        from jobrunner._factory import JobRunnerFactory
-
-        return cls(lambda: JobRunnerFactory.create(settings))
+        return cls(lambda: runner_from_settings(settings))
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -119,14 +81,10 @@ class SyncJobRunner:
         return self.runner.runner_type
 
     @property
-    def flow(self) -> Any:
+    def flow(self) -> SyncFlowControl:
         """Blocking twin of ``PostgresJobRunner.flow`` (fairness and flow control)."""
-        from jobrunner.backends.postgres._flow import SyncFlowControl
-
         flow = getattr(self.runner, "flow", None)
         if flow is None:
-            from jobrunner._errors import ConfigurationError
-
             raise ConfigurationError(f"{self.runner_type} runners have no flow control")
         return SyncFlowControl(flow, self._call)
 
@@ -152,187 +110,100 @@ class SyncJobRunner:
         """See :meth:`JobRunner.get_runner_type`."""
         return self.runner.get_runner_type()
 
-    @_typed_keywords
+    @checked_options
     def start(self) -> None:
         """See :meth:`JobRunner.start`; the constructor already started the runner, so this
         only matters after a failed start-up was retried by the caller. Idempotent."""
         self._call(self.runner.start())
 
-    @_typed_keywords
+    @checked_options
     def is_healthy(self) -> bool:
         """See :meth:`JobRunner.is_healthy`."""
         return self._call(self.runner.is_healthy())
 
-    @_typed_keywords
     @enqueue_boundary
+    @checked_options
     def schedule_job(
         self,
         name: str,
         data: Mapping[str, Any] | None = None,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """See :meth:`JobRunner.schedule_job`; ``connection`` is a sync psycopg connection."""
-        options: dict[str, Any] = {
-            "tenant": tenant,
-            "priority": priority,
-            "singleton_key": singleton_key,
-            "user_id": user_id,
-            "metadata": metadata,
-            "queue": queue,
-        }
+        connection = options.get("connection")
         if connection is not None:
-            return self._insert_with(connection, name, data, None, options)
+            return self._postgres().schedule_on_sync_connection(
+                connection, name, data, None, options
+            )
         return self._call(self.runner.schedule_job(name, data, **options))
 
-    @_typed_keywords
     @enqueue_boundary
+    @checked_options
     def schedule_job_at(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         run_at: datetime,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
-        """See :meth:`JobRunner.schedule_job_at`."""
-        options: dict[str, Any] = {
-            "tenant": tenant,
-            "priority": priority,
-            "singleton_key": singleton_key,
-            "user_id": user_id,
-            "metadata": metadata,
-            "queue": queue,
-        }
+        """See :meth:`JobRunner.schedule_job_at`; ``connection`` as :meth:`schedule_job`."""
+        connection = options.get("connection")
         if connection is not None:
-            from jobrunner._validation import as_aware_datetime
-
-            return self._insert_with(connection, name, data, as_aware_datetime(run_at), options)
+            return self._postgres().schedule_on_sync_connection(
+                connection, name, data, as_aware_datetime(run_at), options
+            )
         return self._call(self.runner.schedule_job_at(name, data, run_at, **options))
 
-    @_typed_keywords
     @enqueue_boundary
+    @checked_options
     def schedule_jobs(
         self,
         name: str,
         data: Iterable[Mapping[str, Any] | None],
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[BulkOptions],
     ) -> list[ScheduledJob]:
-        """See :meth:`JobRunner.schedule_jobs`."""
-        if connection is None:
-            return self._call(
-                self.runner.schedule_jobs(
-                    name,
-                    data,
-                    tenant=tenant,
-                    priority=priority,
-                    run_at=run_at,
-                    user_id=user_id,
-                    metadata=metadata,
-                    queue=queue,
-                )
+        """See :meth:`JobRunner.schedule_jobs`; ``connection`` as :meth:`schedule_job`."""
+        connection = options.get("connection")
+        if connection is not None:
+            return self._postgres().schedule_many_on_sync_connection(
+                connection, name, data, options
             )
-        pg = self._postgres()
-        conn = _sync_connection(connection)
-        base, ids, payloads = pg.prepare_bulk(
-            name,
-            data,
-            tenant=tenant,
-            priority=priority,
-            run_at=run_at,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-        )
-        with translate_errors(), caller_savepoint_sync(conn, pg.db.queries):
-            for start in range(0, len(ids), 1000):
-                params = dict(
-                    base,
-                    job_ids=ids[start : start + 1000],
-                    datas=payloads[start : start + 1000],
-                )
-                conn.execute(pg.db.queries.insert_jobs_bulk, params)
-        return [ScheduledJob(job_id=i, external_id=str(i), tenant=base["tenant"]) for i in ids]
+        return self._call(self.runner.schedule_jobs(name, data, **options))
 
-    @_typed_keywords
+    @checked_options
     def schedule_recurring_job(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         expression: str,
-        *,
-        tenant: TenantArg = None,
-        timezone: str = "UTC",
-        singleton_key: str | None = None,
-        missed_ticks: MissedTickPolicy | str = MissedTickPolicy.LATEST,
-        overlap: OverlapPolicy | str = OverlapPolicy.ALLOW,
-        max_catch_up: int = 10,
-        priority: int = 0,
-        queue: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        **options: Unpack[RecurringOptions],
     ) -> ScheduledJob:
         """See :meth:`JobRunner.schedule_recurring_job`."""
-        return self._call(
-            self.runner.schedule_recurring_job(
-                name,
-                data,
-                expression,
-                tenant=tenant,
-                timezone=timezone,
-                singleton_key=singleton_key,
-                missed_ticks=missed_ticks,
-                overlap=overlap,
-                max_catch_up=max_catch_up,
-                priority=priority,
-                queue=queue,
-                user_id=user_id,
-                metadata=metadata,
-            )
-        )
+        return self._call(self.runner.schedule_recurring_job(name, data, expression, **options))
 
-    @_typed_keywords
+    @checked_options
     def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:
         """See :meth:`JobRunner.list_schedules`."""
         return self._call(self.runner.list_schedules(tenant=tenant))
 
-    @_typed_keywords
+    @checked_options
     def pause_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """See :meth:`JobRunner.pause_schedule`."""
         return self._call(self.runner.pause_schedule(job_id, tenant=tenant))
 
-    @_typed_keywords
+    @checked_options
     def resume_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """See :meth:`JobRunner.resume_schedule`."""
         return self._call(self.runner.resume_schedule(job_id, tenant=tenant))
 
-    @_typed_keywords
+    @checked_options
     def get_job_status(
         self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
     ) -> JobInfo | None:
         """See :meth:`JobRunner.get_job_status`."""
         return self._call(self.runner.get_job_status(job_id, tenant=tenant))
 
-    @_typed_keywords
+    @checked_options
     def cancel_job(
         self,
         job_id: uuid.UUID | str,
@@ -346,19 +217,19 @@ class SyncJobRunner:
             self.runner.cancel_job(job_id, tenant=tenant, reason=reason, cancelled_by=cancelled_by)
         )
 
-    @_typed_keywords
+    @checked_options
     def retry_job(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """See :meth:`JobRunner.retry_job`."""
         return self._call(self.runner.retry_job(job_id, tenant=tenant))
 
-    @_typed_keywords
+    @checked_options
     def get_job_details(
         self, job_id: uuid.UUID | str, *, tenant: TenantArg = None
     ) -> JobDetails | None:
         """See :meth:`JobRunner.get_job_details`."""
         return self._call(self.runner.get_job_details(job_id, tenant=tenant))
 
-    @_typed_keywords
+    @checked_options
     def list_jobs(
         self,
         *,
@@ -387,12 +258,12 @@ class SyncJobRunner:
             )
         )
 
-    @_typed_keywords
+    @checked_options
     def get_metrics(self, *, tenant: TenantArg | AllTenants = None) -> Metrics:
         """See :meth:`JobRunner.get_metrics`."""
         return self._call(self.runner.get_metrics(tenant=tenant))
 
-    @_typed_keywords
+    @checked_options
     def clear_history(
         self,
         *,
@@ -405,7 +276,7 @@ class SyncJobRunner:
             self.runner.clear_history(tenant=tenant, scope=scope, older_than=older_than)
         )
 
-    @_typed_keywords
+    @checked_options
     def wait_for_job(
         self,
         job_id: uuid.UUID | str,
@@ -450,55 +321,10 @@ class SyncJobRunner:
         return SyncJobWorker(self._call(build()), self._loop)
 
     # -- transactional enqueue on a sync connection ----------------------------------------
-    def _postgres(self) -> Any:
-        from jobrunner.backends.postgres import PostgresJobRunner
-
+    def _postgres(self) -> PostgresJobRunner:
         if not isinstance(self.runner, PostgresJobRunner):
             raise InvalidArgumentError("connection= is supported by the PostgreSQL backend only")
         return self.runner
-
-    def _insert_with(
-        self,
-        connection: Any,
-        name: str,
-        data: Mapping[str, Any] | None,
-        run_at: datetime | None,
-        options: dict[str, Any],
-    ) -> ScheduledJob:
-        pg = self._postgres()
-        conn = _sync_connection(connection)
-        _check_options("schedule_job", options, _SINGLE_OPTIONS)
-        params = pg.prepare_insert(
-            name,
-            data,
-            run_at,
-            tenant=options.get("tenant"),
-            priority=options.get("priority", 0),
-            singleton_key=options.get("singleton_key"),
-            user_id=options.get("user_id"),
-            metadata=options.get("metadata"),
-            queue=options.get("queue"),
-        )
-        existing = None
-        with translate_errors(), caller_savepoint_sync(conn, pg.db.queries):
-            # Tuple rows whatever row factory the caller's connection uses.
-            cur = conn.cursor(row_factory=tuple_row)
-            row = cur.execute(pg.db.queries.insert_job, params).fetchone()
-            if row is None and params["singleton_key"] is not None:
-                existing = cur.execute(pg.db.queries.find_singleton, params).fetchone()
-        if existing is not None:
-            return ScheduledJob(
-                job_id=existing[0],
-                external_id=str(existing[0]),
-                tenant=params["tenant"],
-                created=False,
-            )
-        if row is None:
-            return self._insert_with(connection, name, data, run_at, options)
-        return ScheduledJob(job_id=row[0], external_id=str(row[0]), tenant=params["tenant"])
-
-
-_SINGLE_OPTIONS = frozenset({"tenant", "priority", "singleton_key", "user_id", "metadata", "queue"})
 
 
 class SyncJobWorker:
@@ -544,9 +370,3 @@ class SyncJobWorker:
         """See :meth:`JobWorker.stop`: blocks until the worker stopped claiming and its
         running jobs finished within ``grace`` seconds (the rest re-queued)."""
         asyncio.run_coroutine_threadsafe(self.worker.stop(grace=grace), self._loop).result()
-
-
-def _sync_connection(connection: Any) -> psycopg.Connection[Any]:
-    if not isinstance(connection, psycopg.Connection):
-        raise InvalidArgumentError("connection must be an open sync psycopg.Connection")
-    return connection

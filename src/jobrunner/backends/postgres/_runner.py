@@ -8,27 +8,23 @@ import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Unpack
 
 import psycopg
-from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
-from jobrunner._db._errors import translate_errors
 from jobrunner._db._monitoring import DatabaseMonitoring
-from jobrunner._db._savepoint import caller_savepoint
 from jobrunner._db._store import JobStore
 from jobrunner._errors import DatabaseError, InvalidArgumentError, UnavailableError
-from jobrunner._jobargs import job_args, recurring_args
+from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, recurring_args
 from jobrunner._models import (
     JobInfo,
     Metrics,
-    MissedTickPolicy,
-    OverlapPolicy,
     ScheduledJob,
     ScheduleInfo,
 )
+from jobrunner._options import BulkOptions, EnqueueOptions, RecurringOptions, checked_options
 from jobrunner._runner import AllTenants, JobRunner, TenantArg
 from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import (
@@ -38,13 +34,23 @@ from jobrunner._validation import (
     as_tenant,
     as_uuid,
 )
+from jobrunner.backends.postgres._enqueue import (
+    BulkPayloads,
+    enqueue_many_on,
+    enqueue_many_on_sync,
+    enqueue_on,
+    enqueue_on_sync,
+    handle,
+    insert_many,
+    insert_one,
+    run_async,
+    sync_connection,
+)
 from jobrunner.backends.postgres._store import PostgresStore
 from jobrunner.backends.postgres._worker import PostgresWorker, WorkerSettings
 from jobrunner.registry import JobHandlerRegistry
 
 logger = logging.getLogger("jobrunner.postgres")
-
-BULK_BATCH = 1000
 
 
 class PostgresJobRunner(DatabaseMonitoring, JobRunner):
@@ -182,32 +188,17 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         name: str,
         data: Mapping[str, Any] | None,
         run_at: datetime | None,
-        *,
-        tenant: TenantArg,
-        priority: int,
-        singleton_key: str | None,
-        user_id: uuid.UUID | str | None,
-        metadata: Mapping[str, Any] | None,
-        queue: str | None,
-        schedule_id: uuid.UUID | None = None,
+        options: EnqueueOptions,
     ) -> dict[str, Any]:
         """Validate scheduling arguments and build the ``insert_job`` parameters.
 
         Raises before anything is written; shared by the async runner and its sync twin.
         """
-        args = job_args(
-            self.registry,
-            self.require_registered,
-            name,
-            data,
-            run_at,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
+        return self._insert_params(
+            enqueue_args(self.registry, self.require_registered, name, data, run_at, options)
         )
+
+    def _insert_params(self, args: JobArgs) -> dict[str, Any]:
         return {
             "tenant": args.tenant,
             "job_id": uuid.uuid4(),
@@ -223,34 +214,14 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             "max_attempts": args.max_attempts,
             "policy": args.policy_param,
             "singleton_key": args.singleton_key,
-            "schedule_id": schedule_id,
+            "schedule_id": None,
             "notify": True,
             "channel": self.db.channel_jobs,
         }
 
     async def _insert(self, params: dict[str, Any], connection: Any) -> ScheduledJob:
         if connection is not None:
-            if not isinstance(connection, psycopg.AsyncConnection):
-                raise InvalidArgumentError(
-                    "connection must be an open psycopg.AsyncConnection (use the sync runner "
-                    "with a sync connection)"
-                )
-            with translate_errors():
-                async with caller_savepoint(connection, self.db.queries):
-                    # Tuple rows whatever row factory the caller's connection uses.
-                    cur = connection.cursor(row_factory=tuple_row)
-                    await cur.execute(self.db.queries.insert_job, params)
-                    row = await cur.fetchone()
-                    existing = None
-                    if row is None and params["singleton_key"] is not None:
-                        await cur.execute(self.db.queries.find_singleton, params)
-                        existing = await cur.fetchone()
-                if existing is not None:
-                    return _handle(existing[0], params["tenant"], created=False)
-            if row is None:
-                # The singleton's holder finished between the two statements: try once more.
-                return await self._insert(params, connection)
-            return _handle(row[0], params["tenant"], created=True)
+            return await enqueue_on(connection, self.db.queries, params)
         await self._ensure_started()
         try:
             # Performance (docs/performance.md): no liveness round trip before the insert; a
@@ -262,162 +233,108 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             except DatabaseError as exc:
                 if _is_own_insert(exc):
                     # The first try committed, only its reply was lost: the job exists.
-                    return _handle(params["job_id"], params["tenant"], created=True)
+                    return handle(params["job_id"], params["tenant"], created=True)
                 raise
 
     async def _insert_pooled(self, params: dict[str, Any], *, checked: bool) -> ScheduledJob:
-        async with self.db.connection(checked=checked) as conn:
-            cur = await conn.execute(self.db.queries.insert_job, params)
-            found = await cur.fetchone()
-            if found is not None:
-                return _handle(found["job_id"], params["tenant"], created=True)
-            if params["singleton_key"] is not None:
-                cur = await conn.execute(self.db.queries.find_singleton, params)
-                existing = await cur.fetchone()
-                if existing is not None:
-                    return _handle(existing["job_id"], params["tenant"], created=False)
-        # The singleton's holder finished between the two statements: try once more.
-        return await self._insert_pooled(params, checked=checked)
+        while True:
+            async with self.db.connection(checked=checked) as conn:
+                written = await run_async(conn, insert_one(self.db.queries, params))
+            if written is not None:
+                return written
 
     @enqueue_boundary
+    @checked_options
     async def schedule_job(
         self,
         name: str,
         data: Mapping[str, Any] | None = None,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """Enqueue a job now; see :meth:`JobRunner.schedule_job`."""
-        params = self.prepare_insert(
-            name,
-            data,
-            None,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-        )
-        return await self._insert(params, connection)
+        params = self.prepare_insert(name, data, None, options)
+        return await self._insert(params, options.get("connection"))
 
     @enqueue_boundary
+    @checked_options
     async def schedule_job_at(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         run_at: datetime,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """Enqueue a job due at ``run_at``; see :meth:`JobRunner.schedule_job_at`."""
         as_aware_datetime(run_at)
-        params = self.prepare_insert(
-            name,
-            data,
-            run_at,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-        )
-        return await self._insert(params, connection)
+        params = self.prepare_insert(name, data, run_at, options)
+        return await self._insert(params, options.get("connection"))
 
     def prepare_bulk(
         self,
         name: str,
         data: Iterable[Mapping[str, Any] | None],
-        *,
-        tenant: TenantArg,
-        priority: int,
-        run_at: datetime | None,
-        user_id: uuid.UUID | str | None,
-        metadata: Mapping[str, Any] | None,
-        queue: str | None,
+        options: BulkOptions,
     ) -> tuple[dict[str, Any], list[uuid.UUID], BulkPayloads]:
         """Validate a bulk enqueue; returns shared parameters, ids and payloads.
 
         A slice of the payloads is the ``datas`` parameter of ``insert_jobs_bulk``.
         """
         payloads = BulkPayloads(as_bulk_data(data)[1])
-        base = self.prepare_insert(
-            name,
-            None,
-            run_at,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=None,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-        )
+        base = self._insert_params(bulk_args(self.registry, self.require_registered, name, options))
         # One urandom call for the whole batch: uuid4() per id cost as much as validating it.
         raw = os.urandom(16 * len(payloads))
         ids = [uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, len(raw), 16)]
         return base, ids, payloads
 
     @enqueue_boundary
+    @checked_options
     async def schedule_jobs(
         self,
         name: str,
         data: Iterable[Mapping[str, Any] | None],
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[BulkOptions],
     ) -> list[ScheduledJob]:
         """Enqueue many jobs, one statement per batch of 1,000, all in one transaction."""
-        base, ids, payloads = self.prepare_bulk(
-            name,
-            data,
-            tenant=tenant,
-            priority=priority,
-            run_at=run_at,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-        )
+        base, ids, payloads = self.prepare_bulk(name, data, options)
         if not ids:
             return []
-        if connection is not None and not isinstance(connection, psycopg.AsyncConnection):
-            raise InvalidArgumentError("connection must be an open psycopg.AsyncConnection")
-
-        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
-            cur = conn.cursor()
-            for start in range(0, len(ids), BULK_BATCH):
-                params = dict(base)
-                params["job_ids"] = ids[start : start + BULK_BATCH]
-                params["datas"] = payloads[start : start + BULK_BATCH]
-                await cur.execute(self.db.queries.insert_jobs_bulk, params)
-
+        connection = options.get("connection")
         if connection is not None:
-            with translate_errors():
-                async with caller_savepoint(connection, self.db.queries):
-                    await write(connection)
-        else:
-            await self._ensure_started()
-            async with self.db.transaction() as conn:
-                await write(conn)
-        tenant_id = base["tenant"]
-        return [_handle(i, tenant_id, created=True) for i in ids]
+            return await enqueue_many_on(connection, self.db.queries, base, ids, payloads)
+        await self._ensure_started()
+        async with self.db.transaction() as conn:
+            return await run_async(conn, insert_many(self.db.queries, base, ids, payloads))
+
+    # -- the sync runner's transactional enqueue ---------------------------------------------
+    def schedule_on_sync_connection(
+        self,
+        connection: Any,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """``schedule_job(connection=...)`` with a sync psycopg connection, in the caller's
+        thread and transaction (:class:`~jobrunner.SyncJobRunner` calls it): the same
+        validation and statements as :meth:`schedule_job`."""
+        caller = sync_connection(connection)
+        params = self.prepare_insert(name, data, run_at, options)
+        return enqueue_on_sync(caller, self.db.queries, params)
+
+    def schedule_many_on_sync_connection(
+        self,
+        connection: Any,
+        name: str,
+        data: Iterable[Mapping[str, Any] | None],
+        options: BulkOptions,
+    ) -> list[ScheduledJob]:
+        """:meth:`schedule_jobs` on the caller's sync connection (see
+        :meth:`schedule_on_sync_connection`)."""
+        caller = sync_connection(connection)
+        base, ids, payloads = self.prepare_bulk(name, data, options)
+        if not ids:
+            return []
+        return enqueue_many_on_sync(caller, self.db.queries, base, ids, payloads)
 
     # -- inspection and control -------------------------------------------------------------
     async def get_job_status(
@@ -489,40 +406,17 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         return metrics
 
     # -- recurring --------------------------------------------------------------------------
+    @checked_options
     async def schedule_recurring_job(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         expression: str,
-        *,
-        tenant: TenantArg = None,
-        timezone: str = "UTC",
-        singleton_key: str | None = None,
-        missed_ticks: MissedTickPolicy | str = MissedTickPolicy.LATEST,
-        overlap: OverlapPolicy | str = OverlapPolicy.ALLOW,
-        max_catch_up: int = 10,
-        priority: int = 0,
-        queue: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        **options: Unpack[RecurringOptions],
     ) -> ScheduledJob:
         """Create or update a recurring schedule; see :mod:`._schedule_definitions`."""
         args = recurring_args(
-            self.registry,
-            self.require_registered,
-            name,
-            data,
-            expression,
-            tenant=tenant,
-            timezone=timezone,
-            singleton_key=singleton_key,
-            missed_ticks=missed_ticks,
-            overlap=overlap,
-            max_catch_up=max_catch_up,
-            priority=priority,
-            queue=queue,
-            user_id=user_id,
-            metadata=metadata,
+            self.registry, self.require_registered, name, data, expression, **options
         )
         await self._ensure_started()
         return await self.schedule_store.save_schedule(args)
@@ -564,26 +458,6 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         return PostgresStore(self.db, tables=self.store, ensure_started=self.start)
 
 
-class BulkPayloads:
-    """Validated bulk payloads as JSON texts; a slice is ONE JSON array text.
-
-    Performance (docs/performance.md): the texts come from validation's own ``json.dumps``, and
-    a batch travels as one ``jsonb`` parameter instead of a ``jsonb[]`` that psycopg would
-    serialise and quote element by element (which cost more than the insert itself).
-    """
-
-    __slots__ = ("_texts",)
-
-    def __init__(self, texts: list[str]) -> None:
-        self._texts = texts
-
-    def __len__(self) -> int:
-        return len(self._texts)
-
-    def __getitem__(self, index: slice) -> str:
-        return "[" + ",".join(self._texts[index]) + "]"
-
-
 def _is_own_insert(exc: DatabaseError) -> bool:
     """Whether an insert failed on the primary key: the job id is the client's own, so a
     retried insert that meets it finds the first try's committed row."""
@@ -592,11 +466,6 @@ def _is_own_insert(exc: DatabaseError) -> bool:
         isinstance(cause, psycopg.errors.UniqueViolation)
         and cause.diag.constraint_name == "jobs_pkey"
     )
-
-
-def _handle(job_id: Any, tenant: uuid.UUID, *, created: bool) -> ScheduledJob:
-    key = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
-    return ScheduledJob(job_id=key, external_id=str(key), tenant=tenant, created=created)
 
 
 # Imported late for the type annotation above without a cycle at import time.

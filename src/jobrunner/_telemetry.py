@@ -43,6 +43,7 @@ __all__ = [
     "set_tenant_label",
     "snapshot",
     "step_span",
+    "tenant_label_enabled",
 ]
 
 #: Metadata key holding the enqueuer's trace context (reserved; the attempt consumes it).
@@ -209,6 +210,11 @@ def set_tenant_label(enabled: bool) -> None:
     tenant can be a great many)."""
     global _tenant_label
     _tenant_label = bool(enabled)
+
+
+def tenant_label_enabled() -> bool:
+    """Whether metrics carry the tenant label (:func:`set_tenant_label`)."""
+    return _tenant_label
 
 
 def snapshot() -> MetricsSnapshot:

@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from jobrunner._errors import InvalidArgumentError, JobRunnerError
 from jobrunner._limits import MAX_HISTORY_AGE_SECONDS, MAX_TIMESTAMP, MIN_TIMESTAMP
+from jobrunner._metrics import metrics_text
 from jobrunner._models import JobInfo, JobStatus, Metrics
 from jobrunner._runner import ALL_TENANTS, AllTenants, JobRunner
 from jobrunner._validation import as_aware_datetime, as_tenant
@@ -438,6 +439,14 @@ class Dashboard:
         body["steps"] = [_plain(s) for s in details.steps]
         return JSONResponse(json.loads(json.dumps(body, default=str)))
 
+    async def prometheus(self, request: Request) -> Response:
+        """``GET /metrics``: the Prometheus text format, behind the same auth hook and tenant
+        scope as every page (docs/reference/metrics.md)."""
+        view = await self.view(request)
+        runner = await self.runner()
+        body = await metrics_text(runner, tenant=view.tenant)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     # -- errors -----------------------------------------------------------------------------
     async def on_error(self, request: Request, exc: Exception) -> Response:
         wants_json = request.url.path.startswith(
@@ -775,6 +784,7 @@ def create_app(
         Route("/api/metrics", dash.api_metrics),
         Route("/api/jobs", dash.api_jobs),
         Route("/api/jobs/{tenant}/{job_id}", dash.api_job),
+        Route("/metrics", dash.prometheus),
         Mount("/static", StaticFiles(directory=static), name="static"),
     ]
     handlers: dict[Any, Any] = {

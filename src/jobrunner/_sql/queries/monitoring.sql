@@ -109,3 +109,26 @@ WITH doomed AS (
 DELETE FROM {schema}.jobs j
 USING doomed d
 WHERE j.tenant = d.tenant AND j.job_id = d.job_id AND j.status IN (/*statuses*/)
+
+-- name: monitoring_queue_depth
+-- Live jobs per queue, status and runner type (the Prometheus gauges), with the age of the
+-- oldest due job still waiting. Only live rows are read (a backlog, never the history).
+SELECT queue, status::text AS status, runner_type, NULL::uuid AS tenant,
+       count(*)::bigint AS jobs,
+       extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE status IN ('pending', 'queued', 'retrying') AND run_at <= now()
+                 AND isfinite(run_at)))::float8 AS oldest_due_seconds
+FROM {schema}.jobs
+WHERE status IN ('pending', 'queued', 'processing', 'retrying') /*tenant*/
+GROUP BY queue, status, runner_type
+
+-- name: monitoring_queue_depth_by_tenant
+-- As monitoring_queue_depth, one row per tenant too (asked for explicitly: many series).
+SELECT queue, status::text AS status, runner_type, tenant,
+       count(*)::bigint AS jobs,
+       extract(epoch FROM now() - min(run_at) FILTER (
+           WHERE status IN ('pending', 'queued', 'retrying') AND run_at <= now()
+                 AND isfinite(run_at)))::float8 AS oldest_due_seconds
+FROM {schema}.jobs
+WHERE status IN ('pending', 'queued', 'processing', 'retrying') /*tenant*/
+GROUP BY queue, status, runner_type, tenant

@@ -19,15 +19,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 from jobrunner._context import JobContext
 from jobrunner._db._monitoring import list_filters
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._execution import AbortReason, Attempt, Completed, Failed, run_attempt
-from jobrunner._jobargs import JobArgs, job_args, recurring_args
+from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, recurring_args
 from jobrunner._models import (
     LIVE_STATUSES,
     JobDetails,
@@ -42,6 +42,7 @@ from jobrunner._models import (
     ScheduleInfo,
     StepInfo,
 )
+from jobrunner._options import BulkOptions, EnqueueOptions, RecurringOptions, checked_options
 from jobrunner._policy import JobPolicy
 from jobrunner._recurrence import (
     DEFAULT_MISFIRE_GRACE,
@@ -62,6 +63,7 @@ from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import (
     as_aware_datetime,
     as_bulk_data,
+    as_data,
     as_history_age,
     as_optional_text,
     as_tenant,
@@ -420,36 +422,6 @@ class InMemoryJobRunner(JobRunner):
         return await wait_within(watch(), key, seconds)
 
     # -- scheduling -------------------------------------------------------------------------
-    def _new_job(
-        self,
-        name: str,
-        data: Mapping[str, Any] | None,
-        run_at: datetime | None,
-        *,
-        tenant: TenantArg,
-        priority: int,
-        singleton_key: str | None,
-        user_id: uuid.UUID | str | None,
-        metadata: Mapping[str, Any] | None,
-        queue: str | None,
-        schedule_id: uuid.UUID | None = None,
-    ) -> _Job:
-        """Validate as every backend does and build (not store) a job."""
-        args = job_args(
-            self.registry,
-            self.require_registered,
-            name,
-            data,
-            run_at,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-        )
-        return self._job_from(args, schedule_id)
-
     def _job_from(self, args: JobArgs, schedule_id: uuid.UUID | None = None) -> _Job:
         now = self.clock.now()
         due = args.run_at is None or args.run_at <= now
@@ -490,31 +462,17 @@ class InMemoryJobRunner(JobRunner):
         return _handle(job, created=True)
 
     @enqueue_boundary
+    @checked_options
     async def schedule_job(
         self,
         name: str,
         data: Mapping[str, Any] | None = None,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """Enqueue a job now; see :meth:`JobRunner.schedule_job` (``connection`` is refused)."""
-        _no_connection(connection)
-        job = self._new_job(
-            name,
-            data,
-            None,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
+        _no_connection(options.get("connection"))
+        job = self._job_from(
+            enqueue_args(self.registry, self.require_registered, name, data, None, options)
         )
         handle = self._store(job)
         if self.eager and handle.created:
@@ -522,33 +480,19 @@ class InMemoryJobRunner(JobRunner):
         return handle
 
     @enqueue_boundary
+    @checked_options
     async def schedule_job_at(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         run_at: datetime,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """Enqueue a job due at ``run_at`` on the runner's clock."""
-        _no_connection(connection)
+        _no_connection(options.get("connection"))
         as_aware_datetime(run_at)
-        job = self._new_job(
-            name,
-            data,
-            run_at,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
+        job = self._job_from(
+            enqueue_args(self.registry, self.require_registered, name, data, run_at, options)
         )
         handle = self._store(job)
         if self.eager and handle.created and job.status is JobStatus.QUEUED:
@@ -556,36 +500,18 @@ class InMemoryJobRunner(JobRunner):
         return handle
 
     @enqueue_boundary
+    @checked_options
     async def schedule_jobs(
         self,
         name: str,
         data: Iterable[Mapping[str, Any] | None],
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[BulkOptions],
     ) -> list[ScheduledJob]:
         """Enqueue many jobs; all are validated before any is stored."""
-        _no_connection(connection)
+        _no_connection(options.get("connection"))
         items, _ = as_bulk_data(data)
-        jobs = [
-            self._new_job(
-                name,
-                item,
-                run_at,
-                tenant=tenant,
-                priority=priority,
-                singleton_key=None,
-                user_id=user_id,
-                metadata=metadata,
-                queue=queue,
-            )
-            for item in items
-        ]
+        shared = bulk_args(self.registry, self.require_registered, name, options)
+        jobs = [self._job_from(replace(shared, data=as_data(item))) for item in items]
         handles = [self._store(job) for job in jobs]
         if self.eager:
             await self._run_eagerly([j for j in jobs if j.status is JobStatus.QUEUED])
@@ -852,22 +778,13 @@ class InMemoryJobRunner(JobRunner):
         return len(doomed)
 
     # -- recurring --------------------------------------------------------------------------
+    @checked_options
     async def schedule_recurring_job(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         expression: str,
-        *,
-        tenant: TenantArg = None,
-        timezone: str = "UTC",
-        singleton_key: str | None = None,
-        missed_ticks: MissedTickPolicy | str = MissedTickPolicy.LATEST,
-        overlap: OverlapPolicy | str = OverlapPolicy.ALLOW,
-        max_catch_up: int = 10,
-        priority: int = 0,
-        queue: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        **options: Unpack[RecurringOptions],
     ) -> ScheduledJob:
         """Create or update (by ``singleton_key``) a schedule ticking on the runner's clock.
 
@@ -875,21 +792,7 @@ class InMemoryJobRunner(JobRunner):
         the expression or timezone changed, which recomputes the next tick from now.
         """
         args = recurring_args(
-            self.registry,
-            self.require_registered,
-            name,
-            data,
-            expression,
-            tenant=tenant,
-            timezone=timezone,
-            singleton_key=singleton_key,
-            missed_ticks=missed_ticks,
-            overlap=overlap,
-            max_catch_up=max_catch_up,
-            priority=priority,
-            queue=queue,
-            user_id=user_id,
-            metadata=metadata,
+            self.registry, self.require_registered, name, data, expression, **options
         )
         rec, missed, overlap_policy = args.recurrence, args.missed_ticks, args.overlap
         catch_up = args.max_catch_up

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from psycopg.types.json import Jsonb
 from temporalio.client import (
@@ -35,7 +35,7 @@ from jobrunner._errors import (
     ScheduleError,
     UnavailableError,
 )
-from jobrunner._jobargs import job_args, recurring_args
+from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, recurring_args
 from jobrunner._limits import MAX_LEASE_SECONDS, MAX_TIMEOUT_SECONDS
 from jobrunner._models import (
     JobInfo,
@@ -45,6 +45,7 @@ from jobrunner._models import (
     ScheduledJob,
     ScheduleInfo,
 )
+from jobrunner._options import BulkOptions, EnqueueOptions, RecurringOptions, checked_options
 from jobrunner._policy import JobPolicy
 from jobrunner._runner import JobRunner, TenantArg
 from jobrunner._telemetry import enqueue_boundary
@@ -210,39 +211,13 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         return await self.db.migrate()
 
     # -- scheduling -------------------------------------------------------------------------
-    def _prepare(
-        self,
-        name: str,
-        data: Mapping[str, Any] | None,
-        run_at: datetime | None,
-        *,
-        tenant: TenantArg,
-        priority: int,
-        singleton_key: str | None,
-        user_id: uuid.UUID | str | None,
-        metadata: Mapping[str, Any] | None,
-        queue: str | None,
-        connection: Any,
-    ) -> tuple[dict[str, Any], JobInput]:
+    def _prepare(self, args: JobArgs, connection: Any) -> tuple[dict[str, Any], JobInput]:
         if connection is not None:
             raise InvalidArgumentError(
                 "connection= is not supported by the Temporal backend: a job cannot join your "
                 "database transaction and a Temporal workflow start atomically (see "
                 "docs/backends.md); schedule after your transaction commits"
             )
-        args = job_args(
-            self.registry,
-            self.require_registered,
-            name,
-            data,
-            run_at,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-        )
         job_id = uuid.uuid4()
         params: dict[str, Any] = {
             "tenant": args.tenant,
@@ -363,18 +338,12 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             logger.exception("could not mark %d unstarted jobs failed", len(job_ids))
 
     @enqueue_boundary
+    @checked_options
     async def schedule_job(
         self,
         name: str,
         data: Mapping[str, Any] | None = None,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """Insert the job's row and start its workflow; see :meth:`JobRunner.schedule_job`.
 
@@ -383,79 +352,41 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             UnavailableError: Temporal refused the workflow start (the row is marked failed).
         """
         params, job = self._prepare(
-            name,
-            data,
-            None,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-            connection=connection,
+            enqueue_args(self.registry, self.require_registered, name, data, None, options),
+            options.get("connection"),
         )
         return await self._launch(params, job, None)
 
     @enqueue_boundary
+    @checked_options
     async def schedule_job_at(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         run_at: datetime,
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        singleton_key: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[EnqueueOptions],
     ) -> ScheduledJob:
         """Like :meth:`schedule_job`, with the workflow's start delayed until ``run_at``."""
         when = as_aware_datetime(run_at)
         params, job = self._prepare(
-            name,
-            data,
-            when,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=singleton_key,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-            connection=connection,
+            enqueue_args(self.registry, self.require_registered, name, data, when, options),
+            options.get("connection"),
         )
         return await self._launch(params, job, when)
 
     @enqueue_boundary
+    @checked_options
     async def schedule_jobs(
         self,
         name: str,
         data: Iterable[Mapping[str, Any] | None],
-        *,
-        tenant: TenantArg = None,
-        priority: int = 0,
-        run_at: datetime | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: str | None = None,
-        connection: Any = None,
+        **options: Unpack[BulkOptions],
     ) -> list[ScheduledJob]:
         """Insert all rows in one transaction, then start their workflows concurrently."""
         payloads = [dict(item) for item in as_bulk_data(data)[0]]
-        when = None if run_at is None else as_aware_datetime(run_at)
-        base, template = self._prepare(
-            name,
-            None,
-            when,
-            tenant=tenant,
-            priority=priority,
-            singleton_key=None,
-            user_id=user_id,
-            metadata=metadata,
-            queue=queue,
-            connection=connection,
-        )
+        shared = bulk_args(self.registry, self.require_registered, name, options)
+        when = shared.run_at
+        base, template = self._prepare(shared, options.get("connection"))
         if not payloads:
             return []
         ids = [uuid.uuid4() for _ in payloads]
@@ -645,22 +576,13 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         return True
 
     # -- recurring --------------------------------------------------------------------------
+    @checked_options
     async def schedule_recurring_job(
         self,
         name: str,
         data: Mapping[str, Any] | None,
         expression: str,
-        *,
-        tenant: TenantArg = None,
-        timezone: str = "UTC",
-        singleton_key: str | None = None,
-        missed_ticks: MissedTickPolicy | str = MissedTickPolicy.LATEST,
-        overlap: OverlapPolicy | str = OverlapPolicy.ALLOW,
-        max_catch_up: int = 10,
-        priority: int = 0,
-        queue: str | None = None,
-        user_id: uuid.UUID | str | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        **options: Unpack[RecurringOptions],
     ) -> ScheduledJob:
         """Create or update (in place, data included) a Temporal Schedule for ``name``.
 
@@ -668,21 +590,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         schedule ids are unique per namespace, so a key another tenant uses is refused.
         """
         args = recurring_args(
-            self.registry,
-            self.require_registered,
-            name,
-            data,
-            expression,
-            tenant=tenant,
-            timezone=timezone,
-            singleton_key=singleton_key,
-            missed_ticks=missed_ticks,
-            overlap=overlap,
-            max_catch_up=max_catch_up,
-            priority=priority,
-            queue=queue,
-            user_id=user_id,
-            metadata=metadata,
+            self.registry, self.require_registered, name, data, expression, **options
         )
         req, tenant_id = args.job, args.job.tenant
         schedule_id = _schedules.schedule_id_for(req.name, tenant_id, req.singleton_key)
@@ -768,21 +676,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
                 inserted = await cur.fetchone()
             if inserted is None:
                 # Another call created the tracker first: update that one instead.
-                return await self.schedule_recurring_job(
-                    name,
-                    data,
-                    expression,
-                    tenant=tenant,
-                    timezone=timezone,
-                    singleton_key=singleton_key,
-                    missed_ticks=missed_ticks,
-                    overlap=overlap,
-                    max_catch_up=max_catch_up,
-                    priority=priority,
-                    queue=queue,
-                    user_id=user_id,
-                    metadata=metadata,
-                )
+                return await self.schedule_recurring_job(name, data, expression, **options)
             try:
                 await self.client.create_schedule(
                     schedule_id,

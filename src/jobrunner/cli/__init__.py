@@ -35,9 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if log_format == "json":
+        from jobrunner.observability import JsonFormatter
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level, handlers=[handler])
+        return
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -68,7 +76,7 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         return 2  # argparse printed the usage and the error
     if settings is not None:
         args.base_settings = settings
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, getattr(args, "log_format", "text"))
     try:
         code: int = args.handler(args)
     except JobRunnerError as exc:

@@ -116,19 +116,24 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
     return dataclasses.replace(settings, **changes)
 
 
-def run_with_runner(args: argparse.Namespace, work: Callable[[JobRunner], Awaitable[T]]) -> T:
+def run_with_runner(
+    args: argparse.Namespace, work: Callable[[JobRunner], Awaitable[T]], **overrides: Any
+) -> T:
     """Run ``work`` on a runner built from the settings, closing the runner afterwards.
 
     The runner opens the database without migrating (``auto_migrate="check"``): these
     commands act on jobs that exist, so a missing or outdated schema (a mistyped
     ``--schema``) is a :class:`ConfigurationError` (exit code 2), never a new empty schema.
-    Only ``jobrunner migrate`` and ``jobrunner worker`` migrate.
+    Only ``jobrunner migrate`` and ``jobrunner worker`` migrate. ``overrides`` replace more
+    settings (``require_registered=False`` for ``jobs enqueue``).
     """
 
     async def go() -> T:
         from jobrunner._factory import JobRunnerFactory
 
-        runner = await JobRunnerFactory.create(settings_from(args, auto_migrate="check"))
+        runner = await JobRunnerFactory.create(
+            settings_from(args, auto_migrate="check", **overrides)
+        )
         try:
             return await work(runner)
         finally:

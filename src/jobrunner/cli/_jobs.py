@@ -1,4 +1,5 @@
-"""``jobrunner metrics``, ``jobrunner jobs list|show|cancel|retry``, ``jobrunner history clear``."""
+"""``jobrunner metrics``, ``jobrunner jobs list|show|cancel|retry`` (and ``enqueue|watch`` from
+``_follow``), ``jobrunner history clear``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from jobrunner._limits import (
 from jobrunner._models import JobInfo, JobStatus, Metrics
 from jobrunner._runner import ALL_TENANTS, AllTenants
 from jobrunner._validation import as_aware_datetime, as_history_age
+from jobrunner.cli import _follow as follow
 from jobrunner.cli._common import (
     add_database_options,
     count_option,
@@ -116,6 +118,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _tenant_options(retry, allow_all=False)
     _common(retry)
     retry.set_defaults(handler=_retry)
+
+    follow.register(jobs_sub)
 
     history = sub.add_parser("history", help="job history maintenance")
     history_sub = history.add_subparsers(dest="history_command", required=True, metavar="ACTION")

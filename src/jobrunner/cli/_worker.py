@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 
+from jobrunner._errors import ConfigurationError
 from jobrunner._execution import abandoned_handlers
 from jobrunner._limits import MAX_LEASE_SECONDS, MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
 from jobrunner._process import hard_exit
@@ -17,6 +18,7 @@ from jobrunner.cli._common import (
     queues_option,
     seconds_option,
     settings_from,
+    text_option,
 )
 
 logger = logging.getLogger("jobrunner.cli")
@@ -71,6 +73,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="Temporal: do not also run jobs written to the PostgreSQL queue while producers "
         "could not reach Temporal (the fallback)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default) or json: one JSON object per line with the record's extra fields",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=count_option("--metrics-port", minimum=0, maximum=65_535),
+        default=None,
+        help="serve Prometheus metrics on this port (needs the prometheus extra; 0: any free)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        type=text_option("--metrics-host", max_length=255),
+        default="127.0.0.1",
+        help="address the metrics endpoint listens on (default 127.0.0.1)",
+    )
     add_database_options(parser)
     parser.set_defaults(handler=run)
 
@@ -111,6 +131,8 @@ async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
             logger.warning("--no-postgres-queue ignored: this worker runs the PostgreSQL queue")
     queues = args.queues or None
     worker = runner.create_worker(concurrency=args.concurrency, queues=queues, **options)
+    if args.metrics_port is not None:
+        _serve_metrics(runner, args.metrics_host, args.metrics_port)
     workers.append(worker)
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -149,3 +171,23 @@ async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
         )
         hard_exit(0)
     return 0
+
+
+def _serve_metrics(runner: object, host: str, port: int) -> None:
+    """Prometheus metrics of this worker (its counters) and the database (the live-job
+    gauges) over HTTP, from a thread of prometheus_client's own."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from jobrunner.prometheus import JobRunnerCollector
+    except ImportError as exc:
+        raise ConfigurationError(
+            "--metrics-port needs prometheus-client: install jobrunner's prometheus extra"
+        ) from exc
+    registry = CollectorRegistry()
+    registry.register(JobRunnerCollector(runner))
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+    logger.info("metrics at http://%s:%d/metrics", host, server.server_port)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -137,5 +138,27 @@ async def _expect(reader: asyncio.StreamReader, word: str) -> None:
             return
 
 
+def enable_observability() -> None:
+    """``JOBRUNNER_BENCH_OTEL=1``: the worker runs with tracing and metrics on, as a production
+    service would (the OpenTelemetry SDK with a batching span processor and a metric reader;
+    the spans are dropped by the exporter, the cost of making them is what is measured)."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
 if __name__ == "__main__":
+    if os.environ.get("JOBRUNNER_BENCH_OTEL") == "1":
+        enable_observability()
     asyncio.run(main())

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jobrunner import _telemetry
+from jobrunner._metrics import DEFAULT_CACHE_SECONDS, metrics_text
+from jobrunner._runner import ALL_TENANTS
 
-__all__ = ["JsonFormatter", "set_tenant_label"]
+__all__ = ["JsonFormatter", "prometheus_text", "set_tenant_label"]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -33,6 +35,23 @@ def set_tenant_label(enabled: bool) -> None:
     only with a bounded number of tenants.
     """
     _telemetry.set_tenant_label(enabled)
+
+
+async def prometheus_text(
+    runner: Any, *, tenant: object = ALL_TENANTS, cache_seconds: float = DEFAULT_CACHE_SECONDS
+) -> str:
+    """jobrunner's metrics in the Prometheus text format, as the dashboard's ``GET /metrics``
+    serves them: this process's counters and histograms and the database's live-job gauges
+    (docs/reference/metrics.md). For an async application's own ``/metrics`` route; needs no
+    extra package.
+
+    Args:
+        runner: The runner whose database holds the jobs.
+        tenant: ``ALL_TENANTS`` (default), or one tenant: its live jobs only, and the counters
+            only when they carry the tenant label (:func:`set_tenant_label`).
+        cache_seconds: How long the live-job figures are reused.
+    """
+    return await metrics_text(runner, tenant=tenant, cache_seconds=cache_seconds)
 
 
 class JsonFormatter(logging.Formatter):

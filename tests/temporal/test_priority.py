@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from jobrunner import JobHandlerRegistry
-from jobrunner.backends.temporal._runner import temporal_priority
+from jobrunner.backends.temporal._inputs import temporal_priority
 
 pytestmark = pytest.mark.temporal
 

@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 from jobrunner._config import Settings
+from jobrunner._errors import ConfigurationError
 from jobrunner.backends.temporal._client import DEFAULT_CONNECT_TIMEOUT, connect, tls_config
-from jobrunner.backends.temporal._runner import TemporalJobRunner, workflow_id
+from jobrunner.backends.temporal._inputs import workflow_id
+from jobrunner.backends.temporal._runner import TemporalJobRunner
 from jobrunner.backends.temporal._worker import TemporalWorker, TemporalWorkerSettings
 from jobrunner.registry import JobHandlerRegistry
 
@@ -64,8 +66,6 @@ async def create_from_settings(
 
 
 def _float(raw: str | None, default: float) -> float:
-    from jobrunner._errors import ConfigurationError
-
     if raw is None or not raw.strip():
         return default
     try:

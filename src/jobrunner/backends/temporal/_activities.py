@@ -15,7 +15,7 @@ import logging
 import uuid
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from psycopg.types.json import Jsonb
 from temporalio import activity
@@ -35,6 +35,7 @@ from jobrunner._policy import JobPolicy, RetryPolicy
 from jobrunner._recurrence import Recurrence, parse_recurrence
 from jobrunner._validation import SYSTEM_USER
 from jobrunner.backends.temporal import _schedules
+from jobrunner.backends.temporal._inputs import policy_input
 from jobrunner.backends.temporal._types import (
     FINISH_ACTIVITY,
     PROGRESS_ACTIVITY,
@@ -48,50 +49,35 @@ from jobrunner.backends.temporal._types import (
     RegisterRunInput,
     RunInput,
 )
-from jobrunner.registry import HandlerSpec
-
-if TYPE_CHECKING:
-    from jobrunner.backends.temporal._runner import TemporalJobRunner
+from jobrunner.registry import JobHandlerRegistry
 
 logger = logging.getLogger("jobrunner.temporal")
 
 
-def policy_input(source: HandlerSpec | JobPolicy | None) -> PolicyInput:
-    """The workflow-side description of a handler's (or a job's stored) policy; defaults when
-    unknown."""
-    policy = source.policy if isinstance(source, HandlerSpec) else source or JobPolicy()
-    retry = policy.retry
-    names: list[str] = []
-    for entry in retry.non_retryable_errors:
-        # Temporal matches ApplicationError.type, which the activity sets to the class name.
-        names.append(entry.rsplit(".", 1)[-1] if isinstance(entry, str) else entry.__name__)
-    names.append("NonRetryable")
-    return PolicyInput(
-        max_attempts=retry.max_attempts,
-        initial_interval=retry.initial_seconds,
-        backoff_coefficient=float(retry.backoff_coefficient),
-        max_interval=retry.max_seconds,
-        jitter=retry.jitter,
-        non_retryable_error_types=names,
-        timeout=policy.timeout,
-    )
-
-
 class JobActivities:
-    """Activity implementations bound to a runner (database, registry) and a worker."""
+    """Activity implementations bound to a registry, the jobs tables and a worker.
+
+    Args:
+        registry: The handlers this worker runs.
+        store: The shared jobs tables (status, attempts, steps, progress).
+        worker_id: Identity of the worker, written to the rows of its attempts.
+        executor: Threads for plain ``def`` handlers.
+        heartbeat_every: Seconds between heartbeats sent to Temporal.
+    """
 
     def __init__(
         self,
-        runner: TemporalJobRunner,
+        registry: JobHandlerRegistry,
+        store: JobStore,
         *,
         worker_id: uuid.UUID,
         executor: Executor | None,
         heartbeat_every: float = 1.0,
     ) -> None:
-        self.runner = runner
-        self.db = runner.db
-        self.q = runner.db.queries
-        self.store = runner.store
+        self.registry = registry
+        self.db = store.db
+        self.q = store.db.queries
+        self.store = store
         self.worker_id = worker_id
         self.executor = executor
         self.heartbeat_every = heartbeat_every
@@ -115,7 +101,7 @@ class JobActivities:
         info = activity.info()
         tenant = uuid.UUID(inp.tenant)
         job_id = uuid.UUID(inp.job_id)
-        spec = self.runner.registry.find(inp.name)
+        spec = self.registry.find(inp.name)
         # The policy stored with the job when it was enqueued (the workflow's input) is the
         # only source of truth, whatever this worker's registry says.
         policy = _job_policy(inp.policy)
@@ -421,7 +407,7 @@ class JobActivities:
     @activity.defn(name=RESOLVE_POLICY_ACTIVITY)
     async def resolve_policy(self, name: str) -> PolicyInput:
         """The policy of ``name`` from this worker's registry (producer had none)."""
-        return policy_input(self.runner.registry.find(name))
+        return policy_input(self.registry.find(name))
 
 
 class _ProgressMirror:

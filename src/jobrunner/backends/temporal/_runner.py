@@ -13,17 +13,15 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import Any, Unpack
 
 from psycopg.types.json import Jsonb
 from temporalio.client import (
     Client,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
     TLSConfig,
     WorkflowHandle,
 )
-from temporalio.common import Priority, WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
@@ -32,7 +30,6 @@ from jobrunner._db._monitoring import retry_job as retry_queue_job
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     InvalidArgumentError,
-    ScheduleError,
     UnavailableError,
 )
 from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, recurring_args
@@ -40,8 +37,6 @@ from jobrunner._limits import MAX_LEASE_SECONDS, MAX_TIMEOUT_SECONDS
 from jobrunner._models import (
     JobInfo,
     JobStatus,
-    MissedTickPolicy,
-    OverlapPolicy,
     ScheduledJob,
     ScheduleInfo,
 )
@@ -58,9 +53,9 @@ from jobrunner._validation import (
     as_tenant,
     as_uuid,
 )
-from jobrunner.backends.temporal import _schedules
-from jobrunner.backends.temporal._activities import policy_input
 from jobrunner.backends.temporal._client import DEFAULT_CONNECT_TIMEOUT, connect
+from jobrunner.backends.temporal._inputs import policy_input, temporal_priority, workflow_id
+from jobrunner.backends.temporal._recurring import TemporalSchedules
 from jobrunner.backends.temporal._types import (
     QUERY_STATE,
     SIGNAL_CANCEL,
@@ -68,10 +63,8 @@ from jobrunner.backends.temporal._types import (
     WORKFLOW_NAME,
     JobInput,
 )
+from jobrunner.backends.temporal._worker import TemporalWorker, TemporalWorkerSettings
 from jobrunner.registry import JobHandlerRegistry
-
-if TYPE_CHECKING:
-    from jobrunner.backends.temporal._worker import TemporalWorker
 
 logger = logging.getLogger("jobrunner.temporal")
 
@@ -150,6 +143,14 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         self.connect_timeout = float(connect_timeout)
         self._client = client
         self._started = False
+        #: The runner's recurring schedules (Temporal Schedules and their tracker rows).
+        self.schedules = TemporalSchedules(
+            lambda: self.client,
+            database,
+            task_queue=task_queue,
+            heartbeat_timeout=self.heartbeat_timeout,
+            runner_type=self.runner_type,
+        )
         self._start_lock = asyncio.Lock()
 
     @property
@@ -461,7 +462,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             if row["runner_type"] != self.runner_type and not fallback_job:
                 return False
             if row["status"] == JobStatus.ACTIVE.value:
-                return await self._cancel_schedule(tenant_id, key, reason, cancelled_by)
+                return await self.schedules.remove(tenant_id, key, reason, cancelled_by)
             cur = await conn.execute(
                 self.db.queries.cancel_job,
                 {
@@ -592,253 +593,14 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         args = recurring_args(
             self.registry, self.require_registered, name, data, expression, **options
         )
-        req, tenant_id = args.job, args.job.tenant
-        schedule_id = _schedules.schedule_id_for(req.name, tenant_id, req.singleton_key)
         await self._ensure_started()
-
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.db.queries.temporal_find_tracker, {"schedule_id": schedule_id}
-            )
-            existing = await cur.fetchone()
-        if existing is not None and existing["tenant"] != tenant_id:
-            raise ScheduleError(
-                f"schedule id {schedule_id!r} is already used in this Temporal namespace; "
-                "choose another singleton_key"
-            )
-        tracker_id = existing["job_id"] if existing is not None else uuid.uuid4()
-        paused = False
-        offset: timedelta | None = None
-        if existing is not None:
-            tracker = await self._tracker(tenant_id, tracker_id)
-            old_meta = dict(tracker["metadata"] or {}) if tracker else {}
-            paused = bool(old_meta.get("paused"))
-            kept = old_meta.get("interval_offset_seconds")
-            if old_meta.get("expression") == args.recurrence.expression and isinstance(kept, int):
-                # Same interval: keep its grid (as PostgreSQL keeps next_run_at).
-                offset = timedelta(seconds=kept)
-        if args.recurrence.interval is not None and offset is None:
-            offset = _schedules.interval_offset_for(args.recurrence.interval, datetime.now(UTC))
-        row_meta = _schedules.describe_metadata(
-            recurrence=args.recurrence,
-            timezone=args.recurrence.timezone,
-            missed_ticks=args.missed_ticks,
-            overlap=args.overlap,
-            max_catch_up=args.max_catch_up,
-            extra=req.metadata,
-            paused=paused,
-            tracker_id=tracker_id,
-            schedule_id=schedule_id,
-            singleton_key=req.singleton_key or schedule_id,
-            interval_offset=offset,
-        )
-        job = JobInput(
-            job_id=None,
-            tenant=str(tenant_id),
-            name=req.name,
-            data=req.data,
-            policy=policy_input(req.spec) if req.spec is not None else None,
-            heartbeat_timeout=self.heartbeat_timeout,
-            schedule_id=str(tracker_id),
-            queue=req.queue,
-            priority=req.priority,
-            user_id=str(req.user_id),
-            metadata=req.metadata,
-        )
-        schedule = _schedules.build_schedule(
-            recurrence=args.recurrence,
-            timezone=args.recurrence.timezone,
-            job=job,
-            workflow_id=f"job-{req.name}-{schedule_id}",
-            task_queue=self.task_queue,
-            missed_ticks=args.missed_ticks,
-            overlap=args.overlap,
-            max_catch_up=args.max_catch_up,
-            paused=paused,
-            interval_offset=offset,
-        )
-        params = {
-            "tenant": tenant_id,
-            "job_id": tracker_id,
-            "name": req.name,
-            "metadata": Jsonb(row_meta),
-            "user_id": req.user_id,
-            "schedule_id": schedule_id,
-            "queue": req.queue,
-            "priority": req.priority,
-            "data": Jsonb(req.data),
-            "max_attempts": req.max_attempts,
-            "singleton_key": req.singleton_key or schedule_id,
-        }
-        if existing is None:
-            async with self.db.connection() as conn:
-                cur = await conn.execute(self.db.queries.temporal_insert_tracker, params)
-                inserted = await cur.fetchone()
-            if inserted is None:
-                # Another call created the tracker first: update that one instead.
-                return await self.schedule_recurring_job(name, data, expression, **options)
-            try:
-                await self.client.create_schedule(
-                    schedule_id,
-                    schedule,
-                    memo={
-                        "tenant": str(tenant_id),
-                        "tracker_job_id": str(tracker_id),
-                        "name": req.name,
-                    },
-                )
-            except Exception as exc:
-                if _already_exists(exc):
-                    await self._update_schedule(schedule_id, schedule)
-                else:
-                    async with self.db.connection() as conn:
-                        await conn.execute(
-                            self.db.queries.temporal_cancel_tracker,
-                            {
-                                "tenant": tenant_id,
-                                "job_id": tracker_id,
-                                "reason": f"schedule creation failed: {exc}"[:500],
-                                "cancelled_by": "jobrunner",
-                            },
-                        )
-                    raise UnavailableError(
-                        f"could not create Temporal schedule {schedule_id}: {exc}"
-                    ) from exc
-            await self._refresh_next_run(tenant_id, tracker_id, schedule_id)
-            return ScheduledJob(job_id=tracker_id, external_id=schedule_id, tenant=tenant_id)
-        await self._update_schedule(schedule_id, schedule)
-        async with self.db.connection() as conn:
-            await conn.execute(self.db.queries.temporal_update_tracker, params)
-        await self._refresh_next_run(tenant_id, tracker_id, schedule_id)
-        return ScheduledJob(
-            job_id=tracker_id, external_id=schedule_id, tenant=tenant_id, created=False
-        )
-
-    async def _update_schedule(self, schedule_id: str, schedule: Any) -> None:
-        async def updater(current: ScheduleUpdateInput) -> ScheduleUpdate:
-            # Keep the paused state Temporal has (pause/resume may have changed it).
-            schedule.state = current.description.schedule.state
-            return ScheduleUpdate(schedule=schedule)
-
-        handle = self.client.get_schedule_handle(schedule_id)
-        try:
-            await handle.update(updater)
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                # Deleted behind our back (for example in the Temporal UI): recreate it.
-                await self.client.create_schedule(schedule_id, schedule)
-                return
-            raise UnavailableError(
-                f"could not update Temporal schedule {schedule_id}: {exc}"
-            ) from exc
-
-    async def _next_action(self, schedule_id: str) -> datetime | None:
-        """The Temporal Schedule's next action time (``None`` when paused or unknown)."""
-        try:
-            desc = await self.client.get_schedule_handle(schedule_id).describe()
-        except RPCError as exc:
-            logger.warning("could not describe Temporal schedule %s: %s", schedule_id, exc)
-            return None
-        times = desc.info.next_action_times
-        return None if desc.schedule.state.paused or not times else times[0]
-
-    async def _refresh_next_run(
-        self, tenant: uuid.UUID, tracker_id: uuid.UUID, schedule_id: str
-    ) -> None:
-        next_run = await self._next_action(schedule_id)
-        async with self.db.connection() as conn:
-            await conn.execute(
-                self.db.queries.temporal_patch_tracker,
-                {
-                    "tenant": tenant,
-                    "job_id": tracker_id,
-                    "patch": Jsonb({"next_run_at": _schedules.iso(next_run)}),
-                    "skipped": 0,
-                    "next_run_at": next_run,
-                },
-            )
-
-    async def _tracker(self, tenant: uuid.UUID, job_id: uuid.UUID) -> dict[str, Any] | None:
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.db.queries.temporal_get_tracker, {"tenant": tenant, "job_id": job_id}
-            )
-            return await cur.fetchone()
-
-    async def _cancel_schedule(
-        self,
-        tenant: uuid.UUID,
-        job_id: uuid.UUID,
-        reason: str | None = None,
-        cancelled_by: str | None = None,
-    ) -> bool:
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.db.queries.temporal_cancel_tracker,
-                {
-                    "tenant": tenant,
-                    "job_id": job_id,
-                    "reason": reason,
-                    "cancelled_by": cancelled_by,
-                },
-            )
-            row = await cur.fetchone()
-        if row is None:
-            return False
-        try:
-            await self.client.get_schedule_handle(row["external_id"]).delete()
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise UnavailableError(
-                    f"could not delete Temporal schedule {row['external_id']}: {exc}"
-                ) from exc
-        return True
+        return await self.schedules.save(args)
 
     async def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:
         """The tenant's schedules, with next run from Temporal and last run from the table."""
         tenant_id = as_tenant(tenant)
         await self._ensure_started()
-        async with self.db.connection() as conn:
-            cur = await conn.execute(self.db.queries.temporal_list_trackers, {"tenant": tenant_id})
-            trackers = await cur.fetchall()
-            cur = await conn.execute(
-                self.db.queries.temporal_last_runs,
-                {"tenant": tenant_id, "schedule_ids": [t["job_id"] for t in trackers]},
-            )
-            last = {r["schedule_id"]: r for r in await cur.fetchall()}
-
-        async def describe(t: dict[str, Any]) -> ScheduleInfo:
-            meta = dict(t["metadata"] or {})
-            paused = bool(meta.get("paused"))
-            next_run: datetime | None = None
-            try:
-                desc = await self.client.get_schedule_handle(t["external_id"]).describe()
-                paused = desc.schedule.state.paused
-                # Temporal still computes action times for a paused schedule; nothing fires.
-                if desc.info.next_action_times and not paused:
-                    next_run = desc.info.next_action_times[0]
-            except RPCError as exc:
-                logger.warning("could not describe Temporal schedule %s: %s", t["external_id"], exc)
-            run = last.get(t["job_id"])
-            return ScheduleInfo(
-                job_id=t["job_id"],
-                tenant=t["tenant"],
-                name=t["type"],
-                expression=str(meta.get("expression", "")),
-                timezone=str(meta.get("timezone", "UTC")),
-                singleton_key=t["singleton_key"] or t["external_id"],
-                data=dict(t["data"] or {}),
-                paused=paused,
-                next_run_at=next_run,
-                last_run_at=_aware(run["run_at"]) if run else None,
-                last_run_status=JobStatus(run["status"]) if run else None,
-                last_job_id=run["job_id"] if run else None,
-                missed_ticks=MissedTickPolicy(meta.get("missed_ticks", "latest")),
-                overlap=OverlapPolicy(meta.get("overlap", "allow")),
-                runner_type=self.runner_type,
-            )
-
-        return list(await asyncio.gather(*(describe(t) for t in trackers)))
+        return await self.schedules.list(tenant_id)
 
     async def pause_schedule(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """Pause the Temporal Schedule whose tracker row is ``job_id``."""
@@ -854,33 +616,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         key = as_uuid(job_id, "job_id")
         tenant_id = as_tenant(tenant)
         await self._ensure_started()
-        tracker = await self._tracker(tenant_id, key)
-        if tracker is None:
-            return False
-        handle = self.client.get_schedule_handle(tracker["external_id"])
-        try:
-            if paused:
-                await handle.pause(note="paused by jobrunner")
-            else:
-                await handle.unpause(note="resumed by jobrunner")
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise UnavailableError(
-                f"could not {'pause' if paused else 'resume'} schedule: {exc}"
-            ) from exc
-        next_run = None if paused else await self._next_action(tracker["external_id"])
-        async with self.db.connection() as conn:
-            await conn.execute(
-                self.db.queries.temporal_set_tracker_paused,
-                {
-                    "tenant": tenant_id,
-                    "job_id": key,
-                    "paused": paused,
-                    "next_run_at": _schedules.iso(next_run),
-                },
-            )
-        return True
+        return await self.schedules.set_paused(tenant_id, key, paused=paused)
 
     # -- workers ----------------------------------------------------------------------------
     def create_worker(
@@ -898,46 +634,5 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         producers that could not reach Temporal wrote their jobs; docs/backends.md).
         PostgreSQL worker options such as ``lease_seconds`` configure that queue's worker.
         """
-        from jobrunner.backends.temporal._worker import TemporalWorker, TemporalWorkerSettings
-
         settings = TemporalWorkerSettings.build(concurrency=concurrency, queues=queues, **options)
         return TemporalWorker(self, settings)
-
-
-def workflow_id(name: str, job_id: uuid.UUID) -> str:
-    """The workflow id of a job: ``job-<name>-<job_id>``."""
-    return f"job-{name}-{job_id}"
-
-
-def _already_exists(exc: BaseException) -> bool:
-    from temporalio.client import ScheduleAlreadyRunningError
-
-    return isinstance(exc, ScheduleAlreadyRunningError) or (
-        isinstance(exc, RPCError) and exc.status == RPCStatusCode.ALREADY_EXISTS
-    )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def temporal_priority(priority: int, tenant: str) -> Priority:
-    """jobrunner's priority (higher first, 0 by default) as Temporal's Task Queue Priority
-    (``priority_key`` 1-5, lower first, 3 by default), with the tenant as fairness key.
-
-    Activities inherit it from the workflow. The fairness key balances tenants on servers with
-    task queue fairness enabled and is ignored elsewhere (docs/fairness.md).
-    """
-    if priority >= 10:
-        key = 1
-    elif priority > 0:
-        key = 2
-    elif priority == 0:
-        key = 3
-    elif priority > -10:
-        key = 4
-    else:
-        key = 5
-    return Priority(priority_key=key, fairness_key=str(tenant)[:64])

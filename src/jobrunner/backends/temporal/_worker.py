@@ -10,11 +10,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from jobrunner._db._database import Database
+from jobrunner._db._store import JobStore
 from jobrunner._errors import InvalidArgumentError, JobRunnerError
 from jobrunner._execution import AbortReason
 from jobrunner._limits import MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
@@ -24,9 +27,7 @@ from jobrunner._validation import as_count, as_queues, as_seconds
 from jobrunner.backends.postgres import PostgresJobRunner, PostgresWorker, WorkerSettings
 from jobrunner.backends.temporal._activities import JobActivities
 from jobrunner.backends.temporal._workflow import JobWorkflow
-
-if TYPE_CHECKING:
-    from jobrunner.backends.temporal._runner import TemporalJobRunner
+from jobrunner.registry import JobHandlerRegistry
 
 logger = logging.getLogger("jobrunner.temporal.worker")
 
@@ -138,6 +139,50 @@ class TemporalWorkerSettings:
         }
 
 
+class WorkerHost(Protocol):
+    """What a :class:`TemporalWorker` uses of the
+    :class:`~jobrunner.backends.temporal.TemporalJobRunner` that builds it."""
+
+    @property
+    def db(self) -> Database:
+        """The jobs tables' database (its pool is the runner's)."""
+
+    @property
+    def store(self) -> JobStore:
+        """The jobs tables."""
+
+    @property
+    def registry(self) -> JobHandlerRegistry:
+        """The handlers to run."""
+
+    @property
+    def require_registered(self) -> bool:
+        """Whether unregistered names are refused."""
+
+    @property
+    def heartbeat_timeout(self) -> float:
+        """Seconds without a heartbeat before Temporal retries an attempt elsewhere."""
+
+    @property
+    def client(self) -> Client:
+        """The connected Temporal client."""
+
+    @property
+    def address(self) -> str:
+        """The Temporal frontend (for log lines)."""
+
+    @property
+    def namespace(self) -> str:
+        """The Temporal namespace."""
+
+    @property
+    def task_queue(self) -> str:
+        """The task queue of the job workflows and activities."""
+
+    async def start(self) -> None:
+        """Connect and prepare the schema (idempotent)."""
+
+
 class TemporalWorker(JobWorker):
     """Runs the job workflow and its activities for a :class:`TemporalJobRunner`.
 
@@ -145,7 +190,7 @@ class TemporalWorker(JobWorker):
     this when ``JOB_RUNNER_TYPE=temporal``.
     """
 
-    def __init__(self, runner: TemporalJobRunner, settings: TemporalWorkerSettings) -> None:
+    def __init__(self, runner: WorkerHost, settings: TemporalWorkerSettings) -> None:
         self.runner = runner
         self.settings = settings
         self.worker_id = settings.worker_id
@@ -194,7 +239,8 @@ class TemporalWorker(JobWorker):
             thread_name_prefix="jobrunner-temporal-sync",
         )
         activities = JobActivities(
-            self.runner,
+            self.runner.registry,
+            self.runner.store,
             worker_id=self.worker_id,
             executor=executor,
             heartbeat_every=min(

@@ -507,23 +507,37 @@ def _report(
     attempt: Attempt, outcome: Outcome, span: telemetry.AttemptSpan, runner_type: str
 ) -> None:
     ctx = attempt.ctx
-    fields = _log_fields(attempt, runner_type)
     duration_ms = attempt.duration_ms
-    fields["duration_ms"] = round(duration_ms, 3)
     span_attributes: dict[str, Any] = {}
     error: JobError | None = None
     kind: str | None
     if isinstance(outcome, Completed):
         kind = label = "completed"
-        logger.debug(
-            "job %s (%s) attempt %d completed in %.0f ms",
-            ctx.job_id,
-            ctx.name,
-            ctx.attempt,
-            duration_ms,
-            extra=fields,
+        if logger.isEnabledFor(logging.DEBUG):  # the hot path: no record to build otherwise
+            fields = _log_fields(attempt, runner_type)
+            fields["duration_ms"] = round(duration_ms, 3)
+            logger.debug(
+                "job %s (%s) attempt %d completed in %.0f ms",
+                ctx.job_id,
+                ctx.name,
+                ctx.attempt,
+                duration_ms,
+                extra=fields,
+            )
+        span.end(label, None, span_attributes)
+        telemetry.record_attempt(
+            kind,
+            name=ctx.name,
+            queue=ctx.queue,
+            runner_type=runner_type,
+            tenant=ctx.tenant,
+            duration=duration_ms / 1000,
+            queue_wait=_queue_wait(attempt),
         )
-    elif isinstance(outcome, Failed):
+        return
+    fields = _log_fields(attempt, runner_type)
+    fields["duration_ms"] = round(duration_ms, 3)
+    if isinstance(outcome, Failed):
         error = outcome.error
         kind = label = "failed" if outcome.retry_in is None else "retried"
         what = (
@@ -565,8 +579,9 @@ def _report(
                 extra=fields,
                 exc_info=exc_info,
             )
-        label = "timeout" if attempt.timed_out else label
-        span_attributes["jobrunner.timed_out"] = attempt.timed_out
+        if attempt.timed_out:
+            label = "timeout"
+            span_attributes["jobrunner.timed_out"] = True
     else:
         reason = outcome.reason
         kind = "cancelled" if reason is AbortReason.CANCELLED else None
@@ -590,10 +605,14 @@ def _report(
         runner_type=runner_type,
         tenant=ctx.tenant,
         duration=duration_ms / 1000,
-        queue_wait=None
-        if attempt.due_at is None
-        else max(attempt.started_wall - attempt.due_at, 0.0),
+        queue_wait=_queue_wait(attempt),
     )
+
+
+def _queue_wait(attempt: Attempt) -> float | None:
+    if attempt.due_at is None:
+        return None
+    return max(attempt.started_wall - attempt.due_at, 0.0)
 
 
 def _next_run(retry_in: float) -> str:

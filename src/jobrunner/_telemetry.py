@@ -85,9 +85,14 @@ class _Otel:
         self.trace = trace
         self.tracer = trace.get_tracer("jobrunner", version)
         meter = metrics.get_meter("jobrunner", version)
+        # Counters are observable: the SDK reads the process's tallies when it collects, so
+        # an attempt costs no metric call of the SDK for them (the hot path of a drain).
         self.counters = {
-            kind: meter.create_counter(
-                f"jobrunner.jobs.{kind}", unit="{job}", description=description
+            kind: meter.create_observable_counter(
+                f"jobrunner.jobs.{kind}",
+                callbacks=[functools.partial(_observe_counter, metrics, kind)],
+                unit="{job}",
+                description=description,
             )
             for kind, description in _COUNTERS.items()
         }
@@ -190,6 +195,22 @@ class _Tallies:
                 found = table[labels] = _Histogram()
             found.observe(value)
 
+    def attempt(
+        self, kind: str | None, labels: Labels, duration: float, queue_wait: float | None
+    ) -> None:
+        with self.lock:
+            if kind is not None:
+                table = self.counters[kind]
+                table[labels] = table.get(labels, 0) + 1
+            for name, value in (("duration", duration), ("queue_wait", queue_wait)):
+                if value is None:
+                    continue
+                histograms = self.histograms[name]
+                found = histograms.get(labels)
+                if found is None:
+                    found = histograms[labels] = _Histogram()
+                found.observe(value)
+
     def snapshot(self) -> MetricsSnapshot:
         with self.lock:
             return MetricsSnapshot(
@@ -226,7 +247,13 @@ def _labels(name: str, queue: str, runner_type: str, tenant: object) -> Labels:
     return (name, queue, runner_type, str(tenant) if _tenant_label else "")
 
 
+_ATTRIBUTES: dict[Labels, dict[str, str]] = {}
+
+
 def _attributes(labels: Labels) -> dict[str, str]:
+    found = _ATTRIBUTES.get(labels)
+    if found is not None:
+        return found
     attributes = {
         "jobrunner.job.name": labels[0],
         "messaging.destination.name": labels[1],
@@ -234,14 +261,20 @@ def _attributes(labels: Labels) -> dict[str, str]:
     }
     if labels[3]:
         attributes["jobrunner.tenant"] = labels[3]
+    if len(_ATTRIBUTES) < 10_000:  # bounded labels; never grow without bound all the same
+        _ATTRIBUTES[labels] = attributes
     return attributes
 
 
 def _count(kind: str, labels: Labels, amount: int = 1) -> None:
     _tallies.add(kind, labels, amount)
-    otel = _otel()
-    if otel is not None:
-        otel.counters[kind].add(amount, _attributes(labels))
+    _otel()  # the observable counters exist once OpenTelemetry is loaded
+
+
+def _observe_counter(metrics: Any, kind: str, options: Any) -> list[Any]:
+    with _tallies.lock:
+        values = list(_tallies.counters[kind].items())
+    return [metrics.Observation(value, _attributes(labels)) for labels, value in values]
 
 
 # -- enqueue -------------------------------------------------------------------------------------
@@ -491,6 +524,7 @@ def attempt_span(
         values = {str(k): v for k, v in carrier.items() if isinstance(v, str)}
         # A malformed stored context extracts as none: the attempt starts a new trace.
         parent = otel.propagate.extract(values)
+    job = str(job_id)
     span = otel.tracer.start_span(
         f"jobrunner.run {name}",
         context=parent,
@@ -498,11 +532,10 @@ def attempt_span(
         attributes={
             "messaging.system": _MESSAGING_SYSTEM,
             "messaging.operation.type": "process",
-            "messaging.operation.name": "run",
             "messaging.destination.name": queue,
-            "messaging.message.id": str(job_id),
+            "messaging.message.id": job,
             "jobrunner.job.name": name,
-            "jobrunner.job_id": str(job_id),
+            "jobrunner.job_id": job,
             "jobrunner.tenant": str(tenant),
             "jobrunner.attempt": attempt,
             "jobrunner.runner_type": runner_type,
@@ -523,11 +556,7 @@ def record_attempt(
 ) -> None:
     """Count an attempt's outcome (``kind`` is a counter kind or ``None``) and its timings."""
     labels = _labels(name, queue, runner_type, tenant)
-    if kind is not None:
-        _count(kind, labels)
-    _tallies.observe("duration", labels, duration)
-    if queue_wait is not None:
-        _tallies.observe("queue_wait", labels, queue_wait)
+    _tallies.attempt(kind, labels, duration, queue_wait)
     otel = _otel()
     if otel is not None:
         attributes = _attributes(labels)

@@ -20,20 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from jobrunner._context import JobContext
 from jobrunner._errors import DatabaseError, JobRunnerError, NonRetryable
-from jobrunner._execution import (
-    CANCEL_GRACE,
-    AbortReason,
-    Attempt,
-    Completed,
-    Failed,
-    Outcome,
-    run_attempt,
-)
+from jobrunner._execution import CANCEL_GRACE, Aborted, AbortReason, Attempt, Outcome, run_attempt
 from jobrunner._outcome import describe_error
-from jobrunner._policy import JobPolicy
 from jobrunner._process import hard_exit
+from jobrunner._queue._attempts import begin_attempt, outcome_record
 from jobrunner._queue._settings import WorkerSettings
 from jobrunner._queue._store import (
     AttemptRef,
@@ -237,28 +228,12 @@ class QueueWorker(JobWorker):
         return len(claim.jobs)
 
     def _start_job(self, job: ClaimedJob, now: float) -> None:
-        spec = self.registry.find(job.name)
-        fallback = spec.policy if spec is not None else JobPolicy()
-        policy = JobPolicy.from_json(job.policy, fallback=fallback)
-        ctx = JobContext(
-            job_id=job.job_id,
-            name=job.name,
-            tenant=job.tenant,
-            attempt=job.attempt,
-            max_attempts=policy.retry.max_attempts,
-            queue=job.queue,
-            metadata=dict(job.metadata),
-            schedule_id=job.schedule_id,
-            lease_token=job.lease_token,
-            _sink=self.store,
-        )
-        running = _Running(Attempt(ctx, job.data, policy), job.ref, now)
-        if job.run_at is not None:
-            running.attempt.due_at = job.run_at.timestamp()
+        attempt, spec = begin_attempt(job, self.registry, self.store)
+        running = _Running(attempt, job.ref, now)
         self._running[running.key] = running
         running.task = asyncio.create_task(
             self._execute(running, spec, pin=job.policy is None),
-            name=f"jobrunner-attempt-{ctx.job_id}",
+            name=f"jobrunner-attempt-{job.job_id}",
         )
 
     # -- execution ------------------------------------------------------------------------
@@ -289,46 +264,18 @@ class QueueWorker(JobWorker):
             logger.warning("could not store job %s's policy: %s", job.job_id, exc)
 
     def _record(self, job: _Running, outcome: Outcome) -> None:
-        attempt = job.attempt
-        if isinstance(outcome, Completed):
-            self._outcomes.completed.append(
-                CompletedAttempt(
-                    job.ref, outcome.result_json, attempt.started_wall, attempt.duration_ms
-                )
-            )
+        record = outcome_record(job.ref, job.attempt, outcome)
+        if isinstance(record, CompletedAttempt):
+            self._outcomes.completed.append(record)
             self._schedule_flush()
-        elif isinstance(outcome, Failed):
-            self._record_failure(
-                job,
-                outcome.error.to_json(),
-                outcome.retry_in,
-                attempt.started_wall,
-                attempt.started,
-            )
-        elif outcome.reason is AbortReason.SHUTDOWN:
+        elif isinstance(record, FailedAttempt):
+            self._outcomes.failed.append(record)
+            self._schedule_flush()
+            if record.retry_in is not None and record.retry_in < self.settings.poll_interval:
+                self._arm_timer(record.retry_in)
+        elif isinstance(outcome, Aborted) and outcome.reason is AbortReason.SHUTDOWN:
             self._to_release.append(job)
         # CANCELLED: the cancel recorded the outcome; LEASE_LOST: the job's new holder does.
-
-    def _record_failure(
-        self,
-        job: _Running,
-        error: dict[str, Any],
-        retry_in: float | None,
-        started_wall: float,
-        started: float,
-    ) -> None:
-        self._outcomes.failed.append(
-            FailedAttempt(
-                job.ref,
-                json.dumps(error),
-                retry_in,
-                started_wall,
-                (time.monotonic() - started) * 1000,
-            )
-        )
-        self._schedule_flush()
-        if retry_in is not None and retry_in < self.settings.poll_interval:
-            self._arm_timer(retry_in)
 
     def _arm_timer(self, delay: float) -> None:
         loop = asyncio.get_running_loop()

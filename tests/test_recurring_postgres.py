@@ -27,10 +27,10 @@ from jobrunner import (
     ScheduleError,
 )
 from jobrunner._jobargs import recurring_args
-from jobrunner._legacy import JobScheduler
 from jobrunner._queue._ticker import ScheduleTicker
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.backends.postgres._schedule_ticks import fire_due
+from jobrunner.compat import JobScheduler
 from jobrunner.testing import running_worker
 
 T0 = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)

@@ -22,7 +22,6 @@ from jobrunner._errors import (
     UnknownOptionError,
 )
 from jobrunner._factory import JobRunnerFactory
-from jobrunner._legacy import JobScheduler
 from jobrunner._models import (
     JobDetails,
     JobError,
@@ -40,6 +39,7 @@ from jobrunner._policy import RetryPolicy
 from jobrunner._runner import ALL_TENANTS, JobRunner, JobWorker
 from jobrunner._sync import SyncJobRunner, SyncJobWorker
 from jobrunner._validation import SYSTEM_TENANT
+from jobrunner.compat import JobScheduler
 from jobrunner.registry import JobHandlerRegistry, job
 
 __all__ = [

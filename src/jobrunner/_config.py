@@ -8,17 +8,18 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from jobrunner._errors import ConfigurationError
+from jobrunner.compat import SEED_FALLBACK_VARIABLE, SEED_RUNNER_TYPES
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
+#: ``JOB_RUNNER_TYPE`` values and the backend each names (the seed's among them).
 RUNNER_ALIASES = {
     "postgres": "postgres",
-    "pgboss": "postgres",
-    "pg-boss": "postgres",
     "postgresql": "postgres",
     "temporal": "temporal",
     "memory": "memory",
+    **SEED_RUNNER_TYPES,
 }
 
 
@@ -95,7 +96,7 @@ class Settings:
         fallback_name = (
             "JOB_RUNNER_FALLBACK_TO_POSTGRES"
             if "JOB_RUNNER_FALLBACK_TO_POSTGRES" in env
-            else "JOB_RUNNER_FALLBACK_TO_PGBOSS"
+            else SEED_FALLBACK_VARIABLE
         )
         try:
             pool = int(env.get("JOBRUNNER_POOL_SIZE", "10"))

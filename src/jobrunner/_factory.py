@@ -9,6 +9,7 @@ from jobrunner._config import Settings
 from jobrunner._from_settings import runner_from_settings
 from jobrunner._runner import JobRunner
 from jobrunner._sync import SyncJobRunner
+from jobrunner.compat import use_process_runner
 from jobrunner.registry import JobHandlerRegistry
 
 
@@ -68,3 +69,7 @@ class JobRunnerFactory:
             await runner.close()
         if sync_runner is not None:
             await asyncio.to_thread(sync_runner.close)
+
+
+# The seed's JobScheduler.get_instance() wraps this process-wide runner.
+use_process_runner(JobRunnerFactory.get_instance)

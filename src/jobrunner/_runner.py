@@ -28,6 +28,7 @@ from jobrunner._options import (
     TenantArg,
 )
 from jobrunner._validation import as_seconds, as_tenant, as_uuid, as_wait_timeout
+from jobrunner.compat import SeedRunnerNames
 from jobrunner.registry import JobHandlerRegistry
 
 __all__ = ["ALL_TENANTS", "AllTenants", "JobRunner", "JobWorker", "TenantArg"]
@@ -69,7 +70,7 @@ class JobWorker(abc.ABC):
         """Set once the worker is consuming (listening and ready to claim)."""
 
 
-class JobRunner(abc.ABC):
+class JobRunner(SeedRunnerNames, abc.ABC):
     """The API host applications use to schedule, inspect and cancel jobs.
 
     Every method taking ``tenant`` is scoped to it: another tenant's job is "not found". A
@@ -86,10 +87,10 @@ class JobRunner(abc.ABC):
         self.registry = registry if registry is not None else JobHandlerRegistry.default()
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Open connections (and apply migrations when configured). Idempotent."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Release connections. Idempotent."""
 
     async def __aenter__(self) -> JobRunner:
@@ -103,10 +104,6 @@ class JobRunner(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def get_runner_type(self) -> str:
-        """The backend's name, as the seed's ``getRunnerType()``."""
-        return self.runner_type
 
     @abc.abstractmethod
     async def is_healthy(self) -> bool:

@@ -38,11 +38,12 @@ from jobrunner._runner import (
 from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import as_aware_datetime
 from jobrunner.backends.postgres import PostgresJobRunner, SyncFlowControl
+from jobrunner.compat import SeedRunnerNames
 
 T = TypeVar("T")
 
 
-class SyncJobRunner:
+class SyncJobRunner(SeedRunnerNames):
     """Blocking twin of :class:`JobRunner` with the same method names.
 
     Build it with :meth:`JobRunnerFactory.get_sync_instance` or ``SyncJobRunner(runner)``.
@@ -106,10 +107,6 @@ class SyncJobRunner:
     # -- the API ----------------------------------------------------------------------------
     # Every method of JobRunner, with its parameters (names, kinds, defaults): a test
     # compares the two classes. Unknown keywords raise UnknownOptionError (also a TypeError).
-    def get_runner_type(self) -> str:
-        """See :meth:`JobRunner.get_runner_type`."""
-        return self.runner.get_runner_type()
-
     @checked_options
     def start(self) -> None:
         """See :meth:`JobRunner.start`; the constructor already started the runner, so this

@@ -34,7 +34,7 @@ def test_nothing_available_lists_every_attempt(monkeypatch: pytest.MonkeyPatch) 
         EmbeddedPostgres().start()
     message = str(info.value)
     assert "system PostgreSQL: no initdb/pg_ctl found" in message
-    assert "pgserver: not installed (pip install 'jobrunner[embedded]')" in message
+    assert "pgserver: not installed (pip install 'jobrunner-pg[embedded]')" in message
     assert "JOBRUNNER_DATABASE_URL" in message
 
 

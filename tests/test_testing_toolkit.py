@@ -576,4 +576,4 @@ def test_temporal_env_without_the_extra_is_a_clear_failure(pytester: pytest.Pyte
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(errors=1)
     assert "temporal_env: the Temporal extra is not installed" in result.stdout.str()
-    assert "pip install 'jobrunner[temporal]'" in result.stdout.str()
+    assert "pip install 'jobrunner-pg[temporal]'" in result.stdout.str()

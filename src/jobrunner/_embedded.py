@@ -155,7 +155,7 @@ class EmbeddedPostgres:
         raise UnavailableError(
             "could not start a private PostgreSQL; tried:\n  - "
             + "\n  - ".join(tried)
-            + "\nInstall PostgreSQL (initdb and pg_ctl), or pip install 'jobrunner[embedded]' "
+            + "\nInstall PostgreSQL (initdb and pg_ctl), or pip install 'jobrunner-pg[embedded]' "
             "(pgserver), or set JOBRUNNER_DATABASE_URL to a server of yours."
         )
 
@@ -239,7 +239,7 @@ class EmbeddedPostgres:
         try:
             import pgserver
         except ImportError as exc:
-            raise UnavailableError("not installed (pip install 'jobrunner[embedded]')") from exc
+            raise UnavailableError("not installed (pip install 'jobrunner-pg[embedded]')") from exc
         if _is_root():
             # pgserver's own start-up would useradd a 'pgserver' user and chmod every parent
             # directory; run its bundled binaries as an unprivileged user ourselves instead.

@@ -44,7 +44,7 @@ async def runner_from_settings(
             from jobrunner.backends.temporal import create_from_settings
         except ImportError as exc:
             raise UnavailableError(
-                "JOB_RUNNER_TYPE=temporal needs the extra: pip install 'jobrunner[temporal]'"
+                "JOB_RUNNER_TYPE=temporal needs the extra: pip install 'jobrunner-pg[temporal]'"
             ) from exc
         try:
             return await create_from_settings(settings, registry=registry)

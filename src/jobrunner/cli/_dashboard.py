@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         from jobrunner.dashboard import create_app
     except ModuleNotFoundError as exc:
         raise ConfigurationError(
-            f"the dashboard needs the 'dashboard' extra: pip install 'jobrunner[dashboard]' "
+            f"the dashboard needs the 'dashboard' extra: pip install 'jobrunner-pg[dashboard]' "
             f"({exc.name} is missing)"
         ) from exc
     if not 0 < args.port < 65536:

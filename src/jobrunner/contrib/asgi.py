@@ -1,4 +1,4 @@
-"""jobrunner in ASGI applications: FastAPI and Starlette (extra ``jobrunner[asgi]``).
+"""jobrunner in ASGI applications: FastAPI and Starlette (extra ``jobrunner-pg[asgi]``).
 
 Three pieces, each optional::
 

@@ -1,4 +1,4 @@
-"""The monitoring dashboard (optional extra ``jobrunner[dashboard]``).
+"""The monitoring dashboard (optional extra ``jobrunner-pg[dashboard]``).
 
 ``create_app(...)`` returns a Starlette ASGI application a host mounts under any path::
 
@@ -31,7 +31,7 @@ else:
 
                 raise ConfigurationError(
                     f"the dashboard needs the 'dashboard' extra: pip install "
-                    f"'jobrunner[dashboard]' ({exc.name} is missing)"
+                    f"'jobrunner-pg[dashboard]' ({exc.name} is missing)"
                 ) from exc
             return create_app
         raise AttributeError(name)

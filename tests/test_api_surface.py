@@ -41,6 +41,7 @@ EXPECTED_ALL = sorted(
         "ScheduleError",
         "ScheduleInfo",
         "ScheduledJob",
+        "Settings",
         "StepInfo",
         "SyncJobContext",
         "SyncJobRunner",

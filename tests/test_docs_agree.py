@@ -291,3 +291,102 @@ def test_every_error_the_docs_name_is_importable() -> None:
             continue  # asyncio's
         found = getattr(jobrunner, name, None) or getattr(jobrunner.testing, name, None)
         assert found is not None, f"`{name}` is named in the docs but not importable"
+
+
+# -- every name the docs mention -------------------------------------------------------------------
+#: Where a bare name on a page (`JobRunner`, `FakeClock`) is looked up: the public modules.
+PUBLIC_MODULES = (
+    "jobrunner",
+    "jobrunner.testing",
+    "jobrunner.compat",
+    "jobrunner.backends.postgres",
+    "jobrunner.backends.temporal",
+    "jobrunner.observability",
+    "jobrunner.prometheus",
+    "jobrunner.contrib.django.testing",
+)
+
+#: Capitalised words in backticks that are not jobrunner's Python names, each with why.
+NOT_JOBRUNNERS = {
+    "APIRouter": "FastAPI's",
+    "FastAPI": "FastAPI's",
+    "HTTPException": "FastAPI's",
+    "Mount": "Starlette's",
+    "Starlette": "Starlette's",
+    "TestClient": "Starlette's",
+    "TrustedHostMiddleware": "Starlette's",
+    "SynchronousOnlyOperation": "Django's",
+    "StreamHandler": "logging's",
+    "Event": "asyncio's",
+    "CancelledError": "asyncio's",
+    "ApplicationError": "Temporal's",
+    "Priority": "Temporal's",
+    "TemporalScheduledStartTime": "a Temporal search attribute",
+    "Host": "an HTTP header",
+    "Secure": "a cookie attribute",
+    "LockRows": "a PostgreSQL plan node",
+    "LeaseExpired": "an error type label the SQL writes into a step row, not a class",
+    "Released": "an error type label the SQL writes into a step row, not a class",
+    "E001": "a Django system check id",
+    "E002": "a Django system check id",
+}
+
+_BARE = re.compile(r"`([A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*)(?:\([^`]*\))?`")
+#: ``jobrunner.a.B`` with a capitalised part: a class, an error or a constant (lower-case dotted
+#: names on the pages are mostly metric, span, logger and activity names, not Python).
+_QUALIFIED = re.compile(
+    r"`(jobrunner(?:\.[a-z_][a-z0-9_]*)*\.[A-Z][A-Za-z0-9_]*(?:\.[a-z_][A-Za-z0-9_]*)*)"
+    r"(?:\([^`]*\))?`"
+)
+
+
+def _resolve(dotted: str) -> object:
+    """``jobrunner.a.B.c`` -> the object, importing the longest module prefix."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: object = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute)
+        return found
+    raise ModuleNotFoundError(dotted)
+
+
+def _pages() -> list[Path]:
+    return [*DOCS.rglob("*.md"), DOCS.parent / "README.md"]
+
+
+def test_every_name_the_docs_mention_exists() -> None:
+    """A capitalised name in backticks is importable from a public module (or one of
+    NOT_JOBRUNNERS, Python's built-ins); a dotted ``jobrunner.…`` name resolves as written."""
+    import builtins
+    import importlib
+
+    modules = [importlib.import_module(name) for name in PUBLIC_MODULES]
+    missing: list[str] = []
+    for page in _pages():
+        text = _text(page)
+        where = page.relative_to(DOCS.parent)
+        for name in sorted(set(_BARE.findall(text))):
+            if name in NOT_JOBRUNNERS or hasattr(builtins, name):
+                continue
+            if not any(hasattr(module, name) for module in modules):
+                missing.append(f"{where}: `{name}`")
+        for dotted in sorted(set(_QUALIFIED.findall(text))):
+            if any(part in NOT_JOBRUNNERS for part in dotted.split(".")):
+                continue
+            try:
+                _resolve(dotted)
+            except (ImportError, AttributeError):
+                missing.append(f"{where}: `{dotted}`")
+    assert not missing, "named in the docs but not importable:\n" + "\n".join(missing)
+
+
+def test_the_docs_name_check_can_fail() -> None:
+    with pytest.raises(AttributeError):
+        _resolve("jobrunner.NoSuchName")
+    assert not hasattr(__import__("jobrunner"), "NoSuchName")

@@ -1,8 +1,7 @@
 """Bad input at the API boundary: a typed JobRunnerError and nothing written to the database.
 
-Unknown keyword arguments: the sync runner raises ``UnknownOptionError`` (an
-``InvalidArgumentError`` that is also a ``TypeError``); the async runner's keyword-only
-signatures make Python raise its own ``TypeError`` before jobrunner runs."""
+Unknown keyword arguments: every runner, async and sync, raises ``UnknownOptionError`` (an
+``InvalidArgumentError`` that is also a ``TypeError``) before anything runs."""
 
 from __future__ import annotations
 
@@ -149,13 +148,20 @@ def test_unknown_options_of_the_sync_runner_are_typed(
         assert sync.list_jobs().jobs == []
 
 
-async def test_unknown_options_are_python_type_errors(ready: PostgresJobRunner) -> None:
-    with pytest.raises(TypeError):
-        await ready.schedule_job("ok", {}, bogus=1)  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        await ready.schedule_job_at("ok", {}, LATER, bogus=1)  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        await ready.schedule_jobs("ok", [{}], bogus=1)  # type: ignore[call-arg]
+async def test_unknown_options_are_typed_errors_of_the_async_runner_too(
+    ready: PostgresJobRunner,
+) -> None:
+    from jobrunner._errors import UnknownOptionError
+
+    for call in (
+        lambda: ready.schedule_job("ok", {}, bogus=1),  # type: ignore[call-arg]
+        lambda: ready.schedule_job_at("ok", {}, LATER, bogus=1),  # type: ignore[call-arg]
+        lambda: ready.schedule_jobs("ok", [{}], bogus=1),  # type: ignore[call-arg]
+        lambda: ready.schedule_recurring_job("ok", {}, "5 minutes", bogus=1),  # type: ignore[call-arg]
+    ):
+        with pytest.raises(UnknownOptionError, match="bogus") as info:
+            await call()
+        assert isinstance(info.value, TypeError)  # what Python raised before, for compatibility
     assert await count_jobs(ready) == 0
 
 

@@ -3,6 +3,7 @@
 Register handlers with :func:`job`, get a runner from :class:`JobRunnerFactory`, and schedule.
 """
 
+from jobrunner._config import Settings
 from jobrunner._context import JobContext, SyncJobContext
 from jobrunner._errors import (
     ConfigurationError,
@@ -75,6 +76,7 @@ __all__ = [
     "ScheduleError",
     "ScheduleInfo",
     "ScheduledJob",
+    "Settings",
     "StepInfo",
     "SyncJobContext",
     "SyncJobRunner",

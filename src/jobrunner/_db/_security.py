@@ -80,11 +80,6 @@ async def _tables(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[str, 
     return kinds
 
 
-async def tenant_tables(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
-    """Tables of ``schema`` holding tenant rows (a uuid ``tenant`` column, nullable or not)."""
-    return [t for t, kind in (await _tables(conn, schema)).items() if kind == "tenant"]
-
-
 async def _ensure_grants(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     """The grants table (RLS on, no policy: owner only) and the function reading it."""
     grants = sql.Identifier(schema, GRANTS)

@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn, Protocol
 
 from jobrunner._context import JobSink
-from jobrunner._errors import UnavailableError
 from jobrunner._policy import JobPolicy
 
 __all__ = [
@@ -205,8 +204,12 @@ class SchedulesChanged:
 Notice = WorkAvailable | CancelRequested | SchedulesChanged
 
 
-class ListenerLost(UnavailableError):
-    """A listener stopped delivering (connection lost, or a probe went unanswered)."""
+class ListenerLost(Exception):
+    """A listener stopped delivering (connection lost, or a probe went unanswered).
+
+    Internal to the queue: the worker and the ticker catch it and listen again; it never
+    reaches users (so it is not one of the package's typed errors).
+    """
 
 
 # -- schedules ----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import binascii
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,15 +29,14 @@ from psycopg import sql
 from jobrunner._db._database import Database
 from jobrunner._db._store import JobStore, row_to_info, utc
 from jobrunner._errors import InvalidArgumentError, JobNotFoundError
-from jobrunner._limits import MAX_LIST_LIMIT, MAX_SEARCH_LENGTH
+from jobrunner._filters import list_filters, tenant_scope
+from jobrunner._limits import MAX_LIST_LIMIT
 from jobrunner._models import LIVE_STATUSES, JobDetails, JobInfo, JobPage, JobStatus, Metrics
 from jobrunner._runner import AllTenants, HistoryScope, TenantArg, wait_arguments, wait_within
 from jobrunner._validation import (
-    as_aware_datetime,
     as_history_age,
     as_optional_text,
     as_tenant,
-    as_text,
     as_uuid,
 )
 
@@ -70,13 +68,6 @@ _TENANT_CLAUSE = "AND tenant = %(tenant)s"
 _AGE_CLAUSE = (
     "AND (completed_at < %(cutoff)s OR (completed_at IS NULL AND created_at < %(cutoff_utc)s))"
 )
-
-
-def _tenant_scope(tenant: object) -> uuid.UUID | None:
-    """``None`` for the explicit admin view, else the validated tenant."""
-    if isinstance(tenant, AllTenants):
-        return None
-    return as_tenant(tenant)
 
 
 def _with_tenant(query: str, tenant: uuid.UUID | None) -> str:
@@ -183,87 +174,9 @@ def decode_cursor(cursor: str) -> tuple[datetime | str | None, uuid.UUID]:
     return created, job_id
 
 
-def _statuses(status: object) -> list[str] | None:
-    if status is None:
-        return None
-    items: Sequence[object]
-    if isinstance(status, JobStatus | str):
-        items = [status]
-    elif isinstance(status, Sequence | set | frozenset):
-        items = list(status)
-    else:
-        raise InvalidArgumentError("status must be a JobStatus, a string or a sequence of them")
-    if not items:
-        raise InvalidArgumentError("status must name at least one status")
-    out: list[str] = []
-    for item in items:
-        try:
-            value = JobStatus(item).value
-        except ValueError:
-            allowed = ", ".join(s.value for s in JobStatus)
-            raise InvalidArgumentError(
-                f"unknown status {item!r:.40}; expected one of {allowed}"
-            ) from None
-        if value not in out:
-            out.append(value)
-    return out
-
-
-def _short_text(value: object, what: str, *, limit: int = 200) -> str | None:
-    if value is None:
-        return None
-    return as_text(value, what, max_length=limit, allow_empty=False)
-
-
-def _bound(value: object, what: str) -> datetime | None:
-    return None if value is None else as_aware_datetime(value, what)
-
-
 def escape_like(text: str) -> str:
     """Escape ``\\``, ``%`` and ``_`` so user text matches literally in ``ILIKE ... ESCAPE``."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-@dataclass(frozen=True, slots=True)
-class ListFilters:
-    """Validated ``list_jobs`` filters (``tenant`` is ``None`` for ``ALL_TENANTS``)."""
-
-    tenant: uuid.UUID | None
-    statuses: list[str] | None
-    name: str | None
-    runner_type: str | None
-    created_after: datetime | None
-    created_before: datetime | None
-    search: str | None
-    limit: int
-
-
-def list_filters(
-    *,
-    tenant: object,
-    status: object,
-    name: object,
-    runner_type: object,
-    created_after: object,
-    created_before: object,
-    search: object,
-    limit: object,
-) -> ListFilters:
-    """Check ``list_jobs`` filters; every backend calls this so each refuses the same input.
-
-    Raises:
-        InvalidArgumentError: a filter or the limit is malformed.
-    """
-    scope = _tenant_scope(tenant)
-    statuses = _statuses(status)
-    name_v = _short_text(name, "name")
-    runner_v = _short_text(runner_type, "runner_type", limit=50)
-    after = _bound(created_after, "created_after")
-    before = _bound(created_before, "created_before")
-    search_v = _short_text(search, "search", limit=MAX_SEARCH_LENGTH)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
-        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}")
-    return ListFilters(scope, statuses, name_v, runner_v, after, before, search_v, limit)
 
 
 async def list_jobs(
@@ -363,7 +276,7 @@ async def get_metrics(db: Database, *, tenant: object) -> Metrics:
     One statement; see ``monitoring_metrics`` in ``monitoring.sql`` and the indexes of
     migration 0003.
     """
-    scope = _tenant_scope(tenant)
+    scope = tenant_scope(tenant)
     query = _with_tenant(db.queries.monitoring_metrics, scope)
     params: dict[str, Any] = {} if scope is None else {"tenant": scope}
     async with db.connection() as conn:
@@ -424,15 +337,15 @@ async def clear_history(
     """
     if not isinstance(scope, str) or scope not in CLEAR_SCOPES:
         raise InvalidArgumentError(f"scope must be one of {', '.join(CLEAR_SCOPES)}")
-    tenant_scope = _tenant_scope(tenant)
+    scoped = tenant_scope(tenant)
     seconds = as_history_age(older_than)
     statuses = ", ".join(f"'{s}'" for s in CLEAR_SCOPES[scope])  # constants above, not input
-    query = _with_tenant(db.queries.monitoring_clear_batch, tenant_scope)
+    query = _with_tenant(db.queries.monitoring_clear_batch, scoped)
     query = query.replace("/*statuses*/", statuses)
     query = query.replace("/*age*/", _AGE_CLAUSE if seconds is not None else "")
     params: dict[str, Any] = {"batch": CLEAR_BATCH}
-    if tenant_scope is not None:
-        params["tenant"] = tenant_scope
+    if scoped is not None:
+        params["tenant"] = scoped
     if seconds is not None:
         try:
             cutoff = datetime.now(UTC) - timedelta(seconds=seconds)

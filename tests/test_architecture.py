@@ -22,12 +22,7 @@ ARCHITECTURE_MD = ROOT / "docs" / "architecture.md"
 
 #: Imports that break the map today, (importer, imported) as paths under src/jobrunner, each
 #: with why it is still there.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("_from_settings.py", "testing/_memory.py"): (
-        "JOB_RUNNER_TYPE=memory builds the in-memory runner, which still lives in testing/ "
-        "until its store-based rewrite moves it to backends/memory/ (issue 14)"
-    ),
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 #: Import circles that exist today, each with why.
 KNOWN_CIRCLES: dict[frozenset[str], str] = {

@@ -13,9 +13,9 @@ import logging
 from jobrunner._config import Settings
 from jobrunner._errors import UnavailableError
 from jobrunner._runner import JobRunner
+from jobrunner.backends.memory import InMemoryJobRunner
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.registry import JobHandlerRegistry
-from jobrunner.testing._memory import InMemoryJobRunner
 
 __all__ = ["runner_from_settings"]
 

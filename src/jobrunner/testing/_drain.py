@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from psycopg import sql
 
 from jobrunner._errors import InvalidArgumentError, JobRunnerError, JobTimeoutError
 from jobrunner._runner import JobRunner
+from jobrunner._sync import SyncJobRunner
 from jobrunner._validation import as_aware_datetime
+from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.postgres._schedule_ticks import fire_due
 from jobrunner.registry import DEFAULT_QUEUE
 from jobrunner.testing._clock import FakeClock
 from jobrunner.testing._memory import InMemoryJobRunner
-
-if TYPE_CHECKING:
-    from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.testing._worker import running_worker
 
 __all__ = ["DrainError", "adrain", "drain"]
 
@@ -67,14 +68,10 @@ async def adrain(
         raise InvalidArgumentError("max_attempts must be a positive integer")
     if until is not None and not isinstance(until, timedelta):
         as_aware_datetime(until, "until")
-    from jobrunner._sync import SyncJobRunner
-
     if isinstance(runner, SyncJobRunner):
         raise InvalidArgumentError("a SyncJobRunner is drained with drain(runner), not adrain")
     if isinstance(runner, InMemoryJobRunner):
         return await _drain_memory(runner, until, timeout, max_attempts)
-    from jobrunner.backends.postgres import PostgresJobRunner
-
     if isinstance(runner, PostgresJobRunner):
         return await _drain_postgres(runner, until, timeout, max_attempts, concurrency)
     custom = getattr(runner, "drain", None)
@@ -95,8 +92,6 @@ def drain(runner: Any, **options: Any) -> int:
     Raises:
         InvalidArgumentError: called from inside a running event loop (use ``await adrain``).
     """
-    from jobrunner._sync import SyncJobRunner
-
     if isinstance(runner, SyncJobRunner):
         return runner._call(adrain(runner.runner, **options))
     try:
@@ -170,8 +165,6 @@ async def _drain_postgres(
     max_attempts: int,
     concurrency: int,
 ) -> int:
-    from jobrunner.testing._worker import running_worker
-
     await runner.start()
     # A fixed horizon: a moving one would keep admitting new ticks of a fast schedule.
     fixed = None if until is None else _horizon(until)
@@ -280,8 +273,6 @@ async def _fire_schedules(runner: PostgresJobRunner, until: datetime | None) -> 
     the in-memory runner, so ``missed_ticks`` does not collapse them. Jobs of future ticks are
     ``pending`` at their tick and made due by the caller.
     """
-    from jobrunner.backends.postgres._schedule_ticks import fire_due
-
     next_tick = sql.SQL(
         "SELECT min(next_run_at) AS at FROM {}.schedules "
         "WHERE NOT paused AND runner_type = 'postgres'"

@@ -13,11 +13,14 @@ from typing import Any, Unpack
 import psycopg
 from psycopg.types.json import Jsonb
 
+from jobrunner._db import _monitoring
 from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
+from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
 from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._store import JobStore
 from jobrunner._errors import DatabaseError, InvalidArgumentError, UnavailableError
 from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, recurring_args
+from jobrunner._limits import MAX_TIMEOUT_SECONDS
 from jobrunner._models import (
     JobInfo,
     Metrics,
@@ -31,6 +34,7 @@ from jobrunner._validation import (
     as_aware_datetime,
     as_bulk_data,
     as_optional_text,
+    as_seconds,
     as_tenant,
     as_uuid,
 )
@@ -46,6 +50,7 @@ from jobrunner.backends.postgres._enqueue import (
     run_async,
     sync_connection,
 )
+from jobrunner.backends.postgres._flow import FlowControl
 from jobrunner.backends.postgres._store import PostgresStore
 from jobrunner.backends.postgres._worker import PostgresWorker, WorkerSettings
 from jobrunner.registry import JobHandlerRegistry
@@ -108,8 +113,6 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
     @property
     def flow(self) -> FlowControl:
         """Run-time fairness and flow control (limits, rates, weights, pauses, purges)."""
-        from jobrunner.backends.postgres._flow import FlowControl
-
         return FlowControl(self.db, self._ensure_started)
 
     async def flow_metrics(self, *, tenant: TenantArg | AllTenants = None) -> dict[str, Any]:
@@ -129,10 +132,6 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             UnavailableError: the database was still unreachable after ``timeout`` seconds.
             ConfigurationError: ``auto_migrate="check"`` and the schema is missing or behind.
         """
-        from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
-        from jobrunner._limits import MAX_TIMEOUT_SECONDS
-        from jobrunner._validation import as_seconds
-
         bound = (
             STARTUP_TIMEOUT
             if timeout is None
@@ -392,8 +391,6 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
 
     async def retry_job(self, job_id: uuid.UUID | str, *, tenant: TenantArg = None) -> bool:
         """Run a failed or cancelled job again."""
-        from jobrunner._db import _monitoring
-
         await self._ensure_started()
         return await _monitoring.retry_job(
             self.db, as_tenant(tenant), as_uuid(job_id, "job_id"), runner_type=self.runner_type
@@ -466,7 +463,3 @@ def _is_own_insert(exc: DatabaseError) -> bool:
         isinstance(cause, psycopg.errors.UniqueViolation)
         and cause.diag.constraint_name == "jobs_pkey"
     )
-
-
-# Imported late for the type annotation above without a cycle at import time.
-from jobrunner.backends.postgres._flow import FlowControl  # noqa: E402

@@ -138,27 +138,32 @@ async def _expect(reader: asyncio.StreamReader, word: str) -> None:
             return
 
 
-def enable_observability() -> None:
-    """``JOBRUNNER_BENCH_OTEL=1``: the worker runs with tracing and metrics on, as a production
-    service would (the OpenTelemetry SDK with a batching span processor and a metric reader;
-    the spans are dropped by the exporter, the cost of making them is what is measured)."""
+def enable_observability(mode: str) -> None:
+    """``JOBRUNNER_BENCH_OTEL``: the worker runs with OpenTelemetry on, as a production service
+    would (the SDK with a batching span processor and a metric reader; the spans are dropped by
+    the exporter, the cost of making them is what is measured). ``1``: every attempt traced,
+    and metrics; ``sampled``: root traces sampled at 10 % (parent-based), and metrics;
+    ``metrics``: metrics only."""
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
     class Discard(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(Discard()))
-    trace.set_tracer_provider(provider)
+    if mode in ("1", "sampled"):
+        sampler = ParentBased(TraceIdRatioBased(0.1)) if mode == "sampled" else ALWAYS_ON
+        provider = TracerProvider(sampler=sampler)
+        provider.add_span_processor(BatchSpanProcessor(Discard()))
+        trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
 if __name__ == "__main__":
-    if os.environ.get("JOBRUNNER_BENCH_OTEL") == "1":
-        enable_observability()
+    if os.environ.get("JOBRUNNER_BENCH_OTEL"):
+        enable_observability(os.environ["JOBRUNNER_BENCH_OTEL"])
     asyncio.run(main())

@@ -18,13 +18,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from jobrunner import JobHandlerRegistry, JobInfo, JobRunner, JobStatus, RetryPolicy, ScheduledJob
-from jobrunner.testing import InMemoryJobRunner, adrain, isolated_schema, running_worker
+from jobrunner._queue._attempts import begin_attempt
+from jobrunner._queue._store import ClaimedJob, ClaimRequest, QueueStore
+from jobrunner._recurrence import DEFAULT_MISFIRE_GRACE
+from jobrunner.testing import FakeClock, InMemoryJobRunner, adrain, isolated_schema, running_worker
 
 #: Retries that do not slow the suite down (and jitter-free, so delays are predictable).
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.05, max_interval=0.1, jitter=0.0)
@@ -38,6 +41,9 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "move it (the time-skipping test server is a separate product)",
     },
 }
+# Capabilities a test may require: ``time_travel`` (Backend.advance, .jump and .settle move the
+# backend's clock for due times and schedule ticks) and ``dead_worker`` (Backend.dead_worker
+# claims a job as a worker that then stops, and .expire_leases lets its lease run out).
 
 #: Behaviour a backend gets wrong today: reported as a strict xfail with the reason, so the
 #: suite stays honest (a fix turns it into an XPASS failure: then delete the entry).
@@ -91,6 +97,12 @@ class Backend:
     _advance: Callable[[timedelta], Awaitable[None]] | None = None
     _worker: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: The backend's queue store (queue backends), for the moves a test cannot make through
+    #: the runner API: a scheduler that looks late, a worker that dies.
+    store: QueueStore | None = None
+    _jump: Callable[[timedelta], Awaitable[None]] | None = None
+    _settle: Callable[[], Awaitable[None]] | None = None
+    _expire: Callable[[float], Awaitable[int]] | None = None
 
     async def run(self, *handles: ScheduledJob, timeout: float = 60.0) -> list[JobInfo]:
         """Run everything due (at least ``handles``) to a final state; their final infos."""
@@ -110,6 +122,42 @@ class Backend:
         """A worker running for the block (for tests that act while a job runs)."""
         assert self._worker is not None
         return self._worker()
+
+    def let_time_pass(self, delta: timedelta) -> None:
+        """Make ``delta`` pass on the clock the backend stamps jobs with: a fake clock is
+        moved on; a real one moves by itself (poll with :func:`eventually`)."""
+        clock = getattr(self.runner, "clock", None)
+        if isinstance(clock, FakeClock):
+            clock.set(clock.now() + delta)
+
+    async def jump(self, delta: timedelta) -> None:
+        """Time moves on by ``delta`` while no scheduler runs; then one scheduler pass fires
+        what is due then, so ticks missed meanwhile meet the schedule's policies. Runs no job
+        (:meth:`settle` does)."""
+        assert self._jump is not None, f"{self.name} cannot move time (declare time_travel)"
+        await self._jump(delta)
+
+    async def settle(self) -> None:
+        """Run every job due at the backend's present (after :meth:`jump`) to a final state."""
+        assert self._settle is not None, f"{self.name} cannot move time (declare time_travel)"
+        await self._settle()
+
+    async def dead_worker(self, lease_seconds: float) -> tuple[ClaimedJob, Any]:
+        """Claim the next due job of the default queue as a worker that then stops (no
+        heartbeat, no outcome); returns the claim and its attempt's context (progress and
+        steps go to the store, fenced by the claim)."""
+        assert self.store is not None, f"{self.name} has no queue store (declare dead_worker)"
+        claim = await self.store.claim(
+            ClaimRequest(uuid.uuid4(), ("default",), limit=1, lease_seconds=lease_seconds)
+        )
+        [job] = claim.jobs
+        attempt, _ = begin_attempt(job, self.registry, self.store)
+        return job, attempt.ctx
+
+    async def expire_leases(self, lease_seconds: float) -> int:
+        """Let the dead worker's lease run out and rescue it; the jobs rescued."""
+        assert self._expire is not None, f"{self.name} cannot expire leases (declare dead_worker)"
+        return await self._expire(lease_seconds)
 
 
 async def eventually(
@@ -170,7 +218,23 @@ async def _memory(registry: JobHandlerRegistry) -> Backend:
         async with running_worker(runner, grace=5.0) as w:
             yield w
 
-    made = Backend("memory", runner, registry, run, advance, worker)
+    async def jump(delta: timedelta) -> None:
+        clock = runner.clock
+        assert isinstance(clock, FakeClock)
+        clock.set(clock.now() + delta)
+        await runner.store.fire_due_ticks(now=None, limit=1000, grace=DEFAULT_MISFIRE_GRACE)
+
+    async def settle() -> None:
+        await adrain(runner)
+
+    async def expire(lease_seconds: float) -> int:
+        clock = runner.clock
+        assert isinstance(clock, FakeClock)
+        clock.set(clock.now() + timedelta(seconds=lease_seconds + 1))
+        return await runner.store.rescue_expired()
+
+    made = Backend("memory", runner, registry, run, advance, worker, store=runner.store)
+    made._jump, made._settle, made._expire = jump, settle, expire
     made.cleanups.append(runner.close)
     return made
 
@@ -195,12 +259,32 @@ async def _postgres(request: pytest.FixtureRequest, registry: JobHandlerRegistry
         async with running_worker(runner, grace=5.0, poll_interval=0.5) as w:
             yield w
 
-    made = Backend("postgres", runner, registry, run, advance, worker)
+    store = runner.queue_store()
+    # Where the backend's present is after jumps: the database clock cannot be moved, so a
+    # jump fires ticks at now + the time jumped, and settling runs what is due by then.
+    jumped = [timedelta(0)]
+
+    async def jump(delta: timedelta) -> None:
+        jumped[0] += delta
+        await runner.schedule_store.fire_due_ticks(
+            now=datetime.now(UTC) + jumped[0], limit=1000, grace=DEFAULT_MISFIRE_GRACE
+        )
+
+    async def settle() -> None:
+        await adrain(runner, until=jumped[0])
+
+    async def expire(lease_seconds: float) -> int:
+        # Real time must pass for the database to see the lease expired.
+        return int(await eventually(store.rescue_expired, lambda n: n > 0, what="an expired lease"))
+
+    made = Backend("postgres", runner, registry, run, advance, worker, store=store)
+    made._jump, made._settle, made._expire = jump, settle, expire
 
     async def drop() -> None:
         await schema_cm.__aexit__(None, None, None)
 
-    made.cleanups += [drop, runner.close]
+    made.cleanups += [drop, runner.close, store.close]
+    await store.open()
     return made
 
 

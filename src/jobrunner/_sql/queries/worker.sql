@@ -1,6 +1,9 @@
 -- The PostgreSQL backend's worker: claim, heartbeat, finish, rescue, release.
 -- Every outcome is fenced by (tenant, job_id, lease_token, status = 'processing'): a worker that
 -- lost its lease can change nothing.
+-- listen_channel has no comment of its own on purpose: monitoring (and the chaos suite) finds
+-- listener connections by pg_stat_activity.query starting with LISTEN. LISTEN takes no
+-- parameters: its {channel} is an identifier (Queries.with_identifiers).
 
 -- name: claim_jobs
 -- Performance (docs/performance.md): one ordered index scan of jobs_claim_idx per queue
@@ -209,8 +212,6 @@ SELECT job_id, pg_notify(%(channel)s, queue) AS notified FROM released
 SELECT pg_notify(%(channel)s, %(payload)s)
 
 -- name: listen_channel
--- LISTEN takes no parameters: {channel} is rendered as an identifier
--- (Queries.with_identifiers).
 LISTEN {channel}
 
 -- name: pin_policy

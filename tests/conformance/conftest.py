@@ -34,16 +34,26 @@ FAST_RETRY = RetryPolicy(max_attempts=3, initial_interval=0.05, max_interval=0.1
 
 #: What each backend cannot do, with the reason reported on its xfail.
 UNSUPPORTED: dict[str, dict[str, str]] = {
-    "memory": {},
+    "memory": {
+        "worker_lease": "the in-memory worker takes no worker options but shutdown_grace "
+        "(backends/memory/_runner.py, _WORKER_OPTIONS): its lease is the default 25 s, longer "
+        "than a test should run to outlive it",
+    },
     "postgres": {},
     "temporal": {
         "time_travel": "Temporal timers and schedules run on the server's clock; a test cannot "
         "move it (the time-skipping test server is a separate product)",
+        "dead_worker": "Temporal has no queue store to claim a job from as a worker that dies: "
+        "its server notices a dead worker by the activity heartbeat timeout and starts the next "
+        "attempt elsewhere, with no row saying retrying meanwhile (tests/temporal/"
+        "test_worker_process.py kills a real worker process mid-job and sees the job finish)",
     },
 }
 # Capabilities a test may require: ``time_travel`` (Backend.advance, .jump and .settle move the
-# backend's clock for due times and schedule ticks) and ``dead_worker`` (Backend.dead_worker
-# claims a job as a worker that then stops, and .expire_leases lets its lease run out).
+# backend's clock for due times and schedule ticks), ``dead_worker`` (Backend.dead_worker
+# claims a job as a worker that then stops, and .expire_leases lets its lease run out) and
+# ``worker_lease`` (Backend.worker(lease_seconds=Backend.lease_seconds) gives its attempts a
+# lease that short).
 
 #: Behaviour a backend gets wrong today: reported as a strict xfail with the reason, so the
 #: suite stays honest (a fix turns it into an XPASS failure: then delete the entry).
@@ -95,7 +105,7 @@ class Backend:
     registry: JobHandlerRegistry
     _run: Callable[[list[ScheduledJob], float], Awaitable[None]]
     _advance: Callable[[timedelta], Awaitable[None]] | None = None
-    _worker: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None
+    _worker: Callable[..., contextlib.AbstractAsyncContextManager[Any]] | None = None
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: The backend's queue store (queue backends), for the moves a test cannot make through
     #: the runner API: a scheduler that looks late, a worker that dies.
@@ -118,10 +128,15 @@ class Backend:
         assert self._advance is not None, f"{self.name} cannot move time (declare time_travel)"
         await self._advance(delta)
 
-    def worker(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        """A worker running for the block (for tests that act while a job runs)."""
+    #: How long a running attempt survives without a heartbeat: the workers' lease (queue
+    #: backends, given to :meth:`worker` as ``lease_seconds``) or Temporal's heartbeat timeout.
+    lease_seconds: float = 1.0
+
+    def worker(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A worker running for the block (for tests that act while a job runs); ``options``
+        go to ``create_worker``."""
         assert self._worker is not None
-        return self._worker()
+        return self._worker(**options)
 
     def let_time_pass(self, delta: timedelta) -> None:
         """Make ``delta`` pass on the clock the backend stamps jobs with: a fake clock is
@@ -214,8 +229,8 @@ async def _memory(registry: JobHandlerRegistry) -> Backend:
         await adrain(runner, until=delta)
 
     @contextlib.asynccontextmanager
-    async def worker() -> AsyncIterator[Any]:
-        async with running_worker(runner, grace=5.0) as w:
+    async def worker(**options: Any) -> AsyncIterator[Any]:
+        async with running_worker(runner, grace=5.0, **options) as w:
             yield w
 
     async def jump(delta: timedelta) -> None:
@@ -228,10 +243,11 @@ async def _memory(registry: JobHandlerRegistry) -> Backend:
         await adrain(runner)
 
     async def expire(lease_seconds: float) -> int:
-        clock = runner.clock
-        assert isinstance(clock, FakeClock)
-        clock.set(clock.now() + timedelta(seconds=lease_seconds + 1))
-        return await runner.store.rescue_expired()
+        # Leases are measured in real time (workers heartbeat in real time), the fake clock's
+        # time is only what the rows say.
+        return int(
+            await eventually(runner.store.rescue_expired, lambda n: n > 0, what="an expired lease")
+        )
 
     made = Backend("memory", runner, registry, run, advance, worker, store=runner.store)
     made._jump, made._settle, made._expire = jump, settle, expire
@@ -255,8 +271,8 @@ async def _postgres(request: pytest.FixtureRequest, registry: JobHandlerRegistry
         await adrain(runner, until=delta)
 
     @contextlib.asynccontextmanager
-    async def worker() -> AsyncIterator[Any]:
-        async with running_worker(runner, grace=5.0, poll_interval=0.5) as w:
+    async def worker(**options: Any) -> AsyncIterator[Any]:
+        async with running_worker(runner, grace=5.0, poll_interval=0.5, **options) as w:
             yield w
 
     store = runner.queue_store()
@@ -302,7 +318,7 @@ async def _temporal(request: pytest.FixtureRequest, registry: JobHandlerRegistry
         address=env.address,
         namespace=env.namespace,
         task_queue=f"jobrunner-conformance-{uuid.uuid4().hex[:10]}",
-        heartbeat_timeout=4.0,
+        heartbeat_timeout=4.0,  # Backend.lease_seconds
         pool_size=4,
     )
     await runner.start()
@@ -317,11 +333,11 @@ async def _temporal(request: pytest.FixtureRequest, registry: JobHandlerRegistry
     stack_started: list[bool] = []
 
     @contextlib.asynccontextmanager
-    async def worker() -> AsyncIterator[Any]:
-        async with running_worker(runner, grace=5.0, concurrency=8) as w:
+    async def worker(**options: Any) -> AsyncIterator[Any]:
+        async with running_worker(runner, grace=5.0, concurrency=8, **options) as w:
             yield w
 
-    made = Backend("temporal", runner, registry, run, None, worker)
+    made = Backend("temporal", runner, registry, run, None, worker, lease_seconds=4.0)
 
     async def drop() -> None:
         await schema_cm.__aexit__(None, None, None)

@@ -101,7 +101,7 @@ class Database:
 
     @property
     def channel_cancel(self) -> str:
-        """NOTIFY channel announcing cancellations (payload: job id)."""
+        """NOTIFY channel announcing cancellations (payload: ``job_id:lease_token``)."""
         return f"{self.schema}_cancel"
 
     @property

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from jobrunner._errors import InvalidArgumentError
+from jobrunner._outcome import describe_error
 from jobrunner._telemetry import step_span
 
 __all__ = ["JobContext", "JobSink", "StepHandle", "SyncJobContext"]
@@ -249,6 +250,4 @@ def _check_progress(progress: object, message: object) -> int:
 
 
 def _error_json(exc: BaseException) -> dict[str, Any]:
-    from jobrunner._outcome import describe_error
-
     return describe_error(exc).to_json()

@@ -28,16 +28,17 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from jobrunner._errors import ConfigurationError, UnavailableError
+from jobrunner._factory import JobRunnerFactory
 from jobrunner._runner import JobRunner
+from jobrunner.backends.memory import InMemoryJobRunner
+from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.registry import JobHandlerRegistry
 from jobrunner.testing._database import find_test_dsn, isolated_schema
+from jobrunner.testing._temporal import TemporalDevServer, temporal_dev_server
 
 if TYPE_CHECKING:
     from pytest_asyncio import fixture as async_fixture
-
-    from jobrunner.backends.postgres import PostgresJobRunner
-    from jobrunner.testing._memory import InMemoryJobRunner
-    from jobrunner.testing._temporal import TemporalDevServer
 else:
     # Async fixtures are declared with pytest-asyncio's decorator so they work in its strict
     # mode (the default) as well as in auto mode. pytest-asyncio comes with the ``testing``
@@ -74,8 +75,6 @@ def jobrunner_registry() -> JobHandlerRegistry:
 @pytest.fixture
 def memory_runner(jobrunner_registry: JobHandlerRegistry) -> Iterator[InMemoryJobRunner]:
     """An in-memory runner on a fake clock; usable from sync and async tests alike."""
-    from jobrunner.testing._memory import InMemoryJobRunner
-
     runner = InMemoryJobRunner(jobrunner_registry)
     with _as_factory_instance(runner):
         try:
@@ -107,8 +106,6 @@ async def job_runner(
     Teardown closes the runner (stopping nothing of yours: stop your workers first) and drops
     the schema with every job in it, even when the test failed.
     """
-    from jobrunner.backends.postgres import PostgresJobRunner
-
     async with isolated_schema(jobrunner_dsn) as schema:
         runner = PostgresJobRunner(
             jobrunner_dsn, schema=schema, registry=jobrunner_registry, pool_size=5
@@ -124,8 +121,6 @@ async def job_runner(
 @contextlib.contextmanager
 def _as_factory_instance(runner: JobRunner) -> Iterator[None]:
     """Application code calling ``JobRunnerFactory.get_instance()`` gets the test's runner."""
-    from jobrunner._factory import JobRunnerFactory
-
     previous = JobRunnerFactory._instance
     JobRunnerFactory.set_instance(runner)
     try:
@@ -140,9 +135,6 @@ def temporal_env(request: pytest.FixtureRequest) -> Iterator[TemporalDevServer]:
 
     Fails (never skips) with a usage message when the ``temporal`` extra is not installed.
     """
-    from jobrunner._errors import ConfigurationError, UnavailableError
-    from jobrunner.testing._temporal import temporal_dev_server
-
     problem = None
     server = temporal_dev_server(request.config.getoption("--jobrunner-temporal"))
     try:

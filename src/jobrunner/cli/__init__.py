@@ -13,6 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from jobrunner._errors import JobRunnerError
+from jobrunner.observability import JsonFormatter
+
 if TYPE_CHECKING:
     from jobrunner._config import Settings
 
@@ -38,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: bool, log_format: str = "text") -> None:
     level = logging.DEBUG if verbose else logging.INFO
     if log_format == "json":
-        from jobrunner.observability import JsonFormatter
-
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         logging.basicConfig(level=level, handlers=[handler])
@@ -65,8 +66,6 @@ def main(argv: Sequence[str] | None = None, *, settings: Settings | None = None)
         boundary checks its option types run) or a command found it, with a one-line
         message on stderr. ``--help`` exits through ``SystemExit(0)``, as argparse does.
     """
-    from jobrunner._errors import JobRunnerError
-
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from jobrunner._config import Settings
 from jobrunner._errors import ConfigurationError, InvalidArgumentError
+from jobrunner._factory import JobRunnerFactory
 from jobrunner._validation import as_count, as_queues, as_seconds, as_uuid, check_text
 
 if TYPE_CHECKING:
@@ -129,8 +130,6 @@ def run_with_runner(
     """
 
     async def go() -> T:
-        from jobrunner._factory import JobRunnerFactory
-
         runner = await JobRunnerFactory.create(
             settings_from(args, auto_migrate="check", **overrides)
         )

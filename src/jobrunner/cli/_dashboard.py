@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from jobrunner._db._database import Database
+from jobrunner._errors import ConfigurationError, InvalidArgumentError, UnavailableError
+from jobrunner._factory import JobRunnerFactory
 from jobrunner.cli._common import (
     add_database_options,
     count_option,
@@ -69,8 +73,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the app over a runner from the environment and serve it until interrupted."""
-    from jobrunner._errors import ConfigurationError, InvalidArgumentError
-
     try:
         import uvicorn
 
@@ -90,8 +92,6 @@ def run(args: argparse.Namespace) -> int:
 
     async def build_runner() -> object:
         # Built inside uvicorn's event loop, on the first request.
-        from jobrunner._factory import JobRunnerFactory
-
         return await JobRunnerFactory.create(settings)
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -138,11 +138,6 @@ def _check_schema(dsn: str, schema: str) -> None:
     An unreachable database is only logged: the dashboard may start before it, and each
     request reports the outage until it is back.
     """
-    import asyncio
-
-    from jobrunner._db._database import Database
-    from jobrunner._errors import UnavailableError
-
     try:
         asyncio.run(Database(dsn, schema=schema).check_migrated())
     except UnavailableError as exc:

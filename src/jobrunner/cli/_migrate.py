@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import TYPE_CHECKING
 
+import psycopg
+
+from jobrunner._db import _security
+from jobrunner._db._database import Database
+from jobrunner._db._errors import translate_errors
 from jobrunner.cli._common import add_database_options, settings_from
-
-if TYPE_CHECKING:
-    from jobrunner._db._database import Database
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,8 +30,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Apply migrations and report what was applied."""
-    from jobrunner._db._database import Database
-
     settings = settings_from(args)
 
     async def go() -> list[int]:
@@ -52,11 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _rls(db: Database, *, install: bool) -> None:
-    import psycopg
-
-    from jobrunner._db import _security
-    from jobrunner._db._errors import translate_errors
-
     with translate_errors():
         async with await psycopg.AsyncConnection.connect(db.conninfo, autocommit=True) as conn:
             if install:

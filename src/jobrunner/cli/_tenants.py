@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+import psycopg
+
+from jobrunner._db import _security
+from jobrunner._db._errors import translate_errors
 from jobrunner.cli._common import add_database_options, settings_from, text_option, uuid_option
 
 
@@ -40,11 +44,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Apply or list grants."""
-    import psycopg
-
-    from jobrunner._db import _security
-    from jobrunner._db._errors import translate_errors
-
     settings = settings_from(args)
 
     async def go() -> int:

@@ -9,8 +9,10 @@ import signal
 
 from jobrunner._errors import ConfigurationError
 from jobrunner._execution import abandoned_handlers
+from jobrunner._factory import JobRunnerFactory
 from jobrunner._limits import MAX_LEASE_SECONDS, MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
 from jobrunner._process import hard_exit
+from jobrunner._queue._settings import WorkerSettings
 from jobrunner.cli._common import (
     add_database_options,
     count_option,
@@ -26,8 +28,6 @@ logger = logging.getLogger("jobrunner.cli")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the subcommand."""
-    from jobrunner.backends.postgres._worker import WorkerSettings
-
     defaults = WorkerSettings()  # the help states the code's defaults, never a copy
     parser = sub.add_parser("worker", help="run a worker for the registered handlers")
     parser.add_argument(
@@ -111,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
-    from jobrunner._factory import JobRunnerFactory
-
     settings = settings_from(args)
     runner = await JobRunnerFactory.create(settings)
     options: dict[str, object] = {}

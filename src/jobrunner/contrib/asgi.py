@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobrunner._config import Settings
 from jobrunner._errors import ConfigurationError, InvalidArgumentError
+from jobrunner._factory import JobRunnerFactory
 from jobrunner._runner import JobRunner, JobWorker
 from jobrunner.registry import JobHandlerRegistry
 
@@ -137,8 +138,6 @@ def jobrunner_lifespan(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
-        from jobrunner._factory import JobRunnerFactory
-
         opened = await _open(runner, settings, registry)
         previous = JobRunnerFactory._instance
         app_state = getattr(app, "state", None)
@@ -175,8 +174,6 @@ async def _open(
     settings: Settings | None,
     registry: JobHandlerRegistry | None,
 ) -> JobRunner:
-    from jobrunner._factory import JobRunnerFactory
-
     if runner is None:
         return await JobRunnerFactory.create(settings, registry=registry)
     if isinstance(runner, JobRunner):
@@ -283,8 +280,6 @@ class _LifespanDashboard:
             return
         runner = _runner_in(scope)
         if runner is None:
-            from jobrunner._factory import JobRunnerFactory
-
             runner = await JobRunnerFactory.get_instance()
         built = self._built
         if built is None or built[0] is not runner:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from jobrunner._errors import ConfigurationError
+
 __all__ = ["create_app"]
 
 if TYPE_CHECKING:
@@ -27,8 +29,6 @@ else:
             try:
                 from jobrunner.dashboard._app import create_app
             except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
-                from jobrunner._errors import ConfigurationError
-
                 raise ConfigurationError(
                     f"the dashboard needs the 'dashboard' extra: pip install "
                     f"'jobrunner-pg[dashboard]' ({exc.name} is missing)"

@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from jobrunner._errors import InvalidArgumentError, JobRunnerError
+from jobrunner._factory import JobRunnerFactory
 from jobrunner._limits import MAX_HISTORY_AGE_SECONDS, MAX_TIMESTAMP, MIN_TIMESTAMP
 from jobrunner._metrics import metrics_text
 from jobrunner._models import JobInfo, JobStatus, Metrics
@@ -147,8 +148,6 @@ class Dashboard:
         async with self._runner_lock:
             if self._runner is None:
                 if self._runner_source is None:
-                    from jobrunner._factory import JobRunnerFactory
-
                     self._runner = await JobRunnerFactory.get_instance()
                 else:
                     source = self._runner_source

@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from jobrunner import JobInfo
+from jobrunner._embedded import EmbeddedPostgres
 from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.demo import app
 from jobrunner.testing import running_worker
 
 TENANT = "6f1c2a9e-0b7d-4a57-9c1e-2d4b8f3a9e10"
@@ -25,8 +27,6 @@ def database() -> Iterator[str]:
         print(f"using the configured database {configured.split('@')[-1]}")
         yield configured
         return
-    from jobrunner._embedded import EmbeddedPostgres
-
     started = time.monotonic()
     with EmbeddedPostgres() as pg:
         print(f"started a private PostgreSQL in {time.monotonic() - started:.1f} s: {pg.dsn}")
@@ -46,8 +46,6 @@ def describe(label: str, info: JobInfo) -> str:
 
 
 async def main() -> int:
-    from jobrunner.demo import app
-
     with database() as dsn:
         runner = PostgresJobRunner(dsn, schema="jobrunner_demo")
         async with runner:

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 import psycopg
 from psycopg import sql
 
+from jobrunner._embedded import EmbeddedPostgres
+
 logger = logging.getLogger("jobrunner.testing")
 
 LOCAL_CANDIDATES = (
@@ -59,8 +61,6 @@ def find_test_dsn(explicit: str | None = None) -> Iterator[str]:
         with PostgresContainer("postgres:16-alpine", driver=None) as container:
             yield container.get_connection_url()
             return
-    from jobrunner._embedded import EmbeddedPostgres
-
     with EmbeddedPostgres() as pg:
         yield pg.dsn
 

@@ -200,3 +200,60 @@ def test_the_checks_can_fail() -> None:
     assert _circles(edges) == [frozenset({"a.py", "b.py", "c.py"})]
     with pytest.raises(AssertionError):
         _layer_of("no_such_module.py", files)
+
+
+# -- imports inside functions ------------------------------------------------------------------
+#: What may be imported inside a function: the optional extras (third-party packages a user may
+#: not have installed, and jobrunner's modules that need them), so ``import jobrunner`` works
+#: and loads no web framework without them.
+OPTIONAL_EXTRAS = (
+    "temporalio",
+    "jobrunner.backends.temporal",
+    "django",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "jobrunner.dashboard",
+    "opentelemetry",
+    "importlib",  # _telemetry loads OpenTelemetry's optional parts by name
+    "prometheus_client",
+    "jobrunner.prometheus",
+    "pgserver",
+    "docker",
+    "testcontainers",
+)
+
+#: Folders where imports in functions follow their framework's rules, each with why.
+FRAMEWORK_CONVENTIONS = {
+    "contrib/django/": "Django loads apps, models and commands in its own order: a Django app "
+    "imports in AppConfig.ready() and in commands' handle()",
+}
+
+
+def _function_imports(path: Path) -> Iterator[tuple[int, str]]:
+    def visit(node: ast.AST, inside: bool) -> Iterator[tuple[int, str]]:
+        for child in ast.iter_child_nodes(node):
+            if inside and isinstance(child, ast.Import):
+                for alias in child.names:
+                    yield child.lineno, alias.name
+            elif inside and isinstance(child, ast.ImportFrom):
+                yield child.lineno, child.module or "."
+            yield from visit(
+                child, inside or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef)
+            )
+
+    yield from visit(ast.parse(path.read_text(encoding="utf-8")), False)
+
+
+def test_imports_inside_functions_are_for_optional_extras_only() -> None:
+    found = []
+    for path in _modules().values():
+        relative = _relative(path)
+        if any(relative.startswith(folder) for folder in FRAMEWORK_CONVENTIONS):
+            continue
+        for line, module in _function_imports(path):
+            if not any(
+                module == extra or module.startswith(extra + ".") for extra in OPTIONAL_EXTRAS
+            ):
+                found.append(f"{relative}:{line} imports {module} inside a function")
+    assert not found, "import these at module level (or add the extra):\n" + "\n".join(found)

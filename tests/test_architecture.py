@@ -257,3 +257,11 @@ def test_imports_inside_functions_are_for_optional_extras_only() -> None:
             ):
                 found.append(f"{relative}:{line} imports {module} inside a function")
     assert not found, "import these at module level (or add the extra):\n" + "\n".join(found)
+
+
+def test_the_function_import_check_can_fail(tmp_path: Path) -> None:
+    module = tmp_path / "sample.py"
+    module.write_text(
+        "import json\n\n\ndef f():\n    import temporalio\n    from jobrunner import _errors\n"
+    )
+    assert list(_function_imports(module)) == [(5, "temporalio"), (6, "jobrunner")]

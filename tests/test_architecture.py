@@ -30,10 +30,6 @@ KNOWN_CIRCLES: dict[frozenset[str], str] = {
         "JobFailedError/JobCancelledError carry a JobInfo (a TYPE_CHECKING import), and "
         "ScheduledJob.result() raises them"
     ),
-    frozenset({"_db/_database.py", "_db/_waiters.py"}): (
-        "the waiters' LISTEN connection is typed with Database (a TYPE_CHECKING import), and "
-        "Database owns its waiters"
-    ),
 }
 
 

@@ -91,7 +91,7 @@ class Database:
     def waiters(self) -> JobWaiters:
         """The process's waiters for finished jobs of this schema (one LISTEN connection)."""
         if self._waiters is None:
-            self._waiters = JobWaiters(self)
+            self._waiters = JobWaiters(self.schema, self.dedicated_connection)
         return self._waiters
 
     @property

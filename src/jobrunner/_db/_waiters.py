@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from psycopg import sql
 
 if TYPE_CHECKING:
-    from jobrunner._db._database import Database
     from jobrunner._models import JobInfo
 
 logger = logging.getLogger("jobrunner.db")
@@ -39,10 +39,19 @@ CONNECT_WAIT_SECONDS = 5.0
 
 
 class JobWaiters:
-    """The waiters of one :class:`Database` (one schema), sharing one LISTEN connection."""
+    """The waiters of one schema's jobs, sharing one LISTEN connection.
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    Args:
+        schema: The schema whose finished jobs are announced on ``<schema>_done``.
+        connect: Opens a new connection outside any pool (the database's
+            ``dedicated_connection``); the listener keeps it.
+    """
+
+    def __init__(
+        self, schema: str, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+    ) -> None:
+        self._schema = schema
+        self._connect = connect
         self._waiting: dict[uuid.UUID, set[asyncio.Future[None]]] = {}
         self._count = 0
         self._listener: asyncio.Task[None] | None = None
@@ -53,7 +62,7 @@ class JobWaiters:
     @property
     def channel(self) -> str:
         """The NOTIFY channel of finished jobs."""
-        return f"{self._db.schema}_done"
+        return f"{self._schema}_done"
 
     @property
     def listening(self) -> bool:
@@ -139,7 +148,7 @@ class JobWaiters:
             return
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(
-                self._listen(), name=f"jobrunner-waiters-{self._db.schema}"
+                self._listen(), name=f"jobrunner-waiters-{self._schema}"
             )
 
     async def _until_listening(self) -> None:
@@ -157,7 +166,7 @@ class JobWaiters:
         while not self._closed:
             conn: Any = None
             try:
-                conn = await self._db.dedicated_connection()
+                conn = await self._connect()
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                 self._listening.set()
                 backoff = 0.1

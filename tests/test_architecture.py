@@ -25,12 +25,7 @@ ARCHITECTURE_MD = ROOT / "docs" / "architecture.md"
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 #: Import circles that exist today, each with why.
-KNOWN_CIRCLES: dict[frozenset[str], str] = {
-    frozenset({"_errors.py", "_models.py"}): (
-        "JobFailedError/JobCancelledError carry a JobInfo (a TYPE_CHECKING import), and "
-        "ScheduledJob.result() raises them"
-    ),
-}
+KNOWN_CIRCLES: dict[frozenset[str], str] = {}
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -11,8 +11,6 @@ from jobrunner._errors import (
     DuplicateHandlerError,
     HandlerNotFoundError,
     InvalidArgumentError,
-    JobCancelledError,
-    JobFailedError,
     JobNotFoundError,
     JobRunnerError,
     JobTimeoutError,
@@ -24,8 +22,10 @@ from jobrunner._errors import (
 )
 from jobrunner._factory import JobRunnerFactory
 from jobrunner._models import (
+    JobCancelledError,
     JobDetails,
     JobError,
+    JobFailedError,
     JobInfo,
     JobPage,
     JobStatus,

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from jobrunner._limits import MAX_INTERVAL_SECONDS
-
-if TYPE_CHECKING:
-    from jobrunner._models import JobInfo
 
 __all__ = [
     "ConfigurationError",
@@ -17,8 +13,6 @@ __all__ = [
     "DuplicateHandlerError",
     "HandlerNotFoundError",
     "InvalidArgumentError",
-    "JobCancelledError",
-    "JobFailedError",
     "JobNotFoundError",
     "JobRunnerError",
     "JobTimeoutError",
@@ -82,38 +76,6 @@ class JobTimeoutError(JobRunnerError, TimeoutError):
     the retry policy); raised by waits that give up, such as ``drain`` / ``adrain`` and the
     sync runner's ``wait_for_job``.
     """
-
-
-class JobFailedError(JobRunnerError):
-    """Awaiting a job's result: the job failed for good.
-
-    Attributes:
-        job: The job as it ended (``JobInfo``).
-        error: Its last attempt's error (``JobError``: type, message, traceback), if any.
-    """
-
-    def __init__(self, job: JobInfo) -> None:
-        error = job.error
-        detail = f": {error.type}: {error.message}" if error is not None else ""
-        super().__init__(f"job {job.job_id} ({job.name}) failed{detail}")
-        self.job = job
-        self.error = error
-
-
-class JobCancelledError(JobRunnerError):
-    """Awaiting a job's result: the job was cancelled.
-
-    Attributes:
-        job: The job as it ended (``JobInfo``).
-        reason: The reason given to ``cancel_job``, if any.
-    """
-
-    def __init__(self, job: JobInfo) -> None:
-        reason = job.metadata.get("cancel_reason") if isinstance(job.metadata, dict) else None
-        detail = f": {reason}" if reason else ""
-        super().__init__(f"job {job.job_id} ({job.name}) was cancelled{detail}")
-        self.job = job
-        self.reason = reason if isinstance(reason, str) else None
 
 
 class Retry(Exception):  # named for what the handler asks for, not an error

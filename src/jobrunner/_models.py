@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from jobrunner._errors import JobCancelledError, JobFailedError, JobRunnerError
+from jobrunner._errors import JobRunnerError
 
 __all__ = [
+    "JobCancelledError",
     "JobDetails",
     "JobError",
+    "JobFailedError",
     "JobInfo",
     "JobPage",
     "JobStatus",
@@ -219,6 +221,38 @@ class JobInfo:
     singleton_key: str | None = None
     schedule_id: uuid.UUID | None = None
     """The recurring schedule this job was fired by, if any."""
+
+
+class JobFailedError(JobRunnerError):
+    """Awaiting a job's result: the job failed for good.
+
+    Attributes:
+        job: The job as it ended .
+        error: Its last attempt's error (``JobError``: type, message, traceback), if any.
+    """
+
+    def __init__(self, job: JobInfo) -> None:
+        error = job.error
+        detail = f": {error.type}: {error.message}" if error is not None else ""
+        super().__init__(f"job {job.job_id} ({job.name}) failed{detail}")
+        self.job = job
+        self.error = error
+
+
+class JobCancelledError(JobRunnerError):
+    """Awaiting a job's result: the job was cancelled.
+
+    Attributes:
+        job: The job as it ended .
+        reason: The reason given to ``cancel_job``, if any.
+    """
+
+    def __init__(self, job: JobInfo) -> None:
+        reason = job.metadata.get("cancel_reason") if isinstance(job.metadata, dict) else None
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"job {job.job_id} ({job.name}) was cancelled{detail}")
+        self.job = job
+        self.reason = reason if isinstance(reason, str) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
+from jobrunner._db._queries import queries_for
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._models import JobStatus
 from jobrunner._runner import ALL_TENANTS, AllTenants, TenantArg
@@ -90,25 +90,12 @@ def _query(
     tenant: TenantArg | AllTenants,
     statuses: frozenset[JobStatus] | None,
 ) -> list[EnqueuedJob]:
-    clauses = [
-        # Recurring schedules' tracker rows are bookkeeping, not jobs anyone enqueued.
-        sql.SQL("status <> 'active'"),
-        sql.SQL("coalesce(metadata ->> 'recurring', '') <> 'true'"),
-    ]
-    params: dict[str, Any] = {}
-    if tenant is not ALL_TENANTS:
-        clauses.append(sql.SQL("tenant = %(tenant)s"))
-        params["tenant"] = as_tenant(tenant)
-    if name is not None:
-        clauses.append(sql.SQL("type = %(name)s"))
-        params["name"] = name
-    if statuses is not None:
-        clauses.append(sql.SQL("status::text = ANY(%(statuses)s)"))
-        params["statuses"] = [s.value for s in statuses]
-    query = sql.SQL(
-        "SELECT job_id, tenant, type, data, status::text AS status, metadata FROM {}.jobs "
-        "WHERE {} ORDER BY created_at, job_id"
-    ).format(sql.Identifier(schema), sql.SQL(" AND ").join(clauses))
+    params: dict[str, Any] = {
+        "tenant": None if tenant is ALL_TENANTS else as_tenant(tenant),
+        "name": name,
+        "statuses": None if statuses is None else sorted(s.value for s in statuses),
+    }
+    query = queries_for(schema).testing_enqueued_jobs
     # A sync connection of its own, so this works from sync and async tests alike.
     with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
         rows = conn.execute(query, params).fetchall()

@@ -7,8 +7,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from psycopg import sql
-
 from jobrunner._errors import InvalidArgumentError, JobRunnerError, JobTimeoutError
 from jobrunner._runner import JobRunner
 from jobrunner._sync import SyncJobRunner
@@ -196,12 +194,7 @@ async def _drain_postgres(
 async def _live_queues(runner: PostgresJobRunner) -> set[str]:
     queues = {spec.queue for spec in runner.registry} | {DEFAULT_QUEUE}
     async with runner.db.connection() as conn:
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT DISTINCT queue FROM {}.jobs WHERE runner_type = 'postgres' "
-                "AND status IN ('pending', 'queued', 'processing', 'retrying')"
-            ).format(sql.Identifier(runner.schema))
-        )
+        cur = await conn.execute(runner.db.queries.testing_live_queues)
         queues |= {row["queue"] for row in await cur.fetchall()}
     return queues
 
@@ -217,33 +210,20 @@ async def _wait_idle(
 
     Returns ``False`` when live jobs sit in queues the worker does not claim.
     """
-    schema = sql.Identifier(runner.schema)
+    q = runner.db.queries
     delay = 0.01
     while True:
         horizon = fixed or datetime.now(UTC)
         await _fire_schedules(runner, fixed)
         async with runner.db.connection() as conn:
             # Waiting retries (and, with until=, jobs due by then) become due now.
-            cur = await conn.execute(
-                sql.SQL(
-                    "UPDATE {}.jobs SET run_at = now() WHERE runner_type = 'postgres' "
-                    "AND run_at > now() AND (status = 'retrying' OR "
-                    "(status = 'pending' AND run_at <= %(horizon)s::timestamptz))"
-                ).format(schema),
-                {"horizon": horizon},
-            )
+            cur = await conn.execute(q.testing_make_due, {"horizon": horizon})
             if cur.rowcount:
                 await conn.execute(
                     runner.db.queries.notify_jobs,
                     {"channel": runner.db.channel_jobs, "payload": "drain"},
                 )
-            cur = await conn.execute(
-                sql.SQL(
-                    "SELECT queue, count(*) AS n FROM {}.jobs WHERE runner_type = 'postgres' "
-                    "AND (status IN ('queued', 'processing', 'retrying') "
-                    "OR (status = 'pending' AND run_at <= now())) GROUP BY queue"
-                ).format(schema)
-            )
+            cur = await conn.execute(q.testing_live_counts)
             live = {row["queue"]: row["n"] for row in await cur.fetchall()}
         if not live:
             return True
@@ -273,10 +253,7 @@ async def _fire_schedules(runner: PostgresJobRunner, until: datetime | None) -> 
     the in-memory runner, so ``missed_ticks`` does not collapse them. Jobs of future ticks are
     ``pending`` at their tick and made due by the caller.
     """
-    next_tick = sql.SQL(
-        "SELECT min(next_run_at) AS at FROM {}.schedules "
-        "WHERE NOT paused AND runner_type = 'postgres'"
-    ).format(sql.Identifier(runner.schema))
+    next_tick = runner.db.queries.testing_next_tick
     async with runner.db.connection() as conn:
         while len(await fire_due(conn, runner.schema)) >= 100:
             pass
@@ -294,13 +271,7 @@ async def _fire_schedules(runner: PostgresJobRunner, until: datetime | None) -> 
 async def _describe_live(runner: PostgresJobRunner) -> str:
     try:
         async with runner.db.connection() as conn:
-            cur = await conn.execute(
-                sql.SQL(
-                    "SELECT type, job_id, status::text AS status FROM {}.jobs "
-                    "WHERE runner_type = 'postgres' "
-                    "AND status IN ('queued', 'processing', 'retrying') LIMIT 20"
-                ).format(sql.Identifier(runner.schema))
-            )
+            cur = await conn.execute(runner.db.queries.testing_describe_live)
             rows = await cur.fetchall()
     except Exception:  # noqa: BLE001 - best effort for an error message
         return "(unknown)"

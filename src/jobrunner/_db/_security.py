@@ -34,40 +34,19 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from jobrunner._db._queries import queries_for
 from jobrunner._errors import InvalidArgumentError
 
-POLICY = "jobrunner_tenant_isolation"
-SETTING = "jobrunner.tenant"
 GRANTS = "tenant_roles"
-FUNCTION = "rls_tenants"
 
 #: Tables without a tenant column whose rows belong to the row of a tenant table:
 #: table -> (parent table, shared key column).
 CHILD_TABLES = {"flow_rate_events": ("flow_rules", "rule_id")}
 
 
-def _predicate(schema: str, column: sql.Composable) -> sql.Composable:
-    # Both sides are scalar subqueries, evaluated once per statement (InitPlans), not per row.
-    return sql.SQL(
-        "{col} = ANY ((SELECT {fn}(current_user))::uuid[]) AND "
-        "{col} = coalesce((SELECT nullif(pg_catalog.current_setting({setting}, true), '')::uuid), "
-        "{col})"
-    ).format(
-        col=column,
-        fn=sql.Identifier(schema, FUNCTION),
-        setting=sql.Literal(SETTING),
-    )
-
-
 async def _tables(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[str, str]:
     """Every base table of ``schema`` -> ``tenant``, ``child`` or ``internal``."""
-    cur = await conn.execute(
-        "SELECT c.relname, EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid "
-        "AND a.attname = 'tenant' AND a.atttypid = 'uuid'::regtype AND NOT a.attisdropped) "
-        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY 1",
-        (schema,),
-    )
+    cur = await conn.execute(queries_for(schema).rls_table_kinds, {"schema": schema})
     kinds = {}
     for name, has_tenant in await cur.fetchall():
         name = str(name)
@@ -82,35 +61,9 @@ async def _tables(conn: psycopg.AsyncConnection[Any], schema: str) -> dict[str, 
 
 async def _ensure_grants(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     """The grants table (RLS on, no policy: owner only) and the function reading it."""
-    grants = sql.Identifier(schema, GRANTS)
-    await conn.execute(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (role regrole NOT NULL, tenant uuid NOT NULL, "
-            "granted_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (role, tenant))"
-        ).format(grants)
-    )
-    await conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(grants))
-    await conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(grants))
-    fn = sql.Identifier(schema, FUNCTION)
-    await conn.execute(
-        sql.SQL(
-            "CREATE OR REPLACE FUNCTION {fn}(caller name) RETURNS uuid[] "
-            "LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ "
-            "SELECT coalesce(array_agg(DISTINCT g.tenant), '{{}}'::uuid[]) FROM {grants} g "
-            "JOIN pg_catalog.pg_roles r ON r.oid = g.role "
-            "WHERE pg_catalog.pg_has_role(session_user, caller, 'MEMBER') "
-            "AND pg_catalog.pg_has_role(caller, r.oid, 'USAGE') $$"
-        ).format(fn=fn, grants=grants)
-    )
-    await conn.execute(
-        sql.SQL("COMMENT ON FUNCTION {}(name) IS {}").format(
-            fn,
-            sql.Literal(
-                "jobrunner RLS: the tenants granted (tenant_roles) to the role or the roles "
-                "whose privileges it inherits"
-            ),
-        )
-    )
+    q = queries_for(schema)
+    for statement in (q.rls_create_grants, q.rls_close_grants, q.rls_create_function):
+        await conn.execute(statement)
 
 
 async def install_rls(conn: psycopg.AsyncConnection[Any], schema: str) -> list[str]:
@@ -119,34 +72,20 @@ async def install_rls(conn: psycopg.AsyncConnection[Any], schema: str) -> list[s
     Returns:
         The tenant tables now protected (the others are closed to non-owner roles).
     """
+    q = queries_for(schema)
     async with conn.transaction():
         await _ensure_grants(conn, schema)
         kinds = await _tables(conn, schema)
         for table, kind in kinds.items():
-            ident = sql.Identifier(schema, table)
-            await conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(ident))
-            await conn.execute(
-                sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), ident)
-            )
+            await conn.execute(q.with_identifiers("rls_enable", table=table))
             if kind == "tenant":
-                check = _predicate(schema, sql.Identifier("tenant"))
+                await conn.execute(q.with_identifiers("rls_tenant_policy", table=table))
             elif kind == "child":
                 parent, key = CHILD_TABLES[table]
-                check = sql.SQL(
-                    "EXISTS (SELECT 1 FROM {parent} p WHERE p.{key} = {table}.{key} AND {pred})"
-                ).format(
-                    parent=sql.Identifier(schema, parent),
-                    key=sql.Identifier(key),
-                    table=sql.Identifier(table),
-                    pred=_predicate(schema, sql.SQL("p.tenant")),
+                await conn.execute(
+                    q.with_identifiers("rls_child_policy", table=table, parent=parent, key=key)
                 )
-            else:
-                continue  # RLS without a policy: no rows for non-owner roles
-            await conn.execute(
-                sql.SQL("CREATE POLICY {} ON {} USING ({}) WITH CHECK ({})").format(
-                    sql.Identifier(POLICY), ident, check, check
-                )
-            )
+            # internal: RLS without a policy, so no rows for non-owner roles
     return [t for t, kind in kinds.items() if kind == "tenant"]
 
 
@@ -155,16 +94,13 @@ async def remove_rls(conn: psycopg.AsyncConnection[Any], schema: str) -> list[st
 
     The grants are kept (``install_rls`` applies them again) and stay owner-only.
     """
+    q = queries_for(schema)
     async with conn.transaction():
         kinds = await _tables(conn, schema)
         for table in kinds:
             if table == GRANTS:
                 continue
-            ident = sql.Identifier(schema, table)
-            await conn.execute(
-                sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY), ident)
-            )
-            await conn.execute(sql.SQL("ALTER TABLE {} DISABLE ROW LEVEL SECURITY").format(ident))
+            await conn.execute(q.with_identifiers("rls_disable", table=table))
     return [t for t, kind in kinds.items() if kind == "tenant"]
 
 
@@ -177,8 +113,8 @@ def _tenant(value: uuid.UUID | str) -> uuid.UUID:
         raise InvalidArgumentError(f"tenant must be a UUID, got {value!r}") from None
 
 
-async def _role_exists(conn: psycopg.AsyncConnection[Any], role: str) -> None:
-    cur = await conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,))
+async def _role_exists(conn: psycopg.AsyncConnection[Any], schema: str, role: str) -> None:
+    cur = await conn.execute(queries_for(schema).rls_role_exists, {"role": role})
     if await cur.fetchone() is None:
         raise InvalidArgumentError(f"no database role named {role!r}")
 
@@ -192,13 +128,11 @@ async def grant_tenant(
     """
     tenant = _tenant(tenant)
     async with conn.transaction():
-        await _role_exists(conn, role)
+        await _role_exists(conn, schema, role)
         await _ensure_grants(conn, schema)
         cur = await conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (role, tenant) VALUES (%s::regrole, %s) ON CONFLICT DO NOTHING"
-            ).format(sql.Identifier(schema, GRANTS)),
-            (sql.Identifier(role).as_string(None), tenant),
+            queries_for(schema).rls_grant,
+            {"role": sql.Identifier(role).as_string(None), "tenant": tenant},
         )
         return cur.rowcount == 1
 
@@ -209,13 +143,11 @@ async def revoke_tenant(
     """Withdraw a :func:`grant_tenant`; returns whether there was one."""
     tenant = _tenant(tenant)
     async with conn.transaction():
-        await _role_exists(conn, role)
+        await _role_exists(conn, schema, role)
         await _ensure_grants(conn, schema)
         cur = await conn.execute(
-            sql.SQL("DELETE FROM {} WHERE role = %s::regrole AND tenant = %s").format(
-                sql.Identifier(schema, GRANTS)
-            ),
-            (sql.Identifier(role).as_string(None), tenant),
+            queries_for(schema).rls_revoke,
+            {"role": sql.Identifier(role).as_string(None), "tenant": tenant},
         )
         return cur.rowcount > 0
 
@@ -226,10 +158,5 @@ async def list_grants(
     """Every ``(role, tenant)`` grant, ordered (roles dropped since are left out)."""
     async with conn.transaction():
         await _ensure_grants(conn, schema)
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT r.rolname, g.tenant FROM {} g JOIN pg_catalog.pg_roles r "
-                "ON r.oid = g.role ORDER BY 1, 2"
-            ).format(sql.Identifier(schema, GRANTS))
-        )
+        cur = await conn.execute(queries_for(schema).rls_list_grants)
         return [(str(role), tenant) for role, tenant in await cur.fetchall()]

@@ -203,7 +203,7 @@ class Database:
         try:
             # Bounded: with the server away the pool would wait its full checkout timeout.
             async with asyncio.timeout(timeout), self.connection() as conn:
-                await conn.execute("SELECT 1")
+                await conn.execute(self.queries.ping)
             return True
         except Exception:  # health checks report, never raise
             logger.debug("database ping failed", exc_info=True)

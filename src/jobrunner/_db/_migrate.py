@@ -15,6 +15,7 @@ import psycopg
 import tenacity
 from psycopg import sql
 
+from jobrunner._db._queries import queries_for
 from jobrunner._errors import ConfigurationError, UnavailableError
 
 logger = logging.getLogger("jobrunner.migrate")
@@ -140,36 +141,23 @@ async def migrate(
         The versions applied by this call.
     """
     applied: list[int] = []
-    ident = sql.Identifier(schema)
+    q = queries_for(schema)
     for migration in available_migrations():
         if target is not None and migration.version > target:
             break
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (_lock_key(schema),))
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-            await conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {}.schema_migrations ("
-                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                    " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-                ).format(ident)
-            )
-            cur = await conn.execute(
-                sql.SQL("SELECT 1 FROM {}.schema_migrations WHERE version = %s").format(ident),
-                (migration.version,),
-            )
+            await conn.execute(q.migrator_lock, {"key": _lock_key(schema)})
+            await conn.execute(q.migrator_prepare)
+            cur = await conn.execute(q.migrator_is_applied, {"version": migration.version})
             if await cur.fetchone():
                 continue
             await conn.execute(
-                sql.SQL("SELECT set_config('search_path', %s, true)"),
-                (sql.Identifier(schema).as_string(None) + ", public",),
+                q.migrator_search_path,
+                {"path": sql.Identifier(schema).as_string(None) + ", public"},
             )
             await conn.execute(migration.text.encode())
             await conn.execute(
-                sql.SQL("INSERT INTO {}.schema_migrations (version, name) VALUES (%s, %s)").format(
-                    ident
-                ),
-                (migration.version, migration.name),
+                q.migrator_record, {"version": migration.version, "name": migration.name}
             )
             applied.append(migration.version)
             logger.info(
@@ -180,18 +168,13 @@ async def migrate(
 
 async def current_version(conn: psycopg.AsyncConnection[Any], schema: str) -> int:
     """The highest applied migration version, 0 when none."""
-    cur = await conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL",
-        (sql.Identifier(schema).as_string(None) + ".schema_migrations",),
-    )
+    q = queries_for(schema)
+    table = sql.Identifier(schema).as_string(None) + ".schema_migrations"
+    cur = await conn.execute(q.migrator_has_table, {"table": table})
     row = await cur.fetchone()
     if not row or not row[0]:
         return 0
-    cur = await conn.execute(
-        sql.SQL("SELECT coalesce(max(version), 0) FROM {}.schema_migrations").format(
-            sql.Identifier(schema)
-        )
-    )
+    cur = await conn.execute(q.migrator_version)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -216,20 +199,16 @@ async def check_current(conn: psycopg.AsyncConnection[Any], schema: str) -> None
             migrations; the message says to run ``jobrunner migrate``.
     """
     hint = _run_migrate_hint(schema)
-    cur = await conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (schema,))
+    q = queries_for(schema)
+    cur = await conn.execute(q.migrator_schema_exists, {"schema_name": schema})
     if await cur.fetchone() is None:
         raise ConfigurationError(f"schema {schema!r} does not exist; {hint}")
     table = sql.Identifier(schema).as_string(None) + ".schema_migrations"
-    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+    cur = await conn.execute(q.migrator_has_table, {"table": table})
     row = await cur.fetchone()
     if not row or not row[0]:
         raise ConfigurationError(f"schema {schema!r} has no jobrunner tables; {hint}")
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT coalesce(array_agg(version), '{{}}'), row_security_active({table}::regclass)"
-            " FROM {schema}.schema_migrations"
-        ).format(table=sql.Literal(table), schema=sql.Identifier(schema))
-    )
+    cur = await conn.execute(q.migrator_applied, {"table": table})
     row = await cur.fetchone()
     applied, hidden_by_rls = (set(row[0]), bool(row[1])) if row else (set(), False)
     if not applied and hidden_by_rls:

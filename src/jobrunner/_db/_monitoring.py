@@ -24,9 +24,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from psycopg import sql
-
 from jobrunner._db._database import Database
+from jobrunner._db._queries import fragment
 from jobrunner._db._store import JobStore, row_to_info, utc
 from jobrunner._errors import InvalidArgumentError, JobNotFoundError
 from jobrunner._filters import list_filters, tenant_scope
@@ -64,14 +63,9 @@ CLEAR_SCOPES: Final[dict[str, tuple[str, ...]]] = {
     "all": ("completed", "failed", "cancelled"),
 }
 
-_TENANT_CLAUSE = "AND tenant = %(tenant)s"
-_AGE_CLAUSE = (
-    "AND (completed_at < %(cutoff)s OR (completed_at IS NULL AND created_at < %(cutoff_utc)s))"
-)
-
 
 def _with_tenant(query: str, tenant: uuid.UUID | None) -> str:
-    return query.replace("/*tenant*/", _TENANT_CLAUSE if tenant is not None else "")
+    return query.replace("/*tenant*/", fragment("filter_tenant") if tenant is not None else "")
 
 
 def _naive_utc(value: datetime) -> datetime:
@@ -135,11 +129,6 @@ async def retry_job(
 # clamped to datetime.min/max (_db/_loaders), so the next page starts after the row's own
 # stored value, looked up by its id ('-infinity'/'infinity' if the row is gone by then).
 _EDGE_STAMPS: Final = {datetime.min: "-infinity", datetime.max: "infinity"}
-_EDGE_CURSOR_CLAUSE: Final = (
-    "AND (created_at, job_id) < (coalesce((SELECT c.created_at FROM {jobs} c"
-    " WHERE c.job_id = %(cursor_id)s {tenant} LIMIT 1), %(cursor_edge)s::timestamp),"
-    " %(cursor_id)s)"
-)
 
 
 def encode_cursor(created_at: datetime | None, job_id: uuid.UUID) -> str:
@@ -209,51 +198,43 @@ async def list_jobs(
     )
     position = None if cursor is None else decode_cursor(cursor)  # type: ignore[arg-type]
 
+    q = db.queries
     clauses: list[str] = []
     params: dict[str, Any] = {"limit": f.limit + 1}
     if f.tenant is not None:
-        clauses.append(_TENANT_CLAUSE)
+        clauses.append(q.filter_tenant)
         params["tenant"] = f.tenant
     if f.statuses is not None:
-        enum_array = sql.SQL("{}.job_status[]").format(sql.Identifier(db.schema)).as_string(None)
-        clauses.append(f"AND status = ANY(%(statuses)s::{enum_array})")
+        clauses.append(q.filter_statuses)
         params["statuses"] = f.statuses
     if f.name is not None:
-        clauses.append("AND type = %(name)s")
+        clauses.append(q.filter_name)
         params["name"] = f.name
     if f.runner_type is not None:
-        clauses.append("AND runner_type = %(runner_type)s")
+        clauses.append(q.filter_runner_type)
         params["runner_type"] = f.runner_type
     if f.created_after is not None:
-        clauses.append("AND created_at >= %(created_after)s")
+        clauses.append(q.filter_created_after)
         params["created_after"] = _naive_utc(f.created_after)
     if f.created_before is not None:
-        clauses.append("AND created_at < %(created_before)s")
+        clauses.append(q.filter_created_before)
         params["created_before"] = _naive_utc(f.created_before)
     if f.search is not None:
-        clauses.append(
-            "AND (type ILIKE %(pattern)s ESCAPE '\\' OR job_id::text ILIKE %(pattern)s ESCAPE '\\'"
-            " OR (error ->> 'message') ILIKE %(pattern)s ESCAPE '\\'"
-            " OR (error ->> 'type') ILIKE %(pattern)s ESCAPE '\\')"
-        )
+        clauses.append(q.filter_search)
         params["pattern"] = f"%{escape_like(f.search)}%"
     if position is not None:
         created, last_id = position
         params["cursor_id"] = last_id
         if created is None:
-            # Rows without created_at sort last (NULLS LAST); only those remain.
-            clauses.append("AND created_at IS NULL AND job_id < %(cursor_id)s")
+            clauses.append(q.filter_after_null_created)
         elif isinstance(created, str):
-            clause = sql.SQL(_EDGE_CURSOR_CLAUSE).format(
-                jobs=sql.Identifier(db.schema, "jobs"),
-                tenant=sql.SQL("AND c.tenant = %(tenant)s" if f.tenant is not None else ""),
-            )
-            clauses.append(clause.as_string(None))
+            scoped = f.tenant is not None
+            clauses.append(q.filter_after_edge_row_of_tenant if scoped else q.filter_after_edge_row)
             params["cursor_edge"] = created
         else:
-            # A row comparison keeps the keyset one index range (created_at has a default and
-            # every writer sets it, so rows without one are not paged into here).
-            clauses.append("AND (created_at, job_id) < (%(cursor_at)s, %(cursor_id)s)")
+            # created_at has a default and every writer sets it, so rows without one are not
+            # paged into here.
+            clauses.append(q.filter_after_row)
             params["cursor_at"] = created
     query = db.queries.monitoring_list_jobs.replace("/*filters*/", " ".join(clauses))
     async with db.connection() as conn:
@@ -342,7 +323,8 @@ async def clear_history(
     statuses = ", ".join(f"'{s}'" for s in CLEAR_SCOPES[scope])  # constants above, not input
     query = _with_tenant(db.queries.monitoring_clear_batch, scoped)
     query = query.replace("/*statuses*/", statuses)
-    query = query.replace("/*age*/", _AGE_CLAUSE if seconds is not None else "")
+    age = db.queries.filter_finished_before if seconds is not None else ""
+    query = query.replace("/*age*/", age)
     params: dict[str, Any] = {"batch": CLEAR_BATCH}
     if scoped is not None:
         params["tenant"] = scoped

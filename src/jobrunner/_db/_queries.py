@@ -70,6 +70,14 @@ class Queries:
         return sorted(_raw_queries())
 
 
+def fragment(name: str) -> str:
+    """A named query that names no identifier (a filter fragment), as written."""
+    try:
+        return _raw_queries()[name]
+    except KeyError:
+        raise AttributeError(f"no SQL query named {name!r}") from None
+
+
 @functools.cache
 def queries_for(schema: str) -> Queries:
     """The shared :class:`Queries` of ``schema``."""

@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
+
+from jobrunner._db._queries import queries_for
 
 if TYPE_CHECKING:
     from jobrunner._models import JobInfo
@@ -167,7 +168,11 @@ class JobWaiters:
             conn: Any = None
             try:
                 conn = await self._connect()
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                await conn.execute(
+                    queries_for(self._schema).with_identifiers(
+                        "listen_channel", channel=self.channel
+                    )
+                )
                 self._listening.set()
                 backoff = 0.1
                 # Anything that finished while we were not listening was not announced to us.

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import psycopg
 from psycopg import sql
 
+from jobrunner._db._queries import fragment
 from jobrunner._embedded import EmbeddedPostgres
 
 logger = logging.getLogger("jobrunner.testing")
@@ -24,7 +25,7 @@ LOCAL_CANDIDATES = (
 def _answers(dsn: str) -> bool:
     try:
         with psycopg.connect(dsn, connect_timeout=2) as conn:
-            conn.execute("SELECT 1")
+            conn.execute(fragment("ping"))
         return True
     except psycopg.Error:
         return False

@@ -169,3 +169,7 @@ ORDER BY processed_at, detail_id
 
 -- name: get_job_data
 SELECT data FROM {schema}.jobs WHERE tenant = %(tenant)s AND job_id = %(job_id)s
+
+-- name: ping
+-- The health check: the server answers a trivial statement.
+SELECT 1

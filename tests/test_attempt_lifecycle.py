@@ -287,3 +287,29 @@ async def test_a_timed_out_attempt_closes_the_step_it_was_in(
     )
     assert [s["status"] for s in steps] == ["failed"]
     assert steps[0]["result"]["type"].endswith("JobTimeoutError")
+
+
+async def test_a_background_loop_that_ignores_cancellation_does_not_keep_a_worker_alive(
+    runner: PostgresJobRunner, monkeypatch: Any
+) -> None:
+    """Shutdown waits a bounded time for the worker's own loops and names any that hang
+    (the worker entry point then exits past them)."""
+    from jobrunner._queue import _worker as queue_worker
+
+    release = asyncio.Event()
+
+    async def stubborn_rescue_loop(self: Any) -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # ignores the worker's cancellation until the test ends
+
+    monkeypatch.setattr(queue_worker, "_LOOP_STOP_TIMEOUT", 0.5)
+    monkeypatch.setattr(queue_worker.QueueWorker, "_rescue_loop", stubborn_rescue_loop)
+    try:
+        async with running_worker(runner) as worker:
+            pass
+        assert worker.stuck_tasks == ["jobrunner-rescue"]  # type: ignore[attr-defined]
+    finally:
+        release.set()

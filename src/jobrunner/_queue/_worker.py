@@ -56,6 +56,10 @@ _STORE_ERRORS = (JobRunnerError, OSError)
 _LISTEN_TOPICS = frozenset({Topic.WORK, Topic.CANCELS})
 
 
+#: Seconds a stopping worker waits for its background loops, and for its store to close.
+_LOOP_STOP_TIMEOUT = 5.0
+
+
 @dataclass(eq=False)
 class _Running:
     attempt: Attempt
@@ -94,6 +98,8 @@ class QueueWorker(JobWorker):
         self._started = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        #: Names of background tasks that did not end at shutdown (normally none).
+        self.stuck_tasks: list[str] = []
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._flush_now = asyncio.Event()
@@ -514,10 +520,24 @@ class QueueWorker(JobWorker):
         self._stopped.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.store.close()
+        # Bounded: a background loop that does not end when cancelled must not keep a
+        # stopping worker alive (SIGTERM must end the process); the CLI exits past it.
+        ended_loops, stuck_loops = await asyncio.wait(self._tasks, timeout=_LOOP_STOP_TIMEOUT)
+        self.stuck_tasks = sorted(t.get_name() for t in stuck_loops)
+        if stuck_loops:
+            logger.error(
+                "background tasks did not stop within %.0f s: %s",
+                _LOOP_STOP_TIMEOUT,
+                ", ".join(self.stuck_tasks),
+            )
+        for loop_task in ended_loops:
+            if not loop_task.cancelled():
+                loop_task.exception()  # retrieved: a loop's last error is not logged as unhandled
+        try:
+            async with asyncio.timeout(_LOOP_STOP_TIMEOUT):
+                await self.store.close()
+        except TimeoutError:
+            logger.error("closing the store took over %.0f s; leaving it", _LOOP_STOP_TIMEOUT)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         logger.info("worker %s stopped", self.worker_id)

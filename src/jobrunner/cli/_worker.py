@@ -160,6 +160,11 @@ async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await runner.close()
+    stuck: list[str] = list(getattr(worker, "stuck_tasks", None) or [])
+    if stuck:
+        # asyncio.run would wait for them forever while it cancels the remaining tasks.
+        logger.warning("exiting without waiting for: %s", ", ".join(stuck))
+        hard_exit(0)
     if abandoned_handlers():
         # A handler that ignored cancellation (its outcome is recorded) would make
         # asyncio.run wait for it forever while it cancels the remaining tasks.

@@ -13,9 +13,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,7 +34,7 @@ from jobrunner._factory import JobRunnerFactory
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.backends.temporal import TemporalWorker
 from jobrunner.testing import running_worker
-from temporal._support import free_port_address
+from temporal._support import CliWorker, free_port_address
 
 pytestmark = pytest.mark.temporal
 
@@ -226,46 +223,6 @@ async def test_postgres_queue_ending_on_its_own_stops_the_worker_with_an_error(
 
 
 # -- the real CLI ------------------------------------------------------------------------------
-class CliWorker:
-    """``jobrunner-worker --app temporal.worker_app`` (JOB_RUNNER_TYPE=temporal) in a subprocess."""
-
-    def __init__(self, env: dict[str, str], log: Path, *extra: str) -> None:
-        self.log = log
-        self._out = log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from jobrunner.cli import worker_main; raise SystemExit(worker_main())",
-                "--app",
-                "temporal.worker_app",
-                "--grace",
-                "5",
-                *extra,
-            ],
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def terminate(self, timeout: float = 60) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.to_thread(self.proc.wait, timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"worker did not exit; output:\n{self.output()}") from None
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
-
-
 @pytest.fixture
 def spawn_cli(
     jobrunner_dsn: str, schema: str, temporal_address: str, task_queue: str, tmp_path: Path

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,50 +13,11 @@ from typing import Any
 import pytest
 
 from jobrunner import JobStatus
+from temporal._support import CliWorker
 
 pytestmark = pytest.mark.temporal
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
-
-
-class WorkerProcess:
-    """``jobrunner-worker --app temporal.worker_app`` with stderr captured to a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out = log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from jobrunner.cli import worker_main; raise SystemExit(worker_main())",
-                "--app",
-                "temporal.worker_app",
-                "--grace",
-                "5",
-                # The PostgreSQL-only flag is accepted on Temporal (Schedules fire on the server).
-                "--no-scheduler",
-            ],
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def wait(self, timeout: float = 60) -> int:
-        try:
-            return await asyncio.to_thread(self.proc.wait, timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"worker did not exit; output:\n{self.output()}") from None
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
 
 
 @pytest.fixture
@@ -82,10 +41,11 @@ def worker_env(
 
 @pytest.fixture
 def spawn(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    made: list[WorkerProcess] = []
+    made: list[CliWorker] = []
 
-    def start(name: str = "worker") -> WorkerProcess:
-        proc = WorkerProcess(worker_env, tmp_path / f"{name}-{len(made)}.log")
+    def start(name: str = "worker") -> CliWorker:
+        # The PostgreSQL-only flag is accepted on Temporal (Schedules fire on the server).
+        proc = CliWorker(worker_env, tmp_path / f"{name}-{len(made)}.log", "--no-scheduler")
         made.append(proc)
         return proc
 

@@ -11,6 +11,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseError",
     "DuplicateHandlerError",
+    "DuplicateStepError",
     "HandlerNotFoundError",
     "InvalidArgumentError",
     "JobNotFoundError",
@@ -19,6 +20,7 @@ __all__ = [
     "NonRetryable",
     "Retry",
     "ScheduleError",
+    "StepFencedError",
     "UnavailableError",
     "UnknownOptionError",
 ]
@@ -55,6 +57,29 @@ class JobNotFoundError(JobRunnerError, LookupError):
 
 class DuplicateHandlerError(JobRunnerError):
     """A job name was registered twice with different handlers."""
+
+
+class DuplicateStepError(JobRunnerError):
+    """``ctx.run_step`` was called twice with the same step name in one attempt.
+
+    A durable step's name is its identity within the job: the stored result of the first call
+    would be returned to the second, so the second call is refused instead.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"step {name!r} already ran in this attempt; durable step names are unique within a job"
+        )
+        self.name = name
+
+
+class StepFencedError(JobRunnerError):
+    """A durable step could not be read or recorded because its attempt is over.
+
+    The attempt no longer holds the job (cancelled, recorded as timed out or failed, or its
+    lease taken over by another worker): nothing of the step was recorded and the handler
+    should stop. Raised by ``ctx.run_step``; the attempt's own outcome is decided elsewhere.
+    """
 
 
 class ScheduleError(InvalidArgumentError):

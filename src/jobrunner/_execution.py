@@ -22,7 +22,6 @@ import functools
 import json
 import logging
 import random
-import re
 import sys
 import threading
 import time
@@ -38,8 +37,9 @@ from typing import Any
 from jobrunner import _telemetry as telemetry
 from jobrunner._context import JobContext, SyncJobContext
 from jobrunner._errors import HandlerNotFoundError, NonRetryable
+from jobrunner._limits import MAX_RESULT_BYTES as _MAX_RESULT_BYTES
 from jobrunner._models import JobError
-from jobrunner._outcome import decide_failure, describe_error, timeout_error
+from jobrunner._outcome import decide_failure, describe_error, storable_json, timeout_error
 from jobrunner._policy import JobPolicy
 from jobrunner.registry import HandlerSpec
 
@@ -57,8 +57,9 @@ __all__ = [
 logger = logging.getLogger("jobrunner.execution")
 
 #: Largest handler result stored, as UTF-8 JSON (64 MiB); a larger one fails the attempt for
-#: good with an error saying so. PostgreSQL's own jsonb limit is about 255 MiB.
-MAX_RESULT_BYTES = 64 * 1024 * 1024
+#: good with an error saying so. PostgreSQL's own jsonb limit is about 255 MiB. A durable
+#: step's result has the same limit (``jobrunner._limits.MAX_RESULT_BYTES``).
+MAX_RESULT_BYTES = _MAX_RESULT_BYTES
 
 #: Seconds an ``async def`` handler gets to finish after it was cancelled (timeout, cancel
 #: request, lease loss, shutdown) before its task is abandoned and the outcome recorded anyway.
@@ -384,35 +385,13 @@ def _classify(attempt: Attempt, work: asyncio.Future[Any], rand: Callable[[], fl
         return Failed(describe_error(problem), None, problem)
 
 
-_NUL_ESCAPE = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")
-
-
 def storable_result(result: Any) -> str | None:
     """A handler's result as JSON text that PostgreSQL's jsonb accepts (``None`` stays so).
 
     Raises:
         NonRetryable: the result cannot be stored; running the handler again would not help.
     """
-    if result is None:
-        return None
-    try:
-        text = json.dumps(result, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise NonRetryable(f"the handler's result is not JSON-serialisable: {exc}") from None
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise NonRetryable(
-            "the handler's result contains a lone surrogate (not valid UTF-8; jsonb cannot hold it)"
-        ) from None
-    if size > MAX_RESULT_BYTES:
-        raise NonRetryable(
-            f"the handler's result is {size} bytes of JSON, over the limit of "
-            f"{MAX_RESULT_BYTES} bytes"
-        )
-    if _NUL_ESCAPE.search(text):
-        raise NonRetryable("the handler's result contains a NUL character (jsonb cannot hold it)")
-    return text
+    return storable_json(result, what="the handler's result", limit=MAX_RESULT_BYTES)
 
 
 async def _flush_progress(ctx: JobContext) -> None:

@@ -15,6 +15,10 @@ MAX_BULK_PAYLOAD_BYTES: Final = 256 * 1_048_576
 PostgreSQL refuses any single value or message over 1 GB; a bulk batch travels as one
 parameter, so a total well under that keeps every batch writable."""
 
+MAX_RESULT_BYTES: Final = 64 * 1024 * 1024
+"""Largest handler or durable step result stored, as UTF-8 JSON: 64 MiB (PostgreSQL's own
+jsonb limit is about 255 MiB)."""
+
 MAX_NAME_LENGTH: Final = 200
 """Longest job name, in characters."""
 

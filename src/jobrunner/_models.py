@@ -267,6 +267,12 @@ class StepInfo:
     retry_count: int
     metadata: dict[str, Any]
 
+    @property
+    def durable(self) -> bool:
+        """Whether this is a durable step's row (``ctx.run_step``): once ``completed``, its
+        ``result`` is what every later attempt of the job gets back."""
+        return self.metadata.get("durable") is True
+
 
 @dataclass(frozen=True, slots=True)
 class JobDetails:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from jobrunner._errors import JobTimeoutError, NonRetryable, Retry
 from jobrunner._limits import MAX_INTERVAL_SECONDS
@@ -75,6 +78,39 @@ def _usable_delay(delay: object) -> bool:
     # NaN or infinity (Retry accepts any float) would make an invalid next run time: such a
     # Retry falls back to the policy's backoff.
     return isinstance(delay, int | float) and not isinstance(delay, bool) and math.isfinite(delay)
+
+
+_NUL_ESCAPE = re.compile(r"(?:^|[^\\])(?:\\\\)*\\u0000")
+
+
+def storable_json(value: Any, *, what: str, limit: int) -> str | None:
+    """``value`` as JSON text that PostgreSQL's jsonb accepts (``None`` stays so).
+
+    Args:
+        value: A handler's or a durable step's result.
+        what: How the error names it ("the handler's result").
+        limit: Largest size allowed, in bytes of UTF-8 JSON.
+
+    Raises:
+        NonRetryable: the value cannot be stored; producing it again would not help.
+    """
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise NonRetryable(f"{what} is not JSON-serialisable: {exc}") from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise NonRetryable(
+            f"{what} contains a lone surrogate (not valid UTF-8; jsonb cannot hold it)"
+        ) from None
+    if size > limit:
+        raise NonRetryable(f"{what} is {size} bytes of JSON, over the limit of {limit} bytes")
+    if _NUL_ESCAPE.search(text):
+        raise NonRetryable(f"{what} contains a NUL character (jsonb cannot hold it)")
+    return text
 
 
 def timeout_error(timeout: float) -> JobTimeoutError:

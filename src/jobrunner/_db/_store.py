@@ -8,7 +8,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from jobrunner._context import JobContext
+from jobrunner._context import DurableStart, JobContext
 from jobrunner._db._database import Database
 from jobrunner._models import JobError, JobInfo, JobStatus, StepInfo
 from jobrunner._validation import as_json_text
@@ -181,3 +181,45 @@ class JobStore:
                     "result": param,
                 },
             )
+
+    async def begin_durable_step(self, ctx: JobContext, name: str) -> DurableStart:
+        """The job's stored result of durable step ``name``, or a new ``processing`` row for
+        it; fenced like :meth:`start_step` (``fenced``: nothing read or written)."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.q.begin_durable_step,
+                {
+                    "tenant": ctx.tenant,
+                    "job_id": ctx.job_id,
+                    "token": ctx.lease_token,
+                    "step_name": name,
+                    "attempt": ctx.attempt,
+                },
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        if not row["holds"]:
+            ctx.mark_cancelled()
+            return DurableStart("fenced")
+        if row["stored"]:
+            return DurableStart("stored", result=row["result"])
+        return DurableStart("started", detail_id=uuid.UUID(str(row["detail_id"])))
+
+    async def complete_durable_step(
+        self, ctx: JobContext, detail_id: uuid.UUID, result_json: str | None, *, tries: int
+    ) -> bool:
+        """Store a durable step's result (committed on return); ``False`` when fenced."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.q.complete_durable_step,
+                {
+                    "tenant": ctx.tenant,
+                    "job_id": ctx.job_id,
+                    "token": ctx.lease_token,
+                    "detail_id": detail_id,
+                    "result": result_json,
+                    "tries": tries,
+                },
+            )
+            row = await cur.fetchone()
+        return row is not None

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from jobrunner._context import PROGRESS_INTERVAL, JobContext, SyncJobContext
+from jobrunner._context import PROGRESS_INTERVAL, DurableStart, JobContext, SyncJobContext
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._runner import TenantArg
 from jobrunner._validation import as_data, as_tenant, as_uuid
@@ -21,7 +21,7 @@ __all__ = ["HandlerRun", "RecordedStep", "arun_handler", "run_handler"]
 
 @dataclass
 class RecordedStep:
-    """A ``ctx.step(...)`` block the handler ran."""
+    """A ``ctx.step(...)`` block or ``ctx.run_step(...)`` call the handler ran."""
 
     name: str
     status: str
@@ -81,6 +81,17 @@ class _RecordingSink:
         step.status = "completed" if ok else "failed"
         step.result = result if ok else None
         step.error = None if ok else error
+
+    async def begin_durable_step(self, ctx: JobContext, name: str) -> DurableStart:
+        # One attempt, no earlier ones: nothing is stored yet.
+        return DurableStart("started", detail_id=await self.start_step(ctx, name))
+
+    async def complete_durable_step(
+        self, ctx: JobContext, detail_id: uuid.UUID, result_json: str | None, *, tries: int
+    ) -> bool:
+        result = None if result_json is None else json.loads(result_json)
+        await self.finish_step(ctx, detail_id, ok=True, result=result, error=None)
+        return True
 
 
 def _spec_for(target: str | Callable[..., Any], registry: JobHandlerRegistry | None) -> HandlerSpec:

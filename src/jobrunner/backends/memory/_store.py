@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
-from jobrunner._context import JobContext
+from jobrunner._context import DURABLE_KEY, DurableStart, JobContext
 from jobrunner._models import JobError, JobStatus, OverlapPolicy
 from jobrunner._policy import JobPolicy
 from jobrunner._queue._store import (
@@ -375,6 +375,55 @@ class MemoryStore(MemoryTables):
                 detail.processed_at = now
                 detail.metadata["finished_at"] = now.isoformat()
         self.notify()
+
+    async def begin_durable_step(self, ctx: JobContext, name: str) -> DurableStart:
+        """The job's completed row of durable step ``name`` (any attempt's), or a new
+        ``processing`` row; ``fenced`` (nothing read or written) once the attempt is over."""
+        job = self._held(AttemptRef(ctx.tenant, ctx.job_id, ctx.lease_token))
+        if job is None:
+            ctx.mark_cancelled()
+            return DurableStart("fenced")
+        for detail in job.details:
+            if (
+                detail.step_name == name
+                and detail.status is JobStatus.COMPLETED
+                and detail.metadata.get(DURABLE_KEY) is True
+            ):
+                return DurableStart("stored", result=roundtrip(detail.result))
+        detail_id = uuid.uuid4()
+        now = self.clock.now()
+        job.details.append(
+            DetailRecord(
+                detail_id,
+                name,
+                JobStatus.PROCESSING,
+                None,
+                now,
+                ctx.attempt,
+                {"started_at": now.isoformat(), DURABLE_KEY: True},
+            )
+        )
+        self.notify()
+        return DurableStart("started", detail_id=detail_id)
+
+    async def complete_durable_step(
+        self, ctx: JobContext, detail_id: uuid.UUID, result_json: str | None, *, tries: int
+    ) -> bool:
+        """Store a durable step's result; ``False`` (nothing written) once the attempt is
+        over."""
+        job = self._held(AttemptRef(ctx.tenant, ctx.job_id, ctx.lease_token))
+        if job is None:
+            return False
+        now = self.clock.now()
+        for detail in job.details:
+            if detail.detail_id == detail_id and detail.status is JobStatus.PROCESSING:
+                detail.status = JobStatus.COMPLETED
+                detail.result = None if result_json is None else json.loads(result_json)
+                detail.processed_at = now
+                detail.metadata.update(finished_at=now.isoformat(), tries=tries)
+                self.notify()
+                return True
+        return False
 
     # -- recurring schedules: ticks -------------------------------------------------------
     def fire_due(

@@ -42,7 +42,7 @@ from jobrunner.backends.postgres._listener import Listener
 from jobrunner.backends.postgres._schedule_ticks import fire_due, seconds_until_next
 
 if TYPE_CHECKING:
-    from jobrunner._context import JobContext
+    from jobrunner._context import DurableStart, JobContext
     from jobrunner._db._database import AsyncConn, Database
 
 __all__ = ["PostgresStore"]
@@ -296,6 +296,16 @@ class PostgresStore:
     ) -> None:
         """See :meth:`JobStore.finish_step`."""
         await self._tables.finish_step(ctx, detail_id, ok=ok, result=result, error=error)
+
+    async def begin_durable_step(self, ctx: JobContext, name: str) -> DurableStart:
+        """See :meth:`JobStore.begin_durable_step`."""
+        return await self._tables.begin_durable_step(ctx, name)
+
+    async def complete_durable_step(
+        self, ctx: JobContext, detail_id: uuid.UUID, result_json: str | None, *, tries: int
+    ) -> bool:
+        """See :meth:`JobStore.complete_durable_step`."""
+        return await self._tables.complete_durable_step(ctx, detail_id, result_json, tries=tries)
 
     # -- recurring schedules: ticks -------------------------------------------------------
     async def fire_due_ticks(

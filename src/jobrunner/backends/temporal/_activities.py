@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from jobrunner._context import JobContext
+from jobrunner._context import DurableStart, JobContext
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     NonRetryable,
@@ -438,6 +438,14 @@ class _ProgressMirror:
         self, ctx: JobContext, detail_id: uuid.UUID, *, ok: bool, result: Any, error: Any
     ) -> None:
         await self.store.finish_step(ctx, detail_id, ok=ok, result=result, error=error)
+
+    async def begin_durable_step(self, ctx: JobContext, name: str) -> DurableStart:
+        return await self.store.begin_durable_step(ctx, name)
+
+    async def complete_durable_step(
+        self, ctx: JobContext, detail_id: uuid.UUID, result_json: str | None, *, tries: int
+    ) -> bool:
+        return await self.store.complete_durable_step(ctx, detail_id, result_json, tries=tries)
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -18,7 +18,7 @@ from jobrunner._limits import (
     MAX_SEARCH_LENGTH,
     MIN_TIMESTAMP,
 )
-from jobrunner._models import JobInfo, JobStatus, Metrics
+from jobrunner._models import JobInfo, JobStatus, Metrics, StepInfo
 from jobrunner._runner import ALL_TENANTS, AllTenants
 from jobrunner._validation import as_aware_datetime, as_history_age
 from jobrunner.cli import _follow as follow
@@ -368,6 +368,13 @@ def _one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
+def _stored_result(step: StepInfo) -> str:
+    """A durable step's stored result on one line (``--json`` has it whole); ``-`` else."""
+    if not step.durable or step.status is not JobStatus.COMPLETED:
+        return "-"
+    return _one_line(json.dumps(step.result, ensure_ascii=False, default=str), 60)
+
+
 def _show(args: argparse.Namespace) -> int:
     details = run_with_runner(args, lambda r: r.get_job_details(args.job_id, tenant=args.tenant))
     if details is None:
@@ -401,16 +408,17 @@ def _show(args: argparse.Namespace) -> int:
     print("\nsteps")
     if details.steps:
         print_table(
-            ["step", "status", "time", "attempt", "duration"],
+            ["step", "status", "time", "attempt", "duration", "stored result"],
             [
                 [
-                    s.step_name,
+                    s.step_name + (" (durable)" if s.durable else ""),
                     _status_text(s.status),
                     format_time(s.processed_at),
                     s.retry_count,
                     f"{s.metadata['duration_ms']:.0f}ms"
                     if isinstance(s.metadata.get("duration_ms"), int | float)
                     else "-",
+                    _stored_result(s),
                 ]
                 for s in details.steps
             ],

@@ -17,6 +17,7 @@ collector (``jobrunner.prometheus``), which needs neither OpenTelemetry nor its 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import functools
@@ -83,6 +84,8 @@ class _Otel:
         self.context = context
         self.propagate = propagate
         self.trace = trace
+        # No TracerProvider configured (the API's proxy) or a no-op one: spans are no-ops.
+        self.untraced = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
         self.tracer = trace.get_tracer("jobrunner", version)
         meter = metrics.get_meter("jobrunner", version)
         # Counters are observable: the SDK reads the process's tallies when it collects, so
@@ -100,10 +103,19 @@ class _Otel:
             "jobrunner.job.queue_wait",
             unit="s",
             description="Seconds from a job's due time to the start of its attempt",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.duration = meter.create_histogram(
-            "jobrunner.job.duration", unit="s", description="Seconds an attempt ran"
+            "jobrunner.job.duration",
+            unit="s",
+            description="Seconds an attempt ran",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+
+    def tracing(self) -> bool:
+        """Whether the application configured a TracerProvider (checked on every call: it may
+        be configured after jobrunner first reported something)."""
+        return not isinstance(self.trace.get_tracer_provider(), self.untraced)
 
 
 _COUNTERS = {
@@ -150,12 +162,8 @@ class _Histogram:
     count: int = 0
 
     def observe(self, value: float) -> None:
-        index = len(DURATION_BUCKETS)
-        for i, bound in enumerate(DURATION_BUCKETS):
-            if value <= bound:
-                index = i
-                break
-        self.buckets[index] += 1
+        # The first bound >= value (Prometheus' "le"); past the last one, the overflow bucket.
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, value)] += 1
         self.total += value
         self.count += 1
 
@@ -321,7 +329,9 @@ def enqueue_span(name: object, queue: object, runner_type: str) -> Iterator[Enqu
     job_name = name if isinstance(name, str) else "?"
     queue_name = queue if isinstance(queue, str) else None
     otel = _otel()
-    if otel is None:
+    if otel is None or not otel.tracing():
+        # No span to make: the API's no-op one would carry the current context, which
+        # attach_trace_context stores with the job all the same.
         yield EnqueueSpan(None, job_name, queue_name, runner_type)
         return
     attributes = {
@@ -458,7 +468,11 @@ def record_enqueued(name: str, queue: str, runner_type: str, tenant: object, cou
 
 # -- attempts ------------------------------------------------------------------------------------
 class AttemptSpan:
-    """The consumer span ``jobrunner.run <name>`` of one attempt (a no-op without tracing)."""
+    """The consumer span ``jobrunner.run <name>`` of one attempt (a no-op without tracing).
+
+    ``with span.current():`` makes it the current span; a plain class rather than a generator
+    context manager, as it runs once per attempt.
+    """
 
     __slots__ = ("_otel", "_span", "_token")
 
@@ -467,16 +481,21 @@ class AttemptSpan:
         self._span = span
         self._token: Any = None
 
-    @contextlib.contextmanager
-    def current(self) -> Iterator[None]:
+    def current(self) -> AttemptSpan:
         """Make the span current (handler tasks and threads started inside inherit it)."""
-        if self._otel is None or self._span is None:
-            yield
-            return
-        token = self._otel.context.attach(self._otel.trace.set_span_in_context(self._span))
-        try:
-            yield
-        finally:
+        return self
+
+    def __enter__(self) -> None:
+        if self._span is not None:
+            assert self._otel is not None
+            self._token = self._otel.context.attach(
+                self._otel.trace.set_span_in_context(self._span)
+            )
+
+    def __exit__(self, *exc_info: object) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            assert self._otel is not None
             self._otel.context.detach(token)
 
     def end(self, outcome: str, error: JobError | None, attributes: Mapping[str, Any]) -> None:
@@ -504,6 +523,28 @@ class AttemptSpan:
         span.end()
 
 
+_NO_ATTEMPT_SPAN = AttemptSpan(None, None)  # stateless when it has no span: one for all
+
+_RUN_ATTRIBUTES: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+def _run_attributes(name: str, queue: str, runner_type: str) -> dict[str, Any]:
+    """The attributes an attempt's span shares with every attempt of its job name and queue."""
+    key = (name, queue, runner_type)
+    found = _RUN_ATTRIBUTES.get(key)
+    if found is None:
+        found = {
+            "messaging.system": _MESSAGING_SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.destination.name": queue,
+            "jobrunner.job.name": name,
+            "jobrunner.runner_type": runner_type,
+        }
+        if len(_RUN_ATTRIBUTES) < 10_000:
+            _RUN_ATTRIBUTES[key] = found
+    return found
+
+
 def attempt_span(
     *,
     name: str,
@@ -515,31 +556,34 @@ def attempt_span(
     carrier: object,
 ) -> AttemptSpan:
     """Start the span of an attempt as a child of the enqueuer's span (``carrier``, the
-    stored trace context), or as a new trace when there is none."""
+    stored trace context), or as a new trace when there is none.
+
+    Without a configured TracerProvider and without a stored context this is a shared no-op
+    (nothing built, nothing made current): the API's no-op tracer would return a span of the
+    current context, so making it current would change nothing. A stored context is still
+    made current then (as the API does), so the jobs this attempt enqueues carry it on.
+    """
     otel = _otel()
     if otel is None:
-        return AttemptSpan(None, None)
+        return _NO_ATTEMPT_SPAN
     parent = None
     if isinstance(carrier, Mapping):
         values = {str(k): v for k, v in carrier.items() if isinstance(v, str)}
         # A malformed stored context extracts as none: the attempt starts a new trace.
         parent = otel.propagate.extract(values)
+    elif not otel.tracing():
+        return _NO_ATTEMPT_SPAN
     job = str(job_id)
+    attributes = _run_attributes(name, queue, runner_type).copy()
+    attributes["messaging.message.id"] = job
+    attributes["jobrunner.job_id"] = job
+    attributes["jobrunner.tenant"] = str(tenant)
+    attributes["jobrunner.attempt"] = attempt
     span = otel.tracer.start_span(
         f"jobrunner.run {name}",
         context=parent,
         kind=otel.trace.SpanKind.CONSUMER,
-        attributes={
-            "messaging.system": _MESSAGING_SYSTEM,
-            "messaging.operation.type": "process",
-            "messaging.destination.name": queue,
-            "messaging.message.id": job,
-            "jobrunner.job.name": name,
-            "jobrunner.job_id": job,
-            "jobrunner.tenant": str(tenant),
-            "jobrunner.attempt": attempt,
-            "jobrunner.runner_type": runner_type,
-        },
+        attributes=attributes,
     )
     return AttemptSpan(otel, span)
 
@@ -571,7 +615,8 @@ def step_span(step: str, *, job_name: str, job_id: object, attempt: int) -> Iter
     """A span ``jobrunner.step <step>`` around a ``ctx.step`` block (child of the current
     span: the attempt's, or one the handler opened); its error is recorded."""
     otel = _otel()
-    if otel is None:
+    if otel is None or not otel.tracing():
+        # The API's no-op span would carry the current context: current already.
         yield
         return
     with otel.tracer.start_as_current_span(

@@ -361,8 +361,8 @@ async def test_enqueue_survives_killed_pooled_connections(
 async def test_enqueue_retry_after_a_lost_reply_reports_the_committed_job(
     runner: PostgresJobRunner, registry: JobHandlerRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first try commits but its reply is lost (connection dropped): the retry meets the
-    job's own primary key and reports the job as created, once."""
+    """The first try commits but its reply is lost (connection dropped): the retry finds the
+    job's own row (the job id is the client's) and reports the job as created, once."""
     from jobrunner import UnavailableError
 
     registry.add("generate-invoice", noop)
@@ -380,7 +380,41 @@ async def test_enqueue_retry_after_a_lost_reply_reports_the_committed_job(
 
     monkeypatch.setattr(PostgresJobRunner, "_insert_pooled", commit_then_lose_reply)
     handle = await runner.schedule_job("generate-invoice", {"cycle": "c-9"})
-    assert calls == [False, True]
+    assert calls == [False]
     assert handle.created is True
     rows = await fetch(runner, "SELECT job_id FROM {schema}.jobs WHERE type = 'generate-invoice'")
     assert [r["job_id"] for r in rows] == [handle.job_id]
+
+
+async def test_enqueue_retry_after_a_lost_reply_finds_a_job_that_already_finished(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committed job finished (its row moved to jobs_finished) before the retry: the
+    retry must not insert it a second time into jobs_live."""
+    from jobrunner import UnavailableError
+
+    registry.add("generate-invoice", noop)
+    real = PostgresJobRunner._insert_pooled
+    calls: list[bool] = []
+
+    async def commit_finish_then_lose_reply(
+        self: PostgresJobRunner, params: dict[str, Any], *, checked: bool
+    ) -> ScheduledJob:
+        calls.append(checked)
+        result = await real(self, params, checked=checked)
+        if len(calls) == 1:
+            await fetch(
+                self,
+                "UPDATE {schema}.jobs SET status = 'completed' WHERE job_id = %s RETURNING 1",
+                result.job_id,
+            )
+            raise UnavailableError("connection lost after commit")
+        return result
+
+    monkeypatch.setattr(PostgresJobRunner, "_insert_pooled", commit_finish_then_lose_reply)
+    handle = await runner.schedule_job("generate-invoice", {"cycle": "c-10"})
+    assert handle.created is True
+    rows = await fetch(
+        runner, "SELECT job_id, status FROM {schema}.jobs WHERE type = 'generate-invoice'"
+    )
+    assert [(r["job_id"], r["status"]) for r in rows] == [(handle.job_id, "completed")]

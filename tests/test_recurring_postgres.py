@@ -397,16 +397,28 @@ async def test_unique_key_blocks_a_second_job_for_a_tick(
     [again] = await fire(runner, T0 + timedelta(minutes=5))
     assert again.jobs == [] and again.skipped == 1
     assert len(await runs_of(runner, sid)) == 1
+    # The tick's record in schedule_ticks (0009) is what refuses a second job for it, even
+    # after the first one finished and moved to jobs_finished.
+    await rows(
+        runner,
+        "UPDATE {s}.jobs SET status = 'completed' WHERE schedule_id = %s "
+        "AND status <> 'active' RETURNING 1",
+        sid,
+    )
     with pytest.raises(psycopg.errors.UniqueViolation):
         await rows(
             runner,
-            "INSERT INTO {s}.jobs (tenant, type, status, user_id, schedule_id, scheduled_for) "
-            "VALUES (%s, 'tick', 'queued', %s, %s, %s) RETURNING 1",
-            uuid.UUID(int=0),
-            uuid.UUID(int=0),
-            sid,
+            "INSERT INTO {s}.schedule_ticks (tenant, schedule_id, scheduled_for, job_id) "
+            "SELECT tenant, schedule_id, %s, gen_random_uuid() FROM {s}.schedules "
+            "WHERE schedule_id = %s RETURNING 1",
             T0 + timedelta(minutes=5),
+            sid,
         )
+    await rows(
+        runner, "UPDATE {s}.schedules SET next_run_at = %s RETURNING 1", T0 + timedelta(minutes=5)
+    )
+    [after_finish] = await fire(runner, T0 + timedelta(minutes=5))
+    assert after_finish.jobs == [] and len(await runs_of(runner, sid)) == 1
 
 
 async def test_racing_schedulers_fire_each_tick_once(

@@ -2,8 +2,9 @@
 -- {schema} is the quoted schema identifier; every value is a bound parameter.
 
 -- name: insert_job
+-- Straight into the live partition (0009): no routing, and its indexes are the arbiters.
 WITH inserted AS (
-    INSERT INTO {schema}.jobs (
+    INSERT INTO {schema}.jobs_live (
         tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
         external_id, queue, priority, run_at, data, max_attempts, singleton_key, schedule_id,
         policy
@@ -50,6 +51,9 @@ SELECT count(*) AS inserted,
        CASE WHEN count(*) > 0 AND %(notify)s::boolean
             THEN pg_notify(%(channel)s, %(queue)s) END AS notified
 FROM inserted
+
+-- name: job_exists
+SELECT 1 FROM {schema}.jobs WHERE tenant = %(tenant)s AND job_id = %(job_id)s
 
 -- name: find_singleton
 SELECT job_id, status FROM {schema}.jobs

@@ -106,9 +106,24 @@ WITH doomed AS (
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM {schema}.jobs j
-USING doomed d
-WHERE j.tenant = d.tenant AND j.job_id = d.job_id AND j.status IN (/*statuses*/)
+-- jobs has no foreign keys pointing at it (0009): the job's steps, and a removed schedule's
+-- definition and fired ticks with its tracker, go in the same statement. One row per job.
+, gone AS (
+    DELETE FROM {schema}.jobs j
+    USING doomed d
+    WHERE j.tenant = d.tenant AND j.job_id = d.job_id AND j.status IN (/*statuses*/)
+    RETURNING j.tenant, j.job_id
+), gone_steps AS (
+    DELETE FROM {schema}.job_details s USING gone g
+    WHERE s.tenant = g.tenant AND s.job_id = g.job_id
+), gone_schedules AS (
+    DELETE FROM {schema}.schedules s USING gone g
+    WHERE s.tenant = g.tenant AND s.schedule_id = g.job_id
+), gone_ticks AS (
+    DELETE FROM {schema}.schedule_ticks t USING gone g
+    WHERE t.tenant = g.tenant AND t.schedule_id = g.job_id
+)
+SELECT job_id FROM gone
 
 -- name: monitoring_queue_depth
 -- Live jobs per queue, status and runner type (the Prometheus gauges), with the age of the

@@ -85,9 +85,15 @@ WHERE tenant = %(tenant)s AND schedule_id = %(schedule_id)s
 RETURNING *
 
 -- name: sched_delete
-DELETE FROM {schema}.schedules
-WHERE tenant = %(tenant)s AND schedule_id = %(schedule_id)s
-RETURNING schedule_id
+WITH gone AS (
+    DELETE FROM {schema}.schedules
+    WHERE tenant = %(tenant)s AND schedule_id = %(schedule_id)s
+    RETURNING schedule_id
+), gone_ticks AS (
+    DELETE FROM {schema}.schedule_ticks t USING gone g
+    WHERE t.tenant = %(tenant)s AND t.schedule_id = g.schedule_id
+)
+SELECT schedule_id FROM gone
 
 -- name: sched_cancel_tracker
 -- The removed schedule's tracker says so: removed (not paused), no next run.
@@ -130,13 +136,19 @@ SELECT EXISTS (
 ) AS live
 
 -- name: sched_insert_runs
--- One job per tick; the unique (tenant, schedule_id, scheduled_for) index makes a second
--- insert of the same tick a no-op whoever attempts it.
+-- One job per tick: schedule_ticks' primary key (tenant, schedule_id, scheduled_for) makes a
+-- second insert of the same tick a no-op whoever attempts it, and only ticks recorded by this
+-- statement get a job.
 WITH ticks AS (
     SELECT * FROM unnest(%(job_ids)s::uuid[], %(fire_times)s::timestamptz[], %(fire_isos)s::text[])
         AS t(job_id, fire_time, fire_iso)
+), fired AS (
+    INSERT INTO {schema}.schedule_ticks (tenant, schedule_id, scheduled_for, job_id)
+    SELECT %(tenant)s, %(schedule_id)s, t.fire_time, t.job_id FROM ticks t
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
 ), inserted AS (
-    INSERT INTO {schema}.jobs (
+    INSERT INTO {schema}.jobs_live (
         tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
         queue, priority, run_at, data, max_attempts, schedule_id, scheduled_for, policy
     )
@@ -148,11 +160,9 @@ WITH ticks AS (
            s.queue, s.priority, t.fire_time, s.data, s.max_attempts, s.schedule_id, t.fire_time,
            s.policy
     FROM ticks t
+    JOIN fired f ON f.job_id = t.job_id
     JOIN {schema}.schedules s ON s.tenant = %(tenant)s AND s.schedule_id = %(schedule_id)s
     ORDER BY t.fire_time
-    ON CONFLICT (tenant, schedule_id, scheduled_for)
-        WHERE schedule_id IS NOT NULL AND scheduled_for IS NOT NULL
-        DO NOTHING
     RETURNING job_id, scheduled_for, status, queue
 )
 SELECT job_id, scheduled_for, status::text AS status,

@@ -198,20 +198,26 @@ WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
   AND status IN ('pending', 'queued', 'processing', 'retrying')
 
 -- name: temporal_insert_run
--- The row of a run fired by a Temporal Schedule. scheduled_for is the tick: the unique index
--- jobs_schedule_tick_idx (tenant, schedule_id, scheduled_for) makes a second firing of the same
--- tick insert nothing (as does an activity retry, by job_id). Returns the row only if inserted.
-INSERT INTO {schema}.jobs (
+-- The row of a run fired by a Temporal Schedule. scheduled_for is the tick: schedule_ticks'
+-- primary key (tenant, schedule_id, scheduled_for) makes a second firing of the same tick
+-- insert nothing (as does an activity retry, by job_id). Returns the row only if inserted.
+WITH fired AS (
+    INSERT INTO {schema}.schedule_ticks (tenant, schedule_id, scheduled_for, job_id)
+    SELECT %(tenant)s, %(schedule_id)s, %(scheduled_for)s, %(job_id)s
+    WHERE %(scheduled_for)s::timestamptz IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING job_id
+)
+INSERT INTO {schema}.jobs_live (
     tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
     external_id, external_run_id, queue, priority, run_at, data, max_attempts, schedule_id,
     scheduled_for
 )
-VALUES (
-    %(tenant)s, %(job_id)s, %(name)s, %(metadata)s, 'queued', timezone('utc', now()),
-    timezone('utc', now()), %(user_id)s, 'temporal', %(external_id)s, %(external_run_id)s,
-    %(queue)s, %(priority)s, now(), %(data)s, %(max_attempts)s, %(schedule_id)s,
-    %(scheduled_for)s
-)
+SELECT %(tenant)s, %(job_id)s, %(name)s, %(metadata)s, 'queued', timezone('utc', now()),
+       timezone('utc', now()), %(user_id)s, 'temporal', %(external_id)s, %(external_run_id)s,
+       %(queue)s, %(priority)s, now(), %(data)s, %(max_attempts)s, %(schedule_id)s,
+       %(scheduled_for)s
+WHERE %(scheduled_for)s::timestamptz IS NULL OR EXISTS (SELECT 1 FROM fired)
 ON CONFLICT DO NOTHING
 RETURNING job_id
 
@@ -269,7 +275,7 @@ SELECT job_id, tenant, external_id FROM {schema}.jobs
 WHERE external_id = %(schedule_id)s AND runner_type = 'temporal' AND status = 'active'
 
 -- name: temporal_insert_tracker
-INSERT INTO {schema}.jobs (
+INSERT INTO {schema}.jobs_live (
     tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
     external_id, queue, priority, run_at, data, max_attempts, singleton_key, started_at
 )

@@ -227,13 +227,25 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             # dead pooled connection fails it, and it is retried on a checked one.
             return await self._insert_pooled(params, checked=False)
         except UnavailableError:
+            # The first try may have committed with only its reply lost. The job id is the
+            # client's, so the job's own row tells: found (in either partition, it may have
+            # finished already), it is the created job; else the insert is retried, and a
+            # primary-key conflict then means the first try's commit landed meanwhile.
+            if await self._own_job_exists(params):
+                return handle(params["job_id"], params["tenant"], created=True)
             try:
                 return await self._insert_pooled(params, checked=True)
             except DatabaseError as exc:
                 if _is_own_insert(exc):
-                    # The first try committed, only its reply was lost: the job exists.
                     return handle(params["job_id"], params["tenant"], created=True)
                 raise
+
+    async def _own_job_exists(self, params: dict[str, Any]) -> bool:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.db.queries.job_exists, {"tenant": params["tenant"], "job_id": params["job_id"]}
+            )
+            return await cur.fetchone() is not None
 
     async def _insert_pooled(self, params: dict[str, Any], *, checked: bool) -> ScheduledJob:
         while True:
@@ -461,5 +473,9 @@ def _is_own_insert(exc: DatabaseError) -> bool:
     cause = exc.__cause__
     return (
         isinstance(cause, psycopg.errors.UniqueViolation)
-        and cause.diag.constraint_name == "jobs_pkey"
+        and cause.diag.constraint_name in _JOB_PRIMARY_KEYS
     )
+
+
+#: The primary keys of the jobs partitions (0009) and of the table before it.
+_JOB_PRIMARY_KEYS = frozenset({"jobs_live_pkey", "jobs_finished_pkey", "jobs_pkey"})

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,95 @@ async def test_tracing_off_stores_nothing_with_the_job(runner: PostgresJobRunner
     handle = await runner.schedule_job("plain", {}, metadata={"order": 5})
     info = await runner.get_job_status(handle.job_id)
     assert info is not None and info.metadata == {"order": 5}
+
+
+LATE_PROVIDER_SCRIPT = """
+import asyncio, json
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from jobrunner import JobHandlerRegistry
+from jobrunner.testing import InMemoryJobRunner, adrain
+
+TRACE_ID, SPAN_ID = 0x0AF7651916CD43DD8448EB211C80319C, 0x00F067AA0BA902B7
+seen = {}
+
+
+async def main():
+    registry = JobHandlerRegistry()
+    runner = InMemoryJobRunner(registry=registry)
+
+    async def parent(ctx, data):
+        seen["parent"] = trace.get_current_span().get_span_context().trace_id
+        await runner.schedule_job("child", {})
+
+    async def child(ctx, data):
+        seen["child"] = trace.get_current_span().get_span_context().trace_id
+
+    async def traced(ctx, data):
+        async with ctx.step("render"):
+            pass
+
+    registry.add("parent", parent)
+    registry.add("child", child)
+    registry.add("traced", traced)
+
+    # No TracerProvider yet: a remote context current at the enqueue still travels with the
+    # job and its attempt carries it on to the job it enqueues (as the API's no-op tracer does).
+    remote = SpanContext(TRACE_ID, SPAN_ID, is_remote=True, trace_flags=TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(remote)):
+        await runner.schedule_job("parent", {})
+    await adrain(runner, timeout=30)
+
+    # A TracerProvider configured after jobrunner reported its first attempts: spans from now on.
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    await runner.schedule_job("traced", {})
+    await adrain(runner, timeout=30)
+    spans = [
+        {
+            "name": s.name,
+            "trace_id": s.context.trace_id,
+            "span_id": s.context.span_id,
+            "parent": s.parent.span_id if s.parent else None,
+        }
+        for s in exporter.get_finished_spans()
+    ]
+    await runner.close()
+    print(json.dumps({"seen": seen, "trace_id": TRACE_ID, "spans": spans}))
+
+
+asyncio.run(main())
+"""
+
+
+def test_context_travels_untraced_and_spans_start_with_a_late_provider() -> None:
+    """In one process without OpenTelemetry configured (the in-memory runner): a stored trace
+    context still reaches the jobs an attempt enqueues; once the application configures a
+    TracerProvider, the next attempt has its span and its step's child span."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LATE_PROVIDER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=process_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["seen"] == {"parent": out["trace_id"], "child": out["trace_id"]}
+    spans = {s["name"]: s for s in out["spans"]}
+    assert sorted(spans) == [
+        "jobrunner.enqueue traced",
+        "jobrunner.run traced",
+        "jobrunner.step render",
+    ]
+    enqueue, run, step = (spans[n] for n in sorted(spans))
+    assert run["trace_id"] == enqueue["trace_id"] == step["trace_id"]
+    assert run["parent"] == enqueue["span_id"] and step["parent"] == run["span_id"]

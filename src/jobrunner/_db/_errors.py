@@ -10,10 +10,12 @@ too large, a constraint, a program limit), so retrying it would loop forever.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import psycopg
 import psycopg_pool
+import tenacity
 
 from jobrunner._errors import DatabaseError, JobRunnerError, UnavailableError
 
@@ -26,6 +28,11 @@ from jobrunner._errors import DatabaseError, JobRunnerError, UnavailableError
 _TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
 _TRANSIENT_CODES = frozenset({"55P03", "55006", "25006"})
 _PERMANENT_CODES = frozenset({"53400"})
+
+#: Tries of a statement that lost a conflict (see :func:`retry_conflicts`).
+_CONFLICT_TRIES = 5
+
+T = TypeVar("T")
 
 
 def is_transient(exc: psycopg.Error) -> bool:
@@ -54,3 +61,28 @@ def translate_errors() -> Iterator[None]:
         if is_transient(exc):
             raise UnavailableError(f"database unavailable: {exc}") from exc
         raise DatabaseError(f"database error: {exc}") from exc
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` (translated or not) is a serialisation failure or a deadlock: the
+    statement lost a race with another one and the same statement, run again, sees the winner.
+
+    The common case since jobs is partitioned (0009): a statement waited for a row that the
+    other transaction then moved to jobs_finished (an outcome or a cancel), which READ
+    COMMITTED cannot follow across partitions ("tuple to be locked was already moved to
+    another partition due to concurrent update").
+    """
+    cause = exc.__cause__ if isinstance(exc, UnavailableError) else exc
+    return isinstance(cause, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
+
+
+async def retry_conflicts(call: Callable[[], Awaitable[T]]) -> T:
+    """Run ``call`` (one short statement or transaction) and run it again when it lost a
+    conflict (:func:`is_conflict`), a few times with a little jitter; other errors propagate."""
+    retrying = tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(is_conflict),
+        stop=tenacity.stop_after_attempt(_CONFLICT_TRIES),
+        wait=tenacity.wait_random(0, 0.01),
+        reraise=True,
+    )
+    return await retrying(call)

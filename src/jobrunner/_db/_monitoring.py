@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from jobrunner._db._database import Database
+from jobrunner._db._errors import retry_conflicts
 from jobrunner._db._queries import fragment
 from jobrunner._db._store import JobStore, row_to_info, utc
 from jobrunner._errors import InvalidArgumentError, JobNotFoundError
@@ -109,19 +110,20 @@ async def retry_job(
     if not isinstance(runner_type, str) or not runner_type:
         raise InvalidArgumentError("runner_type must be a non-empty string")
     requested_by = as_optional_text(requested_by, "requested_by")
-    async with db.transaction() as conn:
-        cur = await conn.execute(
-            db.queries.monitoring_retry_job,
-            {
-                "tenant": tenant,
-                "job_id": job_id,
-                "runner_type": runner_type,
-                "requested_by": requested_by,
-                "channel": db.channel_jobs,
-            },
-        )
-        row = await cur.fetchone()
-    return row is not None
+    params = {
+        "tenant": tenant,
+        "job_id": job_id,
+        "runner_type": runner_type,
+        "requested_by": requested_by,
+        "channel": db.channel_jobs,
+    }
+
+    async def retry() -> dict[str, Any] | None:
+        async with db.transaction() as conn:
+            cur = await conn.execute(db.queries.monitoring_retry_job, params)
+            return await cur.fetchone()
+
+    return await retry_conflicts(retry) is not None
 
 
 # -- list ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from psycopg.types.json import Jsonb
 
 from jobrunner._context import DurableStart, JobContext
 from jobrunner._db._database import Database
+from jobrunner._db._errors import retry_conflicts
 from jobrunner._models import JobError, JobInfo, JobStatus, StepInfo
 from jobrunner._validation import as_json_text
 
@@ -120,20 +121,34 @@ class JobStore:
         assert row is not None
         return uuid.UUID(str(row["detail_id"]))
 
+    async def _fetch_one(self, query: Any, params: dict[str, Any]) -> dict[str, Any] | None:
+        """One fenced write of an attempt, run again when it lost a race with a statement that
+        moved the job's row between partitions (then it sees the attempt is over)."""
+
+        async def run() -> dict[str, Any] | None:
+            async with self.db.connection() as conn:
+                cur = await conn.execute(query, params)
+                return await cur.fetchone() if cur.description is not None else None
+
+        return await retry_conflicts(run)
+
     # -- JobSink ----------------------------------------------------------------------------
     async def save_progress(self, ctx: JobContext, progress: int, message: str | None) -> None:
         """Persist progress; ignored once the attempt lost its lease."""
-        async with self.db.connection() as conn:
-            await conn.execute(
-                self.q.save_progress,
-                {
-                    "tenant": ctx.tenant,
-                    "job_id": ctx.job_id,
-                    "token": ctx.lease_token,
-                    "progress": progress,
-                    "message": message,
-                },
-            )
+        params = {
+            "tenant": ctx.tenant,
+            "job_id": ctx.job_id,
+            "token": ctx.lease_token,
+            "progress": progress,
+            "message": message,
+        }
+
+        async def save() -> None:
+            async with self.db.connection() as conn:
+                await conn.execute(self.q.save_progress, params)
+
+        # A cancel or lease rescue that moves the row meanwhile: run again, it matches nothing.
+        await retry_conflicts(save)
 
     async def start_step(self, ctx: JobContext, name: str) -> uuid.UUID:
         """Insert a ``processing`` step row for the attempt.
@@ -142,18 +157,16 @@ class JobStore:
         over (timed out and recorded, cancelled, its lease rescued) nothing is written, ``ctx``
         is marked cancelled and the id returned matches no row.
         """
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.q.start_step,
-                {
-                    "tenant": ctx.tenant,
-                    "job_id": ctx.job_id,
-                    "token": ctx.lease_token,
-                    "step_name": name,
-                    "attempt": ctx.attempt,
-                },
-            )
-            row = await cur.fetchone()
+        row = await self._fetch_one(
+            self.q.start_step,
+            {
+                "tenant": ctx.tenant,
+                "job_id": ctx.job_id,
+                "token": ctx.lease_token,
+                "step_name": name,
+                "attempt": ctx.attempt,
+            },
+        )
         if row is None:
             ctx.mark_cancelled()
             return uuid.uuid4()
@@ -169,34 +182,31 @@ class JobStore:
             param = json_param(payload)
         except Exception:  # noqa: BLE001 - a step result that is not JSON is stored as text
             param = Jsonb({"repr": repr(payload)[:2000]})
-        async with self.db.connection() as conn:
-            await conn.execute(
-                self.q.finish_step,
-                {
-                    "tenant": ctx.tenant,
-                    "job_id": ctx.job_id,
-                    "token": ctx.lease_token,
-                    "detail_id": detail_id,
-                    "status": (JobStatus.COMPLETED if ok else JobStatus.FAILED).value,
-                    "result": param,
-                },
-            )
+        await self._fetch_one(
+            self.q.finish_step,
+            {
+                "tenant": ctx.tenant,
+                "job_id": ctx.job_id,
+                "token": ctx.lease_token,
+                "detail_id": detail_id,
+                "status": (JobStatus.COMPLETED if ok else JobStatus.FAILED).value,
+                "result": param,
+            },
+        )
 
     async def begin_durable_step(self, ctx: JobContext, name: str) -> DurableStart:
         """The job's stored result of durable step ``name``, or a new ``processing`` row for
         it; fenced like :meth:`start_step` (``fenced``: nothing read or written)."""
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.q.begin_durable_step,
-                {
-                    "tenant": ctx.tenant,
-                    "job_id": ctx.job_id,
-                    "token": ctx.lease_token,
-                    "step_name": name,
-                    "attempt": ctx.attempt,
-                },
-            )
-            row = await cur.fetchone()
+        row = await self._fetch_one(
+            self.q.begin_durable_step,
+            {
+                "tenant": ctx.tenant,
+                "job_id": ctx.job_id,
+                "token": ctx.lease_token,
+                "step_name": name,
+                "attempt": ctx.attempt,
+            },
+        )
         assert row is not None
         if not row["holds"]:
             ctx.mark_cancelled()
@@ -209,17 +219,15 @@ class JobStore:
         self, ctx: JobContext, detail_id: uuid.UUID, result_json: str | None, *, tries: int
     ) -> bool:
         """Store a durable step's result (committed on return); ``False`` when fenced."""
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.q.complete_durable_step,
-                {
-                    "tenant": ctx.tenant,
-                    "job_id": ctx.job_id,
-                    "token": ctx.lease_token,
-                    "detail_id": detail_id,
-                    "result": result_json,
-                    "tries": tries,
-                },
-            )
-            row = await cur.fetchone()
+        row = await self._fetch_one(
+            self.q.complete_durable_step,
+            {
+                "tenant": ctx.tenant,
+                "job_id": ctx.job_id,
+                "token": ctx.lease_token,
+                "detail_id": detail_id,
+                "result": result_json,
+                "tries": tries,
+            },
+        )
         return row is not None

@@ -15,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from jobrunner._db import _monitoring
 from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
+from jobrunner._db._errors import retry_conflicts
 from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
 from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._store import JobStore
@@ -371,19 +372,23 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         reason = as_optional_text(reason, "reason")
         cancelled_by = as_optional_text(cancelled_by, "cancelled_by")
         await self._ensure_started()
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.db.queries.cancel_job,
-                {
-                    "tenant": tenant_id,
-                    "job_id": key,
-                    "reason": reason,
-                    "cancelled_by": cancelled_by,
-                    "runner_type": self.runner_type,
-                    "channel": self.db.channel_cancel,
-                },
-            )
-            row = await cur.fetchone()
+        params = {
+            "tenant": tenant_id,
+            "job_id": key,
+            "reason": reason,
+            "cancelled_by": cancelled_by,
+            "runner_type": self.runner_type,
+            "channel": self.db.channel_cancel,
+        }
+
+        async def cancel() -> dict[str, Any] | None:
+            async with self.db.connection() as conn:
+                cur = await conn.execute(self.db.queries.cancel_job, params)
+                return await cur.fetchone()
+
+        # An outcome moving the row to jobs_finished while the cancel waits for it makes the
+        # cancel's statement fail; run again, it sees the finished job (and cancels nothing).
+        row = await retry_conflicts(cancel)
         if row is not None:
             return True
         return await self._cancel_schedule(tenant_id, key, reason=reason, cancelled_by=cancelled_by)

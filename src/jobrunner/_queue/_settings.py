@@ -12,7 +12,16 @@ from jobrunner._errors import InvalidArgumentError
 from jobrunner._limits import MAX_LEASE_SECONDS, MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
 from jobrunner._validation import as_count, as_queues, as_seconds, as_uuid
 
-__all__ = ["WorkerSettings"]
+__all__ = ["DEFAULT_PREFETCH", "PREFETCH_HORIZON", "PREFETCH_MAX_WAIT", "WorkerSettings"]
+
+#: Default cap of the claimed jobs a worker holds waiting for a free slot (``prefetch``).
+DEFAULT_PREFETCH = 500
+#: Seconds of work a worker may hold claimed but not started: the prefetch is sized to what its
+#: slots are expected to start within this time, from the handlers' recent run times.
+PREFETCH_HORIZON = 0.05
+#: Seconds after which a held (claimed, not started) job is handed back to the queue, attempt
+#: not counted: the hard bound on how long a worker keeps work it cannot start.
+PREFETCH_MAX_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -33,7 +42,13 @@ class WorkerSettings:
     poll_interval: float = 5.0
     """Safety-net poll when no notification arrives."""
     claim_batch: int | None = None
-    """Most jobs claimed per statement (default: ``concurrency``)."""
+    """Most jobs claimed per statement (default: no cap beyond the free slots plus the
+    prefetch)."""
+    prefetch: int = DEFAULT_PREFETCH
+    """Most claimed jobs held waiting for a free slot. The worker holds only what its slots
+    are expected to start within :data:`PREFETCH_HORIZON` seconds (from the handlers' recent
+    run times), never more than this, and hands back a held job not started within
+    :data:`PREFETCH_MAX_WAIT` seconds. ``0``: claim only for free slots."""
     flush_interval: float = 0.002
     """Outcomes are written at most this many seconds after the first one is buffered."""
     flush_max: int = 1000
@@ -50,9 +65,11 @@ class WorkerSettings:
     """Source of jitter for retry delays; inject for deterministic tests."""
     run_scheduler: bool = True
     """Also fire due ticks of recurring schedules (safe in every worker: one job per tick)."""
-    fair: bool = False
-    """Always claim round-robin between tenants; otherwise only while flow control is on
-    (rules or ``runner.flow.set_fair_claiming(True)``; see docs/fairness.md)."""
+    fair: bool | None = None
+    """Claim round-robin between the tenants of a queue (``True``) or in priority order
+    across tenants (``False``); ``None`` follows the database's switch,
+    ``runner.flow.set_fair_claiming``, which is on by default (docs/fairness.md). A queue
+    holding one tenant's jobs is claimed alike either way; limits apply either way."""
 
     @classmethod
     def build(
@@ -102,7 +119,9 @@ _SECONDS_OR_ZERO = ("flush_interval", "shutdown_grace")
 _OPTIONAL_SECONDS = ("heartbeat_interval", "rescue_interval")
 _COUNTS = ("concurrency", "flush_max")
 _OPTIONAL_COUNTS = ("claim_batch", "sync_threads")
-_FLAGS = ("run_scheduler", "fair")
+_COUNTS_OR_ZERO = ("prefetch",)
+_FLAGS = ("run_scheduler",)
+_OPTIONAL_FLAGS = ("fair",)
 
 
 def _check_settings(values: dict[str, Any]) -> None:
@@ -122,11 +141,13 @@ def _check_settings(values: dict[str, Any]) -> None:
                 if name == "lease_seconds"
                 else MAX_WORKER_INTERVAL_SECONDS,
             )
-    for name in _COUNTS + _OPTIONAL_COUNTS:
+    for name in _COUNTS + _COUNTS_OR_ZERO + _OPTIONAL_COUNTS:
         value = values.get(name)
         if name not in values or (value is None and name in _OPTIONAL_COUNTS):
             continue
-        values[name] = as_count(value, name, maximum=MAX_WORKER_COUNT)
+        values[name] = as_count(
+            value, name, maximum=MAX_WORKER_COUNT, minimum=0 if name in _COUNTS_OR_ZERO else 1
+        )
     values["queues"] = as_queues(values.get("queues", ()))
     if "worker_id" in values:
         values["worker_id"] = as_uuid(values["worker_id"], "worker_id")
@@ -135,6 +156,9 @@ def _check_settings(values: dict[str, Any]) -> None:
     for name in _FLAGS:
         if name in values and not isinstance(values[name], bool):
             raise InvalidArgumentError(f"{name} must be True or False")
+    for name in _OPTIONAL_FLAGS:
+        if values.get(name) is not None and not isinstance(values[name], bool):
+            raise InvalidArgumentError(f"{name} must be True, False or None")
     lease = values.get("lease_seconds", WorkerSettings.lease_seconds)
     beat = values.get("heartbeat_interval")
     if beat is not None and beat >= lease:

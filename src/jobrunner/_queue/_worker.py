@@ -9,6 +9,7 @@ is fenced by the token, so an attempt that lost its lease can change nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -25,7 +26,11 @@ from jobrunner._execution import CANCEL_GRACE, Aborted, AbortReason, Attempt, Ou
 from jobrunner._outcome import describe_error
 from jobrunner._process import hard_exit
 from jobrunner._queue._attempts import begin_attempt, outcome_record
-from jobrunner._queue._settings import WorkerSettings
+from jobrunner._queue._settings import (
+    PREFETCH_HORIZON,
+    PREFETCH_MAX_WAIT,
+    WorkerSettings,
+)
 from jobrunner._queue._store import (
     AttemptRef,
     CancelRequested,
@@ -58,6 +63,22 @@ _LISTEN_TOPICS = frozenset({Topic.WORK, Topic.CANCELS})
 
 #: Seconds a stopping worker waits for its background loops, and for its store to close.
 _LOOP_STOP_TIMEOUT = 5.0
+
+
+#: Weight of the newest handler run time in the running mean that sizes the prefetch.
+_RUN_TIME_WEIGHT = 0.05
+
+
+@dataclass(eq=False, slots=True)
+class _Held:
+    """A claimed job waiting in the prefetch for a free slot (its lease is heartbeated)."""
+
+    job: ClaimedJob
+    claimed_at: float
+
+    @property
+    def key(self) -> tuple[uuid.UUID, int]:
+        return self.job.ref.key
 
 
 @dataclass(eq=False)
@@ -108,6 +129,12 @@ class QueueWorker(JobWorker):
         # Keyed by (job id, lease token): a retry of a job claimed while its cancelled attempt
         # still cleans up is a different entry, and neither's exit can touch the other.
         self._running: dict[tuple[uuid.UUID, int], _Running] = {}
+        # Claimed jobs waiting for a free slot, oldest first (bounded: see _prefetch_target).
+        self._held: collections.deque[_Held] = collections.deque()
+        self._held_timer: asyncio.TimerHandle | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+        # Running mean of handler run times (seconds); None until the first one ends.
+        self._run_time: float | None = None
         self._outcomes = OutcomeBatch()
         # Attempts stopped by shutdown, handed back (not counted) once the worker stops.
         self._to_release: list[_Running] = []
@@ -139,6 +166,11 @@ class QueueWorker(JobWorker):
     def running_jobs(self) -> int:
         """Handlers running right now."""
         return len(self._running)
+
+    @property
+    def held_jobs(self) -> int:
+        """Claimed jobs waiting for a free slot (the prefetch)."""
+        return len(self._held)
 
     async def stop(self, *, grace: float | None = None) -> None:
         """Stop claiming; running jobs get ``grace`` seconds, then are re-queued."""
@@ -179,12 +211,11 @@ class QueueWorker(JobWorker):
         backoff = 0.1
         # Claim once straight away even before listening: jobs may be waiting already.
         while not self._stopping.is_set():
-            free = self.settings.concurrency - len(self._running)
-            if free <= 0:
+            limit = self._claim_size()
+            if limit <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            limit = min(free, self.settings.claim_batch or self.settings.concurrency)
             self._wake.clear()
             try:
                 claimed = await self._claim(limit)
@@ -202,6 +233,41 @@ class QueueWorker(JobWorker):
             # Fewer than asked: nothing else was due. No second claim to make sure; a job
             # enqueued since the claim began has set _wake (cleared before the claim).
             await self._sleep_or_wake(await self._idle_delay())
+
+    def _claim_size(self) -> int:
+        """How many jobs to claim now (0: wait for a slot to free).
+
+        With the prefetch empty, one statement claims for the free slots plus the prefetch
+        target; with jobs held, it refills once half of the target is used up, so the slots
+        never wait for a claim's round trip while work is due. ``claim_batch`` caps either.
+        """
+        free = self.settings.concurrency - len(self._running)
+        target = self._prefetch_target()
+        held = len(self._held)
+        if held == 0:
+            if free <= 0:
+                return 0
+            want = free + target
+        elif held <= target // 2:
+            want = max(free, 0) + target - held
+        else:
+            return 0
+        cap = self.settings.claim_batch
+        return min(want, cap) if cap is not None else want
+
+    def _prefetch_target(self) -> int:
+        """Jobs to hold beyond the free slots: what the slots are expected to start within
+        ``PREFETCH_HORIZON`` at the handlers' mean run time, at most ``prefetch``.
+
+        None before a handler has ended (a new worker knows nothing of its jobs' run time),
+        and none while flow control decides the claims: a held job would count against its
+        tenant's limits without running.
+        """
+        cap = self.settings.prefetch
+        if cap <= 0 or self._run_time is None or self._gated:
+            return 0
+        expected = self.settings.concurrency * PREFETCH_HORIZON / max(self._run_time, 1e-6)
+        return min(cap, int(expected))
 
     async def _idle_delay(self) -> float:
         longest = self.settings.poll_interval
@@ -228,14 +294,54 @@ class QueueWorker(JobWorker):
         )
         self._gated = claim.gated
         now = time.monotonic()
-        for job in claim.jobs:
-            self._start_job(job, now)
+        self._held.extend(_Held(job, now) for job in claim.jobs)
+        self._start_held()
+        if self._held and self._held_timer is None:
+            self._arm_held_timer()
         self.claimed_total += len(claim.jobs)
         return len(claim.jobs)
 
-    def _start_job(self, job: ClaimedJob, now: float) -> None:
+    def _start_held(self) -> None:
+        """Start held jobs in the free slots (not once stopping: they are handed back)."""
+        while (
+            self._held
+            and len(self._running) < self.settings.concurrency
+            and not self._stopping.is_set()
+        ):
+            held = self._held.popleft()
+            self._start_job(held.job, held.claimed_at)
+
+    def _arm_held_timer(self) -> None:
+        oldest = self._held[0].claimed_at
+        delay = max(oldest + PREFETCH_MAX_WAIT - time.monotonic(), 0.0)
+        self._held_timer = asyncio.get_running_loop().call_later(delay, self._expire_held)
+
+    def _expire_held(self) -> None:
+        """Hand back held jobs that waited ``PREFETCH_MAX_WAIT`` without a free slot (the
+        slots are busier than the run times promised): another worker may run them now."""
+        self._held_timer = None
+        deadline = time.monotonic() - PREFETCH_MAX_WAIT
+        stale: list[AttemptRef] = []
+        while self._held and self._held[0].claimed_at <= deadline:
+            stale.append(self._held.popleft().job.ref)
+        if stale:
+            logger.info("handing back %d held jobs no slot could start in time", len(stale))
+            task = asyncio.create_task(self._hand_back(stale), name="jobrunner-hand-back")
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+        if self._held:
+            self._arm_held_timer()
+
+    async def _hand_back(self, refs: list[AttemptRef]) -> None:
+        try:
+            await self.store.release(refs)
+        except _STORE_ERRORS as exc:
+            # Still leased to us: the heartbeat finds them unknown and releases them.
+            logger.warning("handing back %d held jobs failed: %s", len(refs), exc)
+
+    def _start_job(self, job: ClaimedJob, claimed_at: float) -> None:
         attempt, spec = begin_attempt(job, self.registry, self.store)
-        running = _Running(attempt, job.ref, now)
+        running = _Running(attempt, job.ref, claimed_at)
         self._running[running.key] = running
         running.task = asyncio.create_task(
             self._execute(running, spec, pin=job.policy is None),
@@ -256,9 +362,13 @@ class QueueWorker(JobWorker):
                 runner_type=self.store.backend,
             )
             self._record(job, outcome)
+            ran = time.monotonic() - attempt.started
+            mean = self._run_time
+            self._run_time = ran if mean is None else mean + _RUN_TIME_WEIGHT * (ran - mean)
         finally:
             if self._running.get(job.key) is job:
                 del self._running[job.key]
+            self._start_held()
             self._slot_free.set()
 
     async def _pin_policy(self, job: _Running) -> None:
@@ -394,6 +504,10 @@ class QueueWorker(JobWorker):
                 if job.claimed_at < sent_at and job.key not in held and job.key not in pending:
                     logger.warning("job %s lost its lease; stopping its handler", job.job_id)
                     self._abort(job, AbortReason.LEASE_LOST)
+            lost = [h for h in self._held if h.claimed_at < sent_at and h.key not in held]
+            for gone in lost:
+                logger.warning("held job %s lost its lease; not starting it", gone.job.job_id)
+                self._held.remove(gone)
 
     async def _release_orphans(
         self, beat: Sequence[AttemptRef], pending: set[tuple[uuid.UUID, int]]
@@ -406,7 +520,7 @@ class QueueWorker(JobWorker):
         (fenced by its token, attempt not counted). Skipped while outcomes are being written:
         an attempt in that batch is known, just not listed in ``pending`` any more.
         """
-        known = set(self._running) | pending
+        known = set(self._running) | pending | {h.key for h in self._held}
         unknown = {ref.key for ref in beat} - known
         if self._flush_lock.locked():
             self._unknown_held &= unknown
@@ -479,6 +593,9 @@ class QueueWorker(JobWorker):
             if cancel.stops(job.ref.job_id, job.ref.lease_token):
                 logger.info("job %s cancelled; stopping its handler", cancel.job_id)
                 self._abort(job, AbortReason.CANCELLED)
+        for held in [h for h in self._held if cancel.stops(h.job.job_id, h.job.lease_token)]:
+            logger.info("job %s cancelled before it started", cancel.job_id)
+            self._held.remove(held)
 
     # -- shutdown -------------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -505,12 +622,19 @@ class QueueWorker(JobWorker):
             # Bounded: run_attempt gives a cancelled handler CANCEL_GRACE, then records anyway.
             await asyncio.wait(pending, timeout=CANCEL_GRACE + 1.0)
         leftovers, self._to_release = self._to_release, []
+        refs = [j.ref for j in leftovers] + [h.job.ref for h in self._held]
+        self._held.clear()
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         try:
             # Bounded: with the store away, a write in flight retries until ``_stopped``.
             async with asyncio.timeout(_FINAL_WRITES_TIMEOUT):
                 await self._flush()
-                if leftovers:
-                    await self._release(leftovers)
+                if refs:
+                    await self._release(refs)
+                if self._releases:
+                    await asyncio.wait(self._releases)
         except TimeoutError:
             logger.error(
                 "could not write the last outcomes within %.0f s (database unavailable); "
@@ -542,13 +666,13 @@ class QueueWorker(JobWorker):
             self._executor.shutdown(wait=False, cancel_futures=True)
         logger.info("worker %s stopped", self.worker_id)
 
-    async def _release(self, jobs: list[_Running]) -> None:
+    async def _release(self, refs: list[AttemptRef]) -> None:
         try:
-            await self.store.release([j.ref for j in jobs])
-            logger.info("re-queued %d unfinished jobs", len(jobs))
+            await self.store.release(refs)
+            logger.info("re-queued %d unfinished jobs", len(refs))
         except _STORE_ERRORS as exc:
             logger.error(
-                "could not re-queue %d jobs (their leases will expire): %s", len(jobs), exc
+                "could not re-queue %d jobs (their leases will expire): %s", len(refs), exc
             )
 
     def exit_process(self, code: int) -> None:

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+from typing import Any
 
 from jobrunner._errors import ConfigurationError
 from jobrunner._execution import abandoned_handlers
 from jobrunner._factory import JobRunnerFactory
 from jobrunner._limits import MAX_LEASE_SECONDS, MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
 from jobrunner._process import hard_exit
-from jobrunner._queue._settings import WorkerSettings
+from jobrunner._queue._settings import PREFETCH_HORIZON, WorkerSettings
 from jobrunner.cli._common import (
     add_database_options,
     count_option,
@@ -62,6 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"seconds running jobs get on shutdown (default {defaults.shutdown_grace:g}, "
         f"at most {MAX_WORKER_INTERVAL_SECONDS:.0f})",
     )
+    _add_tuning_options(parser, defaults)
     parser.add_argument(
         "--no-scheduler",
         action="store_true",
@@ -95,8 +97,126 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run)
 
 
+def _add_tuning_options(parser: argparse.ArgumentParser, defaults: WorkerSettings) -> None:
+    """The worker settings docs/performance.md and docs/reference/configuration.md name, each
+    with the bounds of ``WorkerSettings.build`` (a bad value exits with code 2 at parse time)."""
+    count, seconds, most = MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS, "at most"
+    group = parser.add_argument_group("tuning (the defaults suit most workers)")
+    group.add_argument(
+        "--claim-batch",
+        metavar="N",
+        type=count_option("--claim-batch", maximum=count),
+        default=None,
+        help=f"most jobs claimed per statement (default: the free slots plus the prefetch; "
+        f"1 to {count})",
+    )
+    group.add_argument(
+        "--prefetch",
+        metavar="N",
+        type=count_option("--prefetch", minimum=0, maximum=count),
+        default=None,
+        help=f"most claimed jobs held waiting for a free slot (default {defaults.prefetch}, "
+        f"fewer if that is more than {PREFETCH_HORIZON * 1000:g} ms of work; 0: claim only "
+        f"for free slots)",
+    )
+    group.add_argument(
+        "--flush-interval",
+        metavar="SECONDS",
+        type=seconds_option("--flush-interval", maximum=seconds, allow_zero=True),
+        default=None,
+        help=f"seconds an outcome waits to be written with others (default "
+        f"{defaults.flush_interval:g}, {most} {seconds:.0f})",
+    )
+    group.add_argument(
+        "--flush-max",
+        metavar="N",
+        type=count_option("--flush-max", maximum=count),
+        default=None,
+        help=f"outcomes written per statement at most (default {defaults.flush_max}, 1 to {count})",
+    )
+    group.add_argument(
+        "--sync-threads",
+        metavar="N",
+        type=count_option("--sync-threads", maximum=count),
+        default=None,
+        help=f"threads for plain def handlers (default: --concurrency; 1 to {count})",
+    )
+    group.add_argument(
+        "--poll-interval",
+        metavar="SECONDS",
+        type=seconds_option("--poll-interval", maximum=seconds),
+        default=None,
+        help=f"safety-net poll when no notification arrives (default "
+        f"{defaults.poll_interval:g}, {most} {seconds:.0f})",
+    )
+    group.add_argument(
+        "--heartbeat-interval",
+        metavar="SECONDS",
+        type=seconds_option("--heartbeat-interval", maximum=seconds),
+        default=None,
+        help="seconds between heartbeats (default: a third of --lease, and shorter than it; "
+        "on Temporal the activity heartbeat, 1 s unless set)",
+    )
+    group.add_argument(
+        "--rescue-interval",
+        metavar="SECONDS",
+        type=seconds_option("--rescue-interval", maximum=seconds),
+        default=None,
+        help=f"seconds between scans for expired leases (default: a sixth of --lease, "
+        f"{most} {seconds:.0f})",
+    )
+    group.add_argument(
+        "--listen-probe-interval",
+        metavar="SECONDS",
+        type=seconds_option("--listen-probe-interval", maximum=seconds),
+        default=None,
+        help=f"silence after which the LISTEN connection is probed (default "
+        f"{defaults.listen_probe_interval:g}, {most} {seconds:.0f})",
+    )
+    group.add_argument(
+        "--fair",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="set WorkerSettings.fair: claim round-robin between tenants (docs/fairness.md); "
+        "without either flag the library's default applies",
+    )
+
+
+#: ``jobrunner worker`` flags passed to ``create_worker`` as the setting of the same meaning.
+_TUNING = {
+    "claim_batch": "claim_batch",
+    "prefetch": "prefetch",
+    "flush_interval": "flush_interval",
+    "flush_max": "flush_max",
+    "sync_threads": "sync_threads",
+    "poll_interval": "poll_interval",
+    "heartbeat_interval": "heartbeat_interval",
+    "rescue_interval": "rescue_interval",
+    "listen_probe_interval": "listen_probe_interval",
+    "fair": "fair",
+    "lease": "lease_seconds",
+    "grace": "shutdown_grace",
+}
+
+
+def worker_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker settings the command line sets (a flag left out keeps the default)."""
+    options: dict[str, Any] = {
+        setting: getattr(args, flag)
+        for flag, setting in _TUNING.items()
+        if getattr(args, flag, None) is not None
+    }
+    if args.no_scheduler:
+        options["run_scheduler"] = False
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the runner from the environment and run its worker."""
+    if settings_from(args).runner_type == "postgres":
+        # Settings that contradict each other (--heartbeat-interval not below --lease) are
+        # refused before anything connects (exit code 2, the message on stderr).
+        WorkerSettings.build(concurrency=args.concurrency, **worker_options(args))
     import_apps(args.app)
     workers: list[object] = []
     code = asyncio.run(_serve(args, workers))
@@ -113,13 +233,7 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, workers: list[object]) -> int:
     settings = settings_from(args)
     runner = await JobRunnerFactory.create(settings)
-    options: dict[str, object] = {}
-    if args.lease is not None:
-        options["lease_seconds"] = args.lease
-    if args.grace is not None:
-        options["shutdown_grace"] = args.grace
-    if args.no_scheduler:
-        options["run_scheduler"] = False
+    options = worker_options(args)
     if args.no_postgres_queue:
         if runner.runner_type == "temporal":
             options["postgres_queue"] = False

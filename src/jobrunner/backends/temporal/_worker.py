@@ -41,6 +41,7 @@ _POSTGRES_QUEUE_OPTIONS = frozenset(
         "rescue_interval",
         "poll_interval",
         "claim_batch",
+        "prefetch",
         "flush_interval",
         "flush_max",
         "listen_probe_interval",

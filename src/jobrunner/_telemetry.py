@@ -80,13 +80,14 @@ class _Otel:
     def __init__(self) -> None:
         from opentelemetry import context, metrics, propagate, trace
 
-        version = _package_version()
+        version = self.version = _package_version()
         self.context = context
         self.propagate = propagate
         self.trace = trace
         # No TracerProvider configured (the API's proxy) or a no-op one: spans are no-ops.
         self.untraced = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
         self.tracer = trace.get_tracer("jobrunner", version)
+        self._provider_tracer: tuple[Any, Any] | None = None
         meter = metrics.get_meter("jobrunner", version)
         # Counters are observable: the SDK reads the process's tallies when it collects, so
         # an attempt costs no metric call of the SDK for them (the hot path of a drain).
@@ -112,10 +113,19 @@ class _Otel:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
 
-    def tracing(self) -> bool:
-        """Whether the application configured a TracerProvider (checked on every call: it may
-        be configured after jobrunner first reported something)."""
-        return not isinstance(self.trace.get_tracer_provider(), self.untraced)
+    def active_tracer(self) -> Any:
+        """The configured TracerProvider's tracer, or ``None`` when there is none (checked on
+        every call: the application may configure one after jobrunner first reported)."""
+        provider = self.trace.get_tracer_provider()
+        if isinstance(provider, self.untraced):
+            return None
+        cached = self._provider_tracer
+        if cached is None or cached[0] is not provider:
+            cached = self._provider_tracer = (
+                provider,
+                provider.get_tracer("jobrunner", self.version),
+            )
+        return cached[1]
 
 
 _COUNTERS = {
@@ -329,7 +339,8 @@ def enqueue_span(name: object, queue: object, runner_type: str) -> Iterator[Enqu
     job_name = name if isinstance(name, str) else "?"
     queue_name = queue if isinstance(queue, str) else None
     otel = _otel()
-    if otel is None or not otel.tracing():
+    tracer = otel.active_tracer() if otel is not None else None
+    if otel is None or tracer is None:
         # No span to make: the API's no-op one would carry the current context, which
         # attach_trace_context stores with the job all the same.
         yield EnqueueSpan(None, job_name, queue_name, runner_type)
@@ -341,7 +352,7 @@ def enqueue_span(name: object, queue: object, runner_type: str) -> Iterator[Enqu
         "jobrunner.job.name": job_name,
         "jobrunner.runner_type": runner_type,
     }
-    with otel.tracer.start_as_current_span(
+    with tracer.start_as_current_span(
         f"jobrunner.enqueue {job_name}",
         kind=otel.trace.SpanKind.PRODUCER,
         attributes=attributes,
@@ -566,12 +577,15 @@ def attempt_span(
     otel = _otel()
     if otel is None:
         return _NO_ATTEMPT_SPAN
+    tracer = otel.active_tracer()
     parent = None
     if isinstance(carrier, Mapping):
         values = {str(k): v for k, v in carrier.items() if isinstance(v, str)}
         # A malformed stored context extracts as none: the attempt starts a new trace.
         parent = otel.propagate.extract(values)
-    elif not otel.tracing():
+        if tracer is None:
+            tracer = otel.tracer  # the API's no-op: a non-recording span of the stored context
+    elif tracer is None:
         return _NO_ATTEMPT_SPAN
     job = str(job_id)
     attributes = _run_attributes(name, queue, runner_type).copy()
@@ -579,7 +593,7 @@ def attempt_span(
     attributes["jobrunner.job_id"] = job
     attributes["jobrunner.tenant"] = str(tenant)
     attributes["jobrunner.attempt"] = attempt
-    span = otel.tracer.start_span(
+    span = tracer.start_span(
         f"jobrunner.run {name}",
         context=parent,
         kind=otel.trace.SpanKind.CONSUMER,
@@ -615,11 +629,12 @@ def step_span(step: str, *, job_name: str, job_id: object, attempt: int) -> Iter
     """A span ``jobrunner.step <step>`` around a ``ctx.step`` block (child of the current
     span: the attempt's, or one the handler opened); its error is recorded."""
     otel = _otel()
-    if otel is None or not otel.tracing():
+    tracer = otel.active_tracer() if otel is not None else None
+    if tracer is None:
         # The API's no-op span would carry the current context: current already.
         yield
         return
-    with otel.tracer.start_as_current_span(
+    with tracer.start_as_current_span(
         f"jobrunner.step {step}",
         attributes={
             "jobrunner.step": step,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import psycopg
 from psycopg.types.json import Jsonb
 
-from jobrunner._db._errors import translate_errors
+from jobrunner._db._errors import retry_conflicts, translate_errors
 from jobrunner._db._store import JobStore
 from jobrunner._errors import JobRunnerError
 from jobrunner._jobargs import RecurringArgs
@@ -203,7 +203,8 @@ class PostgresStore:
         async with self._hot_connection("flush") as conn:
             for start in range(0, len(batch.completed), per_statement):
                 done = batch.completed[start : start + per_statement]
-                await conn.execute(
+                await _execute_retrying(
+                    conn,
                     q.complete_jobs,
                     {
                         "tenants": [d.ref.tenant for d in done],
@@ -217,7 +218,8 @@ class PostgresStore:
                 )
             for start in range(0, len(batch.failed), per_statement):
                 failed = batch.failed[start : start + per_statement]
-                await conn.execute(
+                await _execute_retrying(
+                    conn,
                     q.fail_jobs,
                     {
                         "tenants": [f.ref.tenant for f in failed],
@@ -238,7 +240,8 @@ class PostgresStore:
     async def release(self, refs: Sequence[AttemptRef]) -> None:
         """``release_jobs``: queued again, attempt not counted, idle workers woken."""
         async with self.db.connection() as conn:
-            await conn.execute(
+            await _execute_retrying(
+                conn,
                 self._q.release_jobs,
                 {
                     "tenants": [r.tenant for r in refs],
@@ -252,7 +255,8 @@ class PostgresStore:
     async def heartbeat(self, worker_id: uuid.UUID, lease_seconds: float) -> list[AttemptRef]:
         """Extend the leases of ``worker_id``'s processing jobs; return what it holds."""
         async with self.db.connection() as conn:
-            cur = await conn.execute(
+            cur = await _execute_retrying(
+                conn,
                 self._q.heartbeat,
                 {"worker_id": worker_id, "lease_seconds": float(lease_seconds)},
             )
@@ -262,7 +266,7 @@ class PostgresStore:
     async def rescue_expired(self) -> int:
         """``rescue_expired`` (at most 1000 jobs per call); NOTIFY when any was rescued."""
         async with self.db.connection() as conn:
-            cur = await conn.execute(self._q.rescue_expired)
+            cur = await _execute_retrying(conn, self._q.rescue_expired, None)
             rows = await cur.fetchall()
             if rows:
                 await conn.execute(
@@ -354,3 +358,14 @@ class PostgresStore:
         return await definitions.cancel_schedule(
             self.db, tenant, schedule_id, reason=reason, cancelled_by=cancelled_by
         )
+
+
+async def _execute_retrying(conn: AsyncConn, query: Any, params: Any) -> Any:
+    """``conn.execute`` in autocommit, run again when the statement lost a race with one that
+    moved a job's row between the partitions of jobs (0009): it then sees the moved row (an
+    outcome's fence or a rescue's status check leaves it alone), so the writes stay exact."""
+
+    async def run() -> Any:
+        return await conn.execute(query, params)
+
+    return await retry_conflicts(run)

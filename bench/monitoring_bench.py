@@ -29,12 +29,12 @@ from jobrunner._db._database import Database
 
 TENANTS = [uuid.UUID(int=i + 1) for i in range(10)]
 BIG_TENANT = TENANTS[0]  # half of all rows
+# The monitoring indexes (0003), on the finished partition since 0009.
 INDEXES_0003 = [
-    "jobs_tenant_created_idx",
-    "jobs_created_idx",
-    "jobs_tenant_status_idx",
-    "jobs_finished_idx",
-    "jobs_waiting_idx",
+    "jobs_finished_tenant_created_idx",
+    "jobs_finished_created_idx",
+    "jobs_finished_tenant_status_idx",
+    "jobs_finished_completed_idx",
 ]
 COLUMNS = (
     "tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type, "

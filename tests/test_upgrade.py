@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from apps.helpers import eventually
@@ -101,6 +102,23 @@ async def test_the_previous_release_is_migrated_in_place_and_runs(
     assert [m["version"] for m in after["migrations"]][:5] == [1, 2, 3, 4, 6]
     assert len(after["migrations"]) > len(before["migrations"])
     assert _migrate(jobrunner_dsn, released_schema).returncode == 0  # idempotent
+    # 0009: every row sits in the partition of its status, and every tick that had a job is
+    # recorded in schedule_ticks (so it never fires again).
+    with psycopg.connect(jobrunner_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(released_schema)))
+        placed = conn.execute(
+            "SELECT tableoid::regclass::text AS part, status::text FROM jobs"
+        ).fetchall()
+        ticks = conn.execute(
+            "SELECT count(*) FROM jobs WHERE schedule_id IS NOT NULL AND scheduled_for IS NOT "
+            "NULL AND (tenant, schedule_id, scheduled_for) NOT IN "
+            "(SELECT tenant, schedule_id, scheduled_for FROM schedule_ticks)"
+        ).fetchone()
+    finished = {"completed", "failed", "cancelled"}
+    assert placed and all(
+        part.endswith("jobs_finished") == (status in finished) for part, status in placed
+    ), placed
+    assert ticks == (0,)
 
     # The migrated database works: every live job runs under the new code.
     registry = JobHandlerRegistry()

@@ -8,14 +8,13 @@ Usage (from the repository root)::
 Each workload runs in a fresh schema (dropped afterwards) with one in-process worker. Prints
 one JSON line per figure and a Markdown table at the end (copied into docs/fairness.md).
 
-* ``drain``: jobs/s draining ``--drain`` no-op jobs of 10 tenants with flow control off (the
-  plain claim), fair claiming on, and fair claiming plus a non-binding limit per tenant.
-* ``plain_claim``: median latency of the plain claim (10 jobs) with and without the one-line
-  ``flow_state`` guard that flow control adds to it, alternating.
-* ``enqueue``: jobs/s of ``schedule_jobs`` with and without the fair index (its write cost).
+* ``drain``: jobs/s draining ``--drain`` no-op jobs of 10 tenants with fair claiming switched
+  off (``set_fair_claiming(False)``), on (the default, no lock), and on plus a non-binding
+  concurrency limit per tenant (the serialised path); rounds interleaved.
 * ``scenario``: tenant A enqueues ``--backlog`` jobs, then tenant B enqueues 100; B's start
   delay (claim time minus enqueue time, database clock) p50/p99 with A's backlog absent and
-  present, fairness on; and with fairness off on a smaller backlog for contrast.
+  present, with the defaults (fair on); and with fairness off on a smaller backlog for
+  contrast.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from psycopg import sql
 
 from jobrunner import JobHandlerRegistry
 from jobrunner.backends.postgres import PostgresJobRunner
-from jobrunner.backends.postgres._flow import ensure_fair_index
 
 DSN = os.environ.get("JOBRUNNER_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 WORK_MS = 2.0
@@ -98,8 +96,8 @@ async def drain(n: int, mode: str, dsn: str) -> None:
     try:
         for t in tenants:
             await runner.schedule_jobs("noop", [{}] * (n // len(tenants)), tenant=t)
-        if mode != "off":
-            await runner.flow.set_fair_claiming(True)
+        if mode == "off":
+            await runner.flow.set_fair_claiming(False)
         if mode == "limits":
             for t in tenants:
                 await runner.flow.set_concurrency_limit(tenant=t, limit=10_000)
@@ -118,57 +116,6 @@ async def drain(n: int, mode: str, dsn: str) -> None:
         await drop(runner)
 
 
-async def enqueue(n: int, with_index: bool, dsn: str) -> None:
-    runner = await fresh(dsn)
-    try:
-        if with_index:  # what every insert would pay if the index were a migration
-            await ensure_fair_index(runner.db)
-        started = time.perf_counter()
-        for _ in range(n // 1000):
-            await runner.schedule_jobs("noop", [{}] * 1000, tenant=uuid.uuid4())
-        elapsed = time.perf_counter() - started
-        record(
-            "enqueue",
-            f"jobs_per_s_{'with' if with_index else 'without'}_fair_index",
-            n // 1000 * 1000 / elapsed,
-            "jobs/s",
-        )
-    finally:
-        await drop(runner)
-
-
-async def guard(dsn: str, claims: int = 1800) -> None:
-    """What flow control costs the plain claim while off: its `flow_state` guard line."""
-    runner = await fresh(dsn)
-    try:
-        await runner.schedule_jobs("noop", [{}] * (claims * 10 + 10), tenant=uuid.uuid4())
-        await scalar(runner, "ANALYZE {schema}.jobs")
-        with_guard = runner.db.queries.claim_jobs
-        without = "\n".join(
-            line
-            for line in with_guard.splitlines()
-            if "flow_state" not in line and "flow control on" not in line
-        )
-        params = {
-            "queues": ["default"],
-            "limit": 10,
-            "worker_id": uuid.uuid4(),
-            "lease_seconds": 30.0,
-        }
-        times: dict[bool, list[float]] = {True: [], False: []}
-        async with runner.db.connection() as conn:
-            for i in range(claims):  # alternate so drift hits both alike
-                guarded = i % 2 == 0
-                started = time.perf_counter()
-                cur = await conn.execute(with_guard if guarded else without, params)
-                await cur.fetchall()
-                times[guarded].append(time.perf_counter() - started)
-        for guarded, label in ((False, "without_guard"), (True, "with_guard")):
-            record("plain_claim", f"median_ms_{label}", pct(times[guarded], 0.5) * 1000, "ms")
-    finally:
-        await drop(runner)
-
-
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -179,8 +126,8 @@ async def scenario(backlog: int, fair: bool, dsn: str, burst: int = 100) -> None
     big, small = uuid.uuid4(), uuid.uuid4()
     label = f"fair_{'on' if fair else 'off'}"
     try:
-        if fair:
-            await runner.flow.set_fair_claiming(True)
+        if not fair:
+            await runner.flow.set_fair_claiming(False)
         worker = runner.create_worker(concurrency=50, claim_batch=50)
         task = asyncio.create_task(worker.run())
         await worker.started.wait()
@@ -234,18 +181,14 @@ async def main() -> None:
     parser.add_argument("--drain", type=int, default=20_000)
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--off-backlog", type=int, default=20_000)
-    parser.add_argument("--enqueue", type=int, default=20_000)
     parser.add_argument(
         "--smoke", action="store_true", help="a few hundred jobs per workload (CI, nox smoke)"
     )
     args = parser.parse_args()
     if args.smoke:
-        args.drain, args.backlog, args.off_backlog, args.enqueue = 300, 500, 300, 300
-    for mode in ("off", "fair", "limits", "off"):
+        args.drain, args.backlog, args.off_backlog = 300, 500, 300
+    for mode in ("off", "fair", "limits", "off", "fair", "limits"):
         await drain(args.drain, mode, args.dsn)
-    await guard(args.dsn)
-    for with_index in (False, True, False, True):
-        await enqueue(args.enqueue, with_index, args.dsn)
     await scenario(args.backlog, True, args.dsn)
     await scenario(args.off_backlog, False, args.dsn)
     print("\n| workload | metric | value | unit |\n|---|---|---|---|")

@@ -33,8 +33,10 @@ async def prunner(make_runner: MakeRunner) -> PostgresJobRunner:
     return await make_runner(require_registered=False)
 
 
-async def claim(runner: PostgresJobRunner, limit: int, *, force: bool = True) -> list[ClaimedJob]:
-    """One claim as a worker's store makes it; returns the claimed jobs."""
+async def claim(
+    runner: PostgresJobRunner, limit: int, *, force: bool | None = None
+) -> list[ClaimedJob]:
+    """One claim as a worker's store makes it (``force``: ``WorkerSettings.fair``)."""
     request = ClaimRequest(
         worker_id=uuid.uuid4(),
         queues=("default",),
@@ -67,14 +69,58 @@ async def test_round_robin_serves_a_small_tenant_next_to_a_big_backlog(
     assert Counter(r.tenant for r in second) == {A: 6, B: 2}  # B has only 2 left
 
 
-async def test_without_flow_control_the_plain_claim_serves_the_backlog_first(
+async def test_with_fair_claiming_off_the_backlog_goes_first(
     prunner: PostgresJobRunner,
 ) -> None:
-    """The baseline the fair claim fixes (and proof the test above can tell the difference)."""
+    """The baseline the fair claim fixes (and proof the test above can tell the difference):
+    off in the database, or off for one worker."""
     await prunner.schedule_jobs("work", [{"i": i} for i in range(50)], tenant=A)
     await prunner.schedule_jobs("work", [{"i": i} for i in range(6)], tenant=B)
     rows = await claim(prunner, 8, force=False)
     assert Counter(r.tenant for r in rows) == {A: 8}
+    await prunner.flow.set_fair_claiming(False)
+    rows = await claim(prunner, 8)
+    assert Counter(r.tenant for r in rows) == {A: 8}
+    assert Counter(r.tenant for r in await claim(prunner, 8, force=True)) == {A: 4, B: 4}
+    await prunner.flow.set_fair_claiming(True)
+    assert Counter(r.tenant for r in await claim(prunner, 4)) == {A: 2, B: 2}
+
+
+async def test_fair_off_keeps_priority_order_across_tenants(prunner: PostgresJobRunner) -> None:
+    await prunner.schedule_jobs("work", [{"p": 0} for _ in range(5)], tenant=A)
+    await prunner.schedule_jobs("work", [{"p": 5} for _ in range(3)], tenant=B, priority=5)
+    await prunner.schedule_jobs("work", [{"p": 9} for _ in range(2)], tenant=C, priority=9)
+    rows = await claim(prunner, 6, force=False)
+    assert [r.data["p"] for r in rows] == [9, 9, 5, 5, 5, 0]
+
+
+async def test_a_single_tenant_queue_is_claimed_in_priority_order(
+    prunner: PostgresJobRunner,
+) -> None:
+    await prunner.schedule_jobs("work", [{"p": 0} for _ in range(5)], tenant=A)
+    await prunner.schedule_jobs("work", [{"p": 3} for _ in range(3)], tenant=A, priority=3)
+    rows = await claim(prunner, 6)
+    assert [r.data["p"] for r in rows] == [3, 3, 3, 0, 0, 0]
+    assert len(await claim(prunner, 6)) == 2
+
+
+async def test_one_worker_alternates_tenants_claim_after_claim(
+    prunner: PostgresJobRunner,
+) -> None:
+    """The schedule is the worker's own: claims of one job each still take turns."""
+    await prunner.schedule_jobs("work", [{} for _ in range(20)], tenant=A)
+    await prunner.schedule_jobs("work", [{} for _ in range(20)], tenant=B)
+    await prunner.schedule_jobs("work", [{} for _ in range(20)], tenant=C)
+    store = prunner.queue_store()
+    request = ClaimRequest(
+        worker_id=uuid.uuid4(), queues=("default",), limit=1, lease_seconds=30.0
+    )
+    try:
+        order = [(await store.claim(request)).jobs[0].tenant for _ in range(9)]
+    finally:
+        await store.close()
+    assert Counter(order) == {A: 3, B: 3, C: 3}
+    assert all(order[i] != order[i + 1] for i in range(8)), order
 
 
 async def test_weights_share_claims_in_proportion(prunner: PostgresJobRunner) -> None:
@@ -227,7 +273,7 @@ async def test_metrics_show_rules_usage_and_tenants(prunner: PostgresJobRunner) 
     assert flow["enabled"] is True
     assert flow["rules"][0]["running"] == 2
     assert flow["rules"][0]["max_running"] == 2
-    assert flow["tenants"][str(A)] == {"queued": 3, "due": 3, "running": 2, "pass": 2.0}
+    assert flow["tenants"][str(A)] == {"queued": 3, "due": 3, "running": 2, "pass": None}
     other = await prunner.flow_metrics(tenant=B)
     assert other["rules"] == []
     assert other["tenants"] == {}

@@ -15,22 +15,36 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+import pytest
 
 from jobrunner.backends.postgres import PostgresJobRunner
-from jobrunner.backends.postgres._flow import ensure_fair_index
 from jobrunner.testing import running_worker
 
 A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 MakeRunner = Callable[..., Awaitable[PostgresJobRunner]]
 
 
-def _params(limit: int) -> dict[str, Any]:
+def _params(limit: int, version: int) -> dict[str, Any]:
+    """A claim's parameters as a worker's FlowGate passes them (no schedule state yet)."""
     return {
         "queues": ["default"],
         "limit": limit,
         "worker_id": uuid.uuid4(),
         "lease_seconds": 30.0,
+        "fair": True,
+        "version": version,
+        "vclock": 0.0,
+        "pass_tenants": [],
+        "pass_values": [],
     }
+
+
+async def _version(runner: PostgresJobRunner) -> int:
+    async with runner.db.connection() as conn:
+        cur = await conn.execute(runner.db.queries.flow_state)
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row["version"])
 
 
 def _schema(runner: PostgresJobRunner) -> str:
@@ -64,11 +78,11 @@ async def _wait_for_lock_wait(
 async def test_switching_on_waits_for_a_plain_claim_in_flight(make_runner: MakeRunner) -> None:
     runner = await make_runner(require_registered=False)
     await runner.schedule_jobs("work", [{} for _ in range(20)], tenant=A)
-    await ensure_fair_index(runner.db)  # built beforehand: CONCURRENTLY would wait as well
+    version = await _version(runner)
     claimer = await runner.db.dedicated_connection()
     try:
         await claimer.execute("BEGIN")
-        cur = await claimer.execute(runner.db.queries.claim_jobs, _params(10))
+        cur = await claimer.execute(runner.db.queries.claim_jobs, _params(10, version))
         assert len(await cur.fetchall()) == 10  # claimed, not committed yet
         change = asyncio.create_task(runner.flow.set_concurrency_limit(tenant=A, limit=2))
         await _wait_for_lock_wait(runner, query=f"{_schema(runner)}.flow_state")
@@ -79,41 +93,81 @@ async def test_switching_on_waits_for_a_plain_claim_in_flight(make_runner: MakeR
         await claimer.close()
     # every claim from now on sees the 10 running attempts: nothing more for A
     async with runner.db.connection() as conn:
-        cur = await conn.execute(runner.db.queries.claim_jobs, _params(10))
-        assert await cur.fetchall() == []  # the plain claim yields
+        cur = await conn.execute(runner.db.queries.claim_jobs, _params(10, version))
+        assert await cur.fetchall() == []  # the lock-free claim yields (limit on)
+        cur = await conn.execute(runner.db.queries.claim_jobs, _params(10, version + 1))
+        assert await cur.fetchall() == []  # whatever version it was given
         async with conn.transaction():
             await conn.execute(
                 runner.db.queries.flow_claim_lock, {"key": f"jobrunner-flow:{runner.schema}"}
             )
-            cur = await conn.execute(runner.db.queries.claim_jobs_fair, _params(10))
+            cur = await conn.execute(runner.db.queries.claim_jobs_fair, _params(10, version))
             assert await cur.fetchall() == []  # 10 running >= limit 2
 
 
+@pytest.mark.parametrize("change", ["limit", "pause"])
 async def test_a_plain_claim_during_the_switch_reads_the_new_state(
-    make_runner: MakeRunner,
+    make_runner: MakeRunner, change: str
 ) -> None:
+    """A claim that starts while a change is being committed waits for it and claims nothing.
+
+    ``limit``: flow_state.enabled goes on. ``pause``: only the rules and the version change;
+    the claim's snapshot predates the pause, so it must yield on the version alone.
+    """
     runner = await make_runner(require_registered=False)
     await runner.schedule_jobs("work", [{} for _ in range(5)], tenant=A)
+    version = await _version(runner)
     switch = await runner.db.dedicated_connection()
     try:
         await switch.execute("BEGIN")
-        await switch.execute(f"UPDATE {_schema(runner)}.flow_state SET enabled = true WHERE id")
+        if change == "limit":
+            await switch.execute(
+                f"UPDATE {_schema(runner)}.flow_state SET enabled = true WHERE id"
+            )
+        else:
+            await switch.execute(
+                runner.db.queries.flow_save_rule,
+                {
+                    "tenant": A,
+                    "name": None,
+                    "max_running": None,
+                    "rate_count": None,
+                    "rate_period": None,
+                    "paused": True,
+                    "weight": None,
+                },
+            )
+            await switch.execute(runner.db.queries.flow_refresh_state, {"fair": None})
 
         pids: asyncio.Queue[int] = asyncio.Queue()
 
         async def plain_claim() -> list[dict[str, Any]]:
             async with runner.db.connection() as conn:
                 pids.put_nowait(conn.info.backend_pid)
-                cur = await conn.execute(runner.db.queries.claim_jobs, _params(5))
+                cur = await conn.execute(runner.db.queries.claim_jobs, _params(5, version))
                 return list(await cur.fetchall())
 
         claim = asyncio.create_task(plain_claim())
         await _wait_for_lock_wait(runner, pid=await pids.get())
         assert not claim.done()
         await switch.execute("COMMIT")
-        assert await claim == []  # it waited for the switch and then saw flow control on
+        assert await claim == []  # it waited for the switch and then saw the new state
     finally:
         await switch.close()
+    # Guard the guard: with the version it now reads, the claim would take A's jobs were they
+    # not paused (limit: it yields whatever the version).
+    async with runner.db.connection() as conn:
+        cur = await conn.execute(runner.db.queries.claim_jobs, _params(5, version + 1))
+        assert await cur.fetchall() == []
+    await runner.flow.clear(tenant=A)
+    async with runner.db.connection() as conn:
+        cur = await conn.execute(runner.db.queries.flow_state)
+        row = await cur.fetchone()
+        assert row is not None
+        cur = await conn.execute(
+            runner.db.queries.claim_jobs, _params(5, int(row["version"]))
+        )
+        assert len(await cur.fetchall()) == 5
 
 
 async def test_a_limit_set_while_workers_drain_a_backlog_is_never_exceeded(

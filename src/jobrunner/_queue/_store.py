@@ -78,8 +78,9 @@ class ClaimRequest:
     limit: int
     """Most jobs to claim."""
     lease_seconds: float
-    fair: bool = False
-    """Claim round-robin between tenants even while flow control is off."""
+    fair: bool | None = None
+    """Claim round-robin between tenants (``True``), in priority order across tenants
+    (``False``), or as the backend's own setting says (``None``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
--- Flow control for the PostgreSQL backend: fair claiming between tenants, concurrency and rate
--- limits, pauses and purges (see docs/fairness.md). Every fair claim and every rule change runs
--- in a transaction that first takes flow_lock, so claims that honour limits are serialised and
--- a free slot is never counted twice.
+-- Flow control for the PostgreSQL backend: concurrency and rate limits, pauses, weights and
+-- purges (see docs/fairness.md; the claim without limits, fair or not, is claim_jobs in
+-- worker.sql). Every rule change, and every claim while a concurrency or rate limit exists
+-- (claim_jobs_limited), runs in a transaction that first takes flow_lock, so a free slot is
+-- never counted twice.
 
 -- name: flow_lock
 SELECT pg_advisory_xact_lock(hashtext(%(key)s))
@@ -12,27 +13,15 @@ SELECT pg_advisory_xact_lock(hashtext(%(key)s))
 -- claim on a 100k backlog (the plan itself runs in under 10 ms).
 SELECT pg_advisory_xact_lock(hashtext(%(key)s)), set_config('jit', 'off', true)
 
--- name: fair_index_state
-SELECT i.indisvalid AS valid FROM pg_index i
-WHERE i.indexrelid = to_regclass(%(index)s)
-
--- name: fair_index_drop
-DROP INDEX CONCURRENTLY IF EXISTS {schema}.jobs_fair_idx
-
--- name: fair_index_create
-CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_fair_idx
-    ON {schema}.jobs (queue, tenant, priority DESC, run_at, job_id)
-    WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
-
 -- name: fair_index_analyze
--- Fresh statistics with the new index: a just-loaded jobs table otherwise looks empty to the
--- planner, which would then sort a tenant's rows instead of walking jobs_fair_idx.
-ANALYZE {schema}.jobs
+-- Fresh statistics: a just-loaded jobs_live otherwise looks empty to the planner, which would
+-- then sort a tenant's rows instead of reading jobs_live_claim_idx in order.
+ANALYZE {schema}.jobs_live
 
 -- name: fair_stats_stale
--- Whether jobs changed enough since its last ANALYZE that plans may be wrong: a tenant that
--- dumps a backlog makes the table look empty to the planner for up to a minute (autovacuum's
--- nap), and the fair claim then sorts whole tenants instead of walking jobs_fair_idx.
+-- Whether jobs_live changed enough since its last ANALYZE that plans may be wrong: a tenant
+-- that dumps a backlog makes the table look empty to the planner for up to a minute
+-- (autovacuum's nap), and the claim then sorts whole tenants instead of reading the index.
 SELECT coalesce(s.n_mod_since_analyze, 0)
        > greatest(1000, 0.2 * greatest(c.reltuples, 0)) AS stale
 FROM pg_class c
@@ -48,7 +37,9 @@ SELECT enabled, fair, version, vclock FROM {schema}.flow_state WHERE id
 -- name: flow_refresh_state
 UPDATE {schema}.flow_state
 SET fair = coalesce(%(fair)s::boolean, fair),
-    enabled = coalesce(%(fair)s::boolean, fair) OR EXISTS (SELECT 1 FROM {schema}.flow_rules),
+    -- enabled: rules that need exact counting exist, so claims go one at a time (0011)
+    enabled = EXISTS (SELECT 1 FROM {schema}.flow_rules
+                      WHERE max_running IS NOT NULL OR rate_count IS NOT NULL),
     version = version + 1
 WHERE id
 RETURNING enabled, fair, version
@@ -96,7 +87,8 @@ SELECT j.tenant,
        count(*) FILTER (WHERE j.status IN ('pending', 'queued', 'retrying')
                           AND j.run_at <= now()) AS due,
        count(*) FILTER (WHERE j.status = 'processing') AS running,
-       (SELECT p.pass FROM {schema}.flow_tenant_pass p WHERE p.tenant = j.tenant) AS pass
+       -- the stride passes are each worker's own since 0011 (flow_tenant_pass is not written)
+       NULL::float8 AS pass
 FROM {schema}.jobs j
 WHERE j.runner_type = 'postgres'
   AND j.status IN ('pending', 'queued', 'retrying', 'processing')
@@ -113,7 +105,11 @@ WITH purged AS (
       AND status IN ('pending', 'queued', 'retrying')
       AND (%(name)s::text IS NULL OR type = %(name)s::text)
       AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-    RETURNING job_id
+    RETURNING tenant, job_id
+), purged_steps AS (
+    -- no foreign key cascades from jobs (0009)
+    DELETE FROM {schema}.job_details s USING purged p
+    WHERE s.tenant = p.tenant AND s.job_id = p.job_id
 )
 SELECT count(*) AS purged FROM purged
 
@@ -121,17 +117,18 @@ SELECT count(*) AS purged FROM purged
 SELECT pg_notify(%(channel)s, 'flow')
 
 -- name: claim_jobs_fair
--- Run after flow_lock in the same transaction (READ COMMITTED: this statement's snapshot then
--- sees every earlier claim). Steps: remaining capacity per rule (running attempts counted from
--- processing rows, rate usage from the sliding window); tenants with live jobs per queue by a
--- skip scan of jobs_fair_idx; each tenant's best due jobs by priority; a virtual start time per
--- candidate (stride scheduling: tenant pass + rank / weight); rank checks against every rule
--- that applies; the batch in virtual-time order.
+-- The claim while a concurrency or rate limit exists. Run after flow_claim_lock in the same
+-- transaction (READ COMMITTED: this statement's snapshot then sees every earlier claim).
+-- Steps: remaining capacity per rule (running attempts counted from processing rows, rate
+-- usage from the sliding window); tenants with live jobs per queue by a skip scan of
+-- jobs_live_claim_idx; each tenant's best due jobs by priority; a virtual start time per
+-- candidate (stride scheduling: the worker's pass for the tenant + rank / weight, passed in:
+-- nothing of the schedule is written under the lock); rank checks against every rule that
+-- applies; the batch in virtual-time order.
 WITH RECURSIVE
 clock AS MATERIALIZED (SELECT clock_timestamp() AS ts),
-state AS MATERIALIZED (SELECT vclock FROM {schema}.flow_state WHERE id),
 proc AS MATERIALIZED (
-    SELECT tenant, type, count(*) AS n FROM {schema}.jobs
+    SELECT tenant, type, count(*) AS n FROM {schema}.jobs_live
     WHERE status = 'processing' AND runner_type = 'postgres'
       AND EXISTS (SELECT 1 FROM {schema}.flow_rules WHERE max_running IS NOT NULL)
     GROUP BY tenant, type
@@ -153,14 +150,14 @@ caps AS MATERIALIZED (
 ),
 tq AS (
     SELECT q.queue,
-           (SELECT j.tenant FROM {schema}.jobs j
+           (SELECT j.tenant FROM {schema}.jobs_live j
             WHERE j.queue = q.queue AND j.status IN ('pending', 'queued', 'retrying')
               AND j.runner_type = 'postgres'
             ORDER BY j.tenant LIMIT 1) AS tenant
     FROM unnest(%(queues)s::text[]) AS q(queue)
     UNION ALL
     SELECT tq.queue,
-           (SELECT j.tenant FROM {schema}.jobs j
+           (SELECT j.tenant FROM {schema}.jobs_live j
             WHERE j.queue = tq.queue AND j.status IN ('pending', 'queued', 'retrying')
               AND j.runner_type = 'postgres' AND j.tenant > tq.tenant
             ORDER BY j.tenant LIMIT 1)
@@ -168,7 +165,7 @@ tq AS (
 ),
 tenants AS MATERIALIZED (
     SELECT tq.queue, tq.tenant,
-           greatest(coalesce(tp.pass, 0), (SELECT vclock FROM state)) AS eff,
+           greatest(coalesce(tp.pass, %(vclock)s::float8), %(vclock)s::float8) AS eff,
            coalesce(ct.weight, 1)::float8 AS weight,
            ct.remaining AS t_remaining,
            ARRAY(SELECT c.name FROM caps c
@@ -176,7 +173,8 @@ tenants AS MATERIALIZED (
                    AND (c.paused OR c.remaining <= 0)) AS blocked_names
     FROM tq
     LEFT JOIN caps ct ON ct.tenant = tq.tenant AND ct.name IS NULL
-    LEFT JOIN {schema}.flow_tenant_pass tp ON tp.tenant = tq.tenant
+    LEFT JOIN unnest(%(pass_tenants)s::uuid[], %(pass_values)s::float8[]) AS tp(tenant, pass)
+           ON tp.tenant = tq.tenant
     WHERE tq.tenant IS NOT NULL
       AND NOT coalesce(ct.paused OR ct.remaining <= 0, false)
 ),
@@ -184,12 +182,12 @@ cand AS (
     SELECT c.tenant, c.job_id, c.type, c.priority, c.run_at, t.eff, t.weight, t.t_remaining
     FROM tenants t
     CROSS JOIN LATERAL (
-        SELECT j.tenant, j.job_id, j.type, j.priority, j.run_at FROM {schema}.jobs j
+        SELECT j.tenant, j.job_id, j.type, j.priority, j.run_at FROM {schema}.jobs_live j
         WHERE j.queue = t.queue AND j.tenant = t.tenant
           AND j.status IN ('pending', 'queued', 'retrying') AND j.runner_type = 'postgres'
           AND j.run_at <= now()
           -- CASE, not a bare "<> ALL (array)": the planner estimates that at one row and
-          -- would sort a whole tenant's backlog instead of walking jobs_fair_idx in order
+          -- would sort a whole tenant's backlog instead of reading the index in order
           AND CASE WHEN cardinality(t.blocked_names) = 0 THEN true
                    ELSE j.type <> ALL (t.blocked_names) END
         ORDER BY j.priority DESC, j.run_at, j.job_id
@@ -211,7 +209,9 @@ ranked2 AS (
     FROM timed
 ),
 picked AS MATERIALIZED (
-    SELECT r.tenant, r.job_id, r.vstart, r.weight FROM ranked2 r
+    SELECT r.tenant, r.job_id, r.vstart, r.weight,
+           row_number() OVER (ORDER BY r.vstart, r.tenant, r.rn_t) AS pos
+    FROM ranked2 r
     LEFT JOIN caps cn ON cn.name = r.type AND cn.tenant IS NULL
     LEFT JOIN caps ctn ON ctn.tenant = r.tenant AND ctn.name = r.type
     WHERE (r.t_remaining IS NULL OR r.rn_t <= r.t_remaining)
@@ -221,13 +221,13 @@ picked AS MATERIALIZED (
     LIMIT %(limit)s
 ),
 locked AS (
-    SELECT j.tenant, j.job_id FROM {schema}.jobs j
+    SELECT j.ctid AS row_ctid FROM {schema}.jobs_live j
     JOIN picked p ON j.tenant = p.tenant AND j.job_id = p.job_id
     WHERE j.status IN ('pending', 'queued', 'retrying') AND j.run_at <= now()
     FOR UPDATE OF j SKIP LOCKED
 ),
 claimed AS (
-    UPDATE {schema}.jobs j
+    UPDATE {schema}.jobs_live j
     SET status = 'processing',
         attempts = j.attempts + 1,
         lease_token = j.lease_token + 1,
@@ -235,27 +235,9 @@ claimed AS (
         lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
         started_at = (SELECT ts FROM clock),
         updated_at = timezone('utc', now())
-    FROM locked l
-    WHERE j.tenant = l.tenant AND j.job_id = l.job_id
+    WHERE j.ctid = ANY (ARRAY(SELECT row_ctid FROM locked))
     RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
               j.queue, j.metadata, j.schedule_id, j.started_at, j.policy, j.run_at
-),
-served AS (
-    SELECT p.tenant, max(p.vstart + 1 / p.weight) AS new_pass, max(p.vstart) AS last_v
-    FROM picked p JOIN claimed c ON c.tenant = p.tenant AND c.job_id = p.job_id
-    GROUP BY p.tenant
-),
-pass_saved AS (
-    INSERT INTO {schema}.flow_tenant_pass AS tp (tenant, pass)
-    SELECT tenant, new_pass FROM served
-    ON CONFLICT (tenant) DO UPDATE SET pass = greatest(tp.pass, EXCLUDED.pass)
-),
-clock_saved AS (
-    UPDATE {schema}.flow_state
-    -- the start tag of the last job dispatched: never above the pass of an active tenant that
-    -- was not served (it would have been picked first), so only returning tenants are lifted
-    SET vclock = greatest(vclock, (SELECT max(last_v) FROM served))
-    WHERE id AND EXISTS (SELECT 1 FROM served)
 ),
 events AS (
     INSERT INTO {schema}.flow_rate_events (rule_id, at)
@@ -271,6 +253,6 @@ pruned AS (
     WHERE e.rule_id = cp.rule_id AND cp.rate_count IS NOT NULL
       AND e.at <= clock.ts - cp.rate_period
 )
-SELECT tenant, job_id, type, data, attempts, max_attempts, lease_token, queue, metadata,
-       schedule_id, started_at, policy, run_at
-FROM claimed
+SELECT c.*, p.vstart AS fair_vstart, p.vstart + 1 / p.weight AS fair_pass
+FROM claimed c JOIN picked p ON p.tenant = c.tenant AND p.job_id = c.job_id
+ORDER BY p.pos

@@ -6,46 +6,171 @@
 -- parameters: its {channel} is an identifier (Queries.with_identifiers).
 
 -- name: claim_jobs
--- Performance (docs/performance.md): one ordered index scan of jobs_claim_idx per queue
--- (`queue = ANY(array)` made PostgreSQL 15 scan and sort every live row), and the UPDATE
--- finds the locked rows by ctid (a hash join against a seq scan of jobs was chosen before).
--- The ctids are stable: the rows stay locked by this statement until it commits (LockRows
--- returns the version it locked). No status re-check in the UPDATE on purpose: it would let
--- the planner scan a partial index of all live rows instead of the Tid Scan.
-WITH picked AS (
-    SELECT p.row_ctid
-    FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT ctid AS row_ctid, priority, run_at, job_id FROM {schema}.jobs
-        WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
-          AND queue = q.name AND run_at <= now()
-          -- flow control on (0004_fairness): only claim_jobs_fair may claim, under its lock.
-          -- FOR SHARE (docs/fairness.md): the UPDATE that switches flow control on waits
-          -- until every plain claim in flight has committed, and a claim that starts while
-          -- it is pending waits for it and then reads the new row, so no plain claim can
-          -- commit past a rule. One InitPlan, evaluated once per statement.
-          AND NOT coalesce((SELECT enabled FROM {schema}.flow_state WHERE id FOR SHARE), false)
-        ORDER BY priority DESC, run_at, job_id
+-- The claim of every worker while no concurrency or rate limit exists (docs/fairness.md): no
+-- lock beyond the rows it takes, so claims run side by side under SKIP LOCKED. Per queue, a
+-- skip scan of jobs_live_claim_idx (queue, tenant, priority DESC, run_at, job_id) finds the
+-- tenants with claimable jobs (two probes for a single-tenant queue). Each tenant's share of
+-- the batch (its quota) is decided before any row is locked: with one tenant, all of it; fair
+-- (weighted round-robin), its slots among the first `limit` of the stride sequence
+-- eff + i / weight, eff being the worker's pass for the tenant (passed in: the scheduling state
+-- is the worker's, nothing shared is written); not fair, its jobs among the first `limit` by
+-- priority. Then each tenant's first `quota` jobs are read in index order and locked (SKIP
+-- LOCKED moves on within the tenant), tenants that ran dry leave their share to the others
+-- (one fill round), and the rows are updated by ctid.
+-- The flow_state guard (FOR SHARE, one InitPlan): once a limit exists (enabled) or the rules
+-- changed since the worker read them (version), this claims nothing and the worker re-reads
+-- the state; a change commits only after every claim in flight that read the row, and a claim
+-- that waited for it reads the new row, so no claim commits past a pause or a new limit.
+WITH RECURSIVE
+tq AS (
+    SELECT q.queue,
+           (SELECT j.tenant FROM {schema}.jobs_live j
+            WHERE j.queue = q.queue AND j.status IN ('pending', 'queued', 'retrying')
+              AND j.runner_type = 'postgres'
+            -- priority too: only the claim index gives this order (ORDER BY tenant alone let
+            -- the planner walk the primary key, filtering on queue)
+            ORDER BY j.tenant, j.priority DESC LIMIT 1) AS tenant
+    FROM unnest(%(queues)s::text[]) AS q(queue)
+    WHERE NOT coalesce((SELECT s.enabled OR s.version <> %(version)s::bigint
+                        FROM {schema}.flow_state s WHERE s.id FOR SHARE), false)
+    UNION ALL
+    SELECT tq.queue,
+           (SELECT j.tenant FROM {schema}.jobs_live j
+            WHERE j.queue = tq.queue AND j.status IN ('pending', 'queued', 'retrying')
+              AND j.runner_type = 'postgres' AND j.tenant > tq.tenant
+            ORDER BY j.tenant, j.priority DESC LIMIT 1)
+    FROM tq WHERE tq.tenant IS NOT NULL
+),
+rules AS MATERIALIZED (
+    SELECT r.tenant, r.name, r.paused, r.weight FROM {schema}.flow_rules r
+    WHERE r.paused OR r.weight IS NOT NULL
+),
+tenants AS MATERIALIZED (
+    SELECT tq.queue, tq.tenant,
+           coalesce(w.weight, 1)::float8 AS weight,
+           greatest(coalesce(p.pass, %(vclock)s::float8), %(vclock)s::float8) AS eff,
+           ARRAY(SELECT r.name FROM rules r
+                 WHERE r.paused AND r.name IS NOT NULL
+                   AND (r.tenant IS NULL OR r.tenant = tq.tenant)) AS blocked
+    FROM tq
+    LEFT JOIN rules w ON w.tenant = tq.tenant AND w.name IS NULL
+    LEFT JOIN unnest(%(pass_tenants)s::uuid[], %(pass_values)s::float8[]) AS p(tenant, pass)
+           ON p.tenant = tq.tenant
+    WHERE tq.tenant IS NOT NULL AND NOT coalesce(w.paused, false)
+),
+tt AS MATERIALIZED (SELECT DISTINCT tenant, weight, eff FROM tenants),
+bound AS MATERIALIZED (
+    -- at least `limit` stride slots start at or before v (every tenant has its weight's share
+    -- of limit / sum(weight) after the last eff), so no tenant needs slots past it
+    SELECT count(*) AS n,
+           least(max(eff) + %(limit)s::float8 / sum(weight),
+                 min(eff + (%(limit)s - 1) / weight)) AS v
+    FROM tt
+),
+quota AS MATERIALIZED (
+    SELECT tt.tenant, %(limit)s::bigint AS quota FROM tt WHERE (SELECT n FROM bound) = 1
+    UNION ALL
+    SELECT s.tenant, count(*) FROM (
+        SELECT tt.tenant FROM tt, bound b,
+             generate_series(0, least(%(limit)s - 1, ceil((b.v - tt.eff) * tt.weight)::int)) g(i)
+        WHERE %(fair)s::boolean AND b.n > 1
+        ORDER BY tt.eff + g.i / tt.weight, tt.tenant
         LIMIT %(limit)s
+    ) s GROUP BY s.tenant
+    UNION ALL
+    SELECT h.tenant, count(*) FROM (
+        SELECT t.tenant FROM tenants t
+        CROSS JOIN LATERAL (
+            SELECT j.priority, j.run_at, j.job_id FROM {schema}.jobs_live j
+            WHERE j.queue = t.queue AND j.tenant = t.tenant
+              AND j.status IN ('pending', 'queued', 'retrying') AND j.runner_type = 'postgres'
+              AND j.run_at <= now()
+              AND CASE WHEN cardinality(t.blocked) = 0 THEN true
+                       ELSE j.type <> ALL (t.blocked) END
+            ORDER BY j.priority DESC, j.run_at, j.job_id
+            LIMIT %(limit)s
+        ) c
+        WHERE NOT %(fair)s::boolean AND (SELECT n FROM bound) > 1
+        ORDER BY c.priority DESC, c.run_at, c.job_id
+        LIMIT %(limit)s
+    ) h GROUP BY h.tenant
+),
+r1 AS MATERIALIZED (
+    SELECT t.tenant, c.* FROM tenants t
+    JOIN quota q ON q.tenant = t.tenant
+    CROSS JOIN LATERAL (
+        SELECT j.ctid AS row_ctid, j.job_id, j.priority, j.run_at FROM {schema}.jobs_live j
+        WHERE j.queue = t.queue AND j.tenant = t.tenant
+          AND j.status IN ('pending', 'queued', 'retrying') AND j.runner_type = 'postgres'
+          AND j.run_at <= now()
+          -- CASE, not a bare "<> ALL (array)": the planner estimates that at one row and
+          -- would sort a whole tenant's backlog instead of reading the index in order
+          AND CASE WHEN cardinality(t.blocked) = 0 THEN true
+                   ELSE j.type <> ALL (t.blocked) END
+        ORDER BY j.priority DESC, j.run_at, j.job_id
+        LIMIT q.quota
         FOR UPDATE SKIP LOCKED
-    ) p
-    ORDER BY p.priority DESC, p.run_at, p.job_id
-    LIMIT %(limit)s
+    ) c
+),
+short AS MATERIALIZED (
+    SELECT %(limit)s - (SELECT count(*) FROM r1) AS k,
+           ARRAY(SELECT q.tenant FROM quota q
+                 WHERE q.quota <= (SELECT count(*) FROM r1 WHERE r1.tenant = q.tenant)) AS unspent
+),
+r2 AS MATERIALIZED (
+    -- fill: what tenants that ran dry left over goes to those that did not
+    SELECT t.tenant, c.* FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT j.ctid AS row_ctid, j.job_id, j.priority, j.run_at FROM {schema}.jobs_live j
+        WHERE j.queue = t.queue AND j.tenant = t.tenant
+          AND j.status IN ('pending', 'queued', 'retrying') AND j.runner_type = 'postgres'
+          AND j.run_at <= now()
+          AND CASE WHEN cardinality(t.blocked) = 0 THEN true
+                   ELSE j.type <> ALL (t.blocked) END
+          AND j.job_id <> ALL (ARRAY(SELECT r1.job_id FROM r1 WHERE r1.tenant = t.tenant))
+        ORDER BY j.priority DESC, j.run_at, j.job_id
+        LIMIT (SELECT k FROM short)
+        FOR UPDATE SKIP LOCKED
+    ) c
+    WHERE (SELECT k FROM short) > 0 AND t.tenant = ANY ((SELECT unspent FROM short)::uuid[])
+),
+ranked AS (
+    SELECT c.*, t.eff, t.weight,
+           row_number() OVER (PARTITION BY c.tenant
+                              ORDER BY c.priority DESC, c.run_at, c.job_id) AS rn
+    FROM (SELECT * FROM r1 UNION ALL SELECT * FROM r2) c
+    JOIN tt t ON t.tenant = c.tenant
+),
+picked AS MATERIALIZED (
+    SELECT r.row_ctid, r.tenant, r.job_id, r.weight,
+           CASE WHEN %(fair)s::boolean THEN r.eff + (r.rn - 1) / r.weight END AS vstart,
+           row_number() OVER () AS pos
+    FROM (
+        SELECT * FROM ranked
+        ORDER BY CASE WHEN %(fair)s::boolean THEN eff + (rn - 1) / weight ELSE 0 END,
+                 priority DESC, run_at, tenant, job_id
+        LIMIT %(limit)s
+    ) r
+),
+claimed AS (
+    UPDATE {schema}.jobs_live j
+    SET status = 'processing',
+        attempts = j.attempts + 1,
+        lease_token = j.lease_token + 1,
+        worker_id = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+        started_at = now(),
+        updated_at = timezone('utc', now())
+    WHERE j.ctid = ANY (ARRAY(SELECT row_ctid FROM picked))
+    RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
+              j.queue, j.metadata, j.schedule_id, j.started_at, j.policy, j.run_at
 )
-UPDATE {schema}.jobs j
-SET status = 'processing',
-    attempts = j.attempts + 1,
-    lease_token = j.lease_token + 1,
-    worker_id = %(worker_id)s,
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-    started_at = now(),
-    updated_at = timezone('utc', now())
-WHERE j.ctid = ANY(ARRAY(SELECT row_ctid FROM picked))
-RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
-          j.queue, j.metadata, j.schedule_id, j.started_at, j.policy, j.run_at
+SELECT c.*, p.vstart AS fair_vstart, p.vstart + 1 / p.weight AS fair_pass
+FROM claimed c JOIN picked p ON p.tenant = c.tenant AND p.job_id = c.job_id
+ORDER BY p.pos
 
 -- name: next_due_in
-SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM {schema}.jobs
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds FROM {schema}.jobs_live
 WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
   AND queue = ANY(%(queues)s::text[])
 

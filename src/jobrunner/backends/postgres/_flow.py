@@ -5,11 +5,13 @@ on every host obeys the same rules and a change is seen by the next claim:
 
 * Running attempts are counted from ``processing`` rows, never stored, so completion, failure,
   lease rescue, graceful release, cancellation and deletion all free capacity by themselves.
-* Claims that must honour rules (``claim_jobs_fair``) run under one transaction-level advisory
-  lock per schema: two claimers can never both count the same free slot.
-* While flow control is off (no rule, fair claiming off) workers use the plain claim; that
-  claim yields no rows once ``flow_state.enabled`` is set, and the worker then switches over,
-  so a rule applies to every claim that starts after the change commits.
+* Claims are fair between the tenants of a queue by default and take no lock beyond their
+  rows; pauses and weights are read by every claim.
+* While a concurrency or rate limit exists, claims (``claim_jobs_fair``) run under one
+  transaction-level advisory lock per schema: two claimers can never both count the same
+  free slot. The lock-free claim yields once ``flow_state.enabled`` is set or the rules
+  changed, and the worker then re-reads the state, so a rule applies to every claim that
+  starts after the change commits.
 
 This module is the control side (the runner's ``flow``); the claiming side is
 :mod:`jobrunner.backends.postgres._flow_gate`, inside the worker's store.
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._runner import AllTenants, TenantArg
 from jobrunner._validation import as_job_name, as_queue, as_tenant
-from jobrunner.backends.postgres._flow_gate import ensure_fair_index, flow_lock_key
+from jobrunner.backends.postgres._flow_gate import flow_lock_key
 
 if TYPE_CHECKING:
     from jobrunner._db._database import Database
@@ -36,7 +38,6 @@ __all__ = [
     "FlowControl",
     "FlowRule",
     "SyncFlowControl",
-    "ensure_fair_index",
     "flow_metrics",
 ]
 
@@ -132,7 +133,6 @@ class FlowControl:
     ) -> FlowRule | None:
         """Read-modify-write one scope's rule under the flow lock; drop it once empty."""
         await self._start()
-        await ensure_fair_index(self._db)
         q = self._db.queries
         key = {"tenant": tenant, "name": name}
         async with self._db.transaction() as conn:
@@ -272,15 +272,14 @@ class FlowControl:
         )
 
     async def set_fair_claiming(self, enabled: bool) -> None:
-        """Claim round-robin between tenants even when no rule is configured.
+        """Switch fair claiming between the tenants of a queue on (the default) or off.
 
-        Any rule turns fair claiming on by itself; this switch keeps it on without rules.
+        Off, workers claim in priority order across tenants (``WorkerSettings.fair`` overrides
+        this per worker). Concurrency and rate limits, pauses and weights apply either way.
         """
         if not isinstance(enabled, bool):
             raise InvalidArgumentError("enabled must be a boolean")
         await self._start()
-        if enabled:
-            await ensure_fair_index(self._db)
         q = self._db.queries
         async with self._db.transaction() as conn:
             await conn.execute(q.flow_lock, {"key": flow_lock_key(self._db.schema)})
@@ -346,7 +345,7 @@ async def flow_metrics(db: Database, *, tenant: TenantArg | AllTenants = None) -
         cur = await conn.execute(db.queries.flow_list_rules, params)
         rules = [_rule(r) for r in await cur.fetchall()]
         tenants: list[dict[str, Any]] = []
-        if state["enabled"]:  # per-tenant figures only matter (and cost a scan) when on
+        if state["enabled"] or rules:  # per-tenant figures only matter (and cost a scan) then
             cur = await conn.execute(db.queries.flow_tenant_usage, params)
             tenants = list(await cur.fetchall())
     return {

@@ -1,19 +1,26 @@
-"""The claiming side of flow control: which claim a worker's store runs, and the fair claim.
+"""The claiming side of flow control: which claim a worker's store runs, and its fair schedule.
 
 The rules themselves are set through :class:`~jobrunner.backends.postgres.FlowControl`
-(``_flow.py``); everything lives in the database (migration 0004, ``fairness.sql``):
+(``_flow.py``); everything lives in the database (migrations 0004 and 0011, ``fairness.sql``):
 
-* While flow control is off (no rule, fair claiming off) the plain claim runs; that claim
-  yields no rows once ``flow_state.enabled`` is set, and the gate then switches over, so a
-  rule applies to every claim that starts after the change commits.
-* Claims that must honour rules (``claim_jobs_fair``) run under one transaction-level advisory
-  lock per schema: two claimers can never both count the same free slot.
+* Without a concurrency or rate limit (the common case) every worker runs ``claim_jobs``, which
+  takes no lock beyond the rows it claims: fair between the tenants of a queue unless switched
+  off (``flow_state.fair``, ``WorkerSettings.fair``), honouring pauses and weights. A
+  single-tenant queue is claimed as without fairness.
+* While a concurrency or rate limit exists (``flow_state.enabled``) claims must count exactly:
+  ``claim_jobs_fair`` runs under one transaction-level advisory lock per schema, so two
+  claimers never both count the same free slot. ``claim_jobs`` yields no rows then, and when
+  the rules changed since the worker last read them, so the gate re-reads the state and claims
+  again on the right path: a rule binds every claim that starts after the change commits.
+* The stride-scheduling state (each tenant's pass and the virtual clock) is the worker's own,
+  passed to each claim and advanced from what it returns: no claim writes shared state.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -21,53 +28,35 @@ from psycopg import sql
 if TYPE_CHECKING:
     from jobrunner._db._database import AsyncConn, Database
 
-__all__ = ["FlowGate", "ensure_fair_index", "flow_lock_key"]
+__all__ = ["FlowGate", "flow_lock_key"]
 
-#: Seconds a worker trusts its cached "flow control is on/off" flag. Turning flow control on is
-#: seen at once anyway (the plain claim yields); this only bounds how long a worker keeps using
-#: the fair claim after the last rule is removed.
+#: Seconds a worker trusts its cached flow state (limits on, fair switch, version). A change
+#: is seen at once anyway (``claim_jobs`` yields on a version it was not given); this only
+#: bounds how long a worker keeps the limited path after the last limit is removed.
 STATE_TTL = 2.0
 
-#: Seconds between claim attempts while due jobs exist but rules hold them all back; doubles
-#: with every further empty claim up to BLOCKED_POLL_MAX (a paused tenant's backlog must not
-#: keep every worker claiming ten times a second). Changes and own completions wake at once.
+#: Seconds between claim attempts while due jobs exist but none was claimable (paused, held
+#: back by a limit); doubles with every further empty claim up to BLOCKED_POLL_MAX (a paused
+#: tenant's backlog must not keep every worker claiming ten times a second). Changes and own
+#: completions wake at once.
 BLOCKED_POLL = 0.1
 BLOCKED_POLL_MAX = 1.0
 
-#: Seconds between a fair-claiming worker's checks that the jobs table's statistics are fresh.
+#: Seconds between a worker's checks that the live jobs' statistics are fresh.
 STATS_CHECK = 1.0
 
 
 def flow_lock_key(schema: str) -> str:
-    """The advisory lock every fair claim and rule change of ``schema`` takes."""
+    """The advisory lock every limited claim and rule change of ``schema`` takes."""
     return f"jobrunner-flow:{schema}"
 
 
-def _jobs_table(db: Database) -> str:
-    return sql.Identifier(db.schema).as_string(None) + ".jobs"
-
-
-async def ensure_fair_index(db: Database) -> None:
-    """Build the fair claim's index unless it exists (CONCURRENTLY: writers are not blocked).
-
-    Not a migration on purpose: every insert would pay for it even with flow control off.
-    A build that failed earlier leaves an invalid index behind; it is dropped and rebuilt.
-    """
-    name = sql.Identifier(db.schema).as_string(None) + ".jobs_fair_idx"
-    q = db.queries
-    async with db.connection() as conn:  # autocommit: CONCURRENTLY cannot run in a transaction
-        cur = await conn.execute(q.fair_index_state, {"index": name})
-        row = await cur.fetchone()
-        if row is not None and row["valid"]:
-            return
-        if row is not None:
-            await conn.execute(q.fair_index_drop)
-        await conn.execute(q.fair_index_create)
-        await conn.execute(q.fair_index_analyze)
+def _live_table(db: Database) -> str:
+    return sql.Identifier(db.schema).as_string(None) + ".jobs_live"
 
 
 class FlowGate:
-    """One worker's view of flow control: the cached on/off flag and the fair claim.
+    """One worker's view of flow control: the cached state, its fair schedule and the claim.
 
     Args:
         db: The worker's database.
@@ -75,66 +64,111 @@ class FlowGate:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._force = False
         self._enabled = False
+        self._fair = True
+        self._version: int | None = None
         self._checked_at = -math.inf
         self._key = flow_lock_key(db.schema)
-        self._indexed = False
+        self._limited = False
         self._empty_claims = 0
         self._stats_checked_at = -math.inf
+        self._passes: dict[uuid.UUID, float] = {}
+        self._vclock = 0.0
 
     @property
     def active(self) -> bool:
-        """Whether claims go through the fair path (forced, or flow control on when last read)."""
-        return self._force or self._enabled
+        """Whether the last claim went through the limited path (it may stop short)."""
+        return self._limited
 
-    async def _is_enabled(self, conn: AsyncConn, *, fresh: bool = False) -> bool:
+    async def _read_state(self, conn: AsyncConn, *, fresh: bool = False) -> None:
         now = time.monotonic()
-        if fresh or now - self._checked_at >= STATE_TTL:
+        if fresh or self._version is None or now - self._checked_at >= STATE_TTL:
             cur = await conn.execute(self._db.queries.flow_state)
             row = await cur.fetchone()
             self._enabled = bool(row and row["enabled"])
+            self._fair = bool(row["fair"]) if row else True
+            self._version = int(row["version"]) if row else 0
             self._checked_at = now
-        return self._enabled
+
+    def _params(self, params: dict[str, Any], fair: bool) -> dict[str, Any]:
+        return {
+            **params,
+            "fair": fair,
+            "version": self._version,
+            "vclock": self._vclock,
+            "pass_tenants": list(self._passes),
+            "pass_values": list(self._passes.values()),
+        }
 
     async def claim(
-        self, conn: AsyncConn, params: dict[str, Any], *, force: bool = False
-    ) -> list[dict[str, Any]] | None:
-        """Claim fairly when flow control is on (or ``force``: ``WorkerSettings.fair``);
-        ``None`` means "use the plain claim"."""
-        self._force = force
-        if force or await self._is_enabled(conn):
-            return await self._claim_fair(conn, params)
-        return None
+        self, conn: AsyncConn, params: dict[str, Any], *, force: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Claim on the path the flow state asks for.
+
+        Args:
+            conn: The claim connection (autocommit).
+            params: ``queues``, ``limit``, ``worker_id``, ``lease_seconds``.
+            force: ``WorkerSettings.fair``: ``True`` fair, ``False`` priority order between
+                tenants, ``None`` the database's switch (``set_fair_claiming``, on by default).
+                Limits are honoured either way.
+        """
+        if time.monotonic() - self._stats_checked_at >= STATS_CHECK:
+            await self._refresh_stats(conn)
+        await self._read_state(conn)
+        rows: list[dict[str, Any]] = []
+        for _ in range(3):  # the state may change between our read and the claim
+            fair = self._fair if force is None else force
+            self._limited = self._enabled
+            if self._enabled:
+                rows = await self._claim_limited(conn, self._params(params, True))
+                break
+            cur = await conn.execute(self._db.queries.claim_jobs, self._params(params, fair))
+            rows = list(await cur.fetchall())
+            if rows:
+                break
+            version = self._version
+            await self._read_state(conn, fresh=True)
+            if self._version == version:
+                break
+        self._advance(rows)
+        self._empty_claims = 0 if rows else self._empty_claims + 1
+        return rows
 
     async def claim_after_empty(
         self, conn: AsyncConn, params: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        """The plain claim found nothing: flow control may have just been switched on."""
-        if await self._is_enabled(conn, fresh=True):
-            return await self._claim_fair(conn, params)
+        """Kept for stores that run ``claim_jobs`` themselves: :meth:`claim` already did."""
         return []
 
-    async def _claim_fair(self, conn: AsyncConn, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def _advance(self, rows: list[dict[str, Any]]) -> None:
+        """Stride scheduling: served tenants move their pass past their last job's start."""
+        starts = [r["fair_vstart"] for r in rows if r.get("fair_vstart") is not None]
+        if not starts:
+            return
+        for row in rows:
+            after = row.get("fair_pass")
+            if after is not None and after > self._passes.get(row["tenant"], -math.inf):
+                self._passes[row["tenant"]] = after
+        # The virtual clock is the start of the last job dispatched: never above the pass of an
+        # active tenant that was not served (it would have come first), so only tenants that
+        # return from idle are lifted to it. Passes at or below it say nothing more.
+        self._vclock = max(self._vclock, max(starts))
+        self._passes = {t: p for t, p in self._passes.items() if p > self._vclock}
+
+    async def _claim_limited(
+        self, conn: AsyncConn, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         q = self._db.queries
-        if self._force and not self._indexed:
-            # forced on while flow control may be off in the database: nothing built the index
-            await ensure_fair_index(self._db)
-            self._indexed = True
-        if time.monotonic() - self._stats_checked_at >= STATS_CHECK:
-            await self._refresh_stats(conn)
         async with conn.transaction():
             await conn.execute(q.flow_claim_lock, {"key": self._key})
             cur = await conn.execute(q.claim_jobs_fair, params)
-            rows = await cur.fetchall()
-        self._empty_claims = 0 if rows else self._empty_claims + 1
-        return rows
+            return list(await cur.fetchall())
 
     async def _refresh_stats(self, conn: AsyncConn) -> None:
-        """ANALYZE jobs when it changed a lot since the last one (one worker at a time)."""
+        """ANALYZE jobs_live when it changed a lot since the last one (one worker at a time)."""
         self._stats_checked_at = time.monotonic()
         q = self._db.queries
-        cur = await conn.execute(q.fair_stats_stale, {"table": _jobs_table(self._db)})
+        cur = await conn.execute(q.fair_stats_stale, {"table": _live_table(self._db)})
         row = await cur.fetchone()
         if not (row and row["stale"]):
             return
@@ -145,8 +179,8 @@ class FlowGate:
                 await conn.execute(q.fair_index_analyze)
 
     def idle_delay(self, delay: float) -> float:
-        """Due jobs exist but none was claimable: poll again soon rather than spin."""
-        if self.active and delay <= 0:
+        """Due jobs exist but the last claim took none: poll again soon rather than spin."""
+        if delay <= 0 and self._empty_claims:
             backoff = BLOCKED_POLL * 2.0 ** max(self._empty_claims - 1, 0)
             return min(backoff, BLOCKED_POLL_MAX)
         return delay

@@ -80,6 +80,14 @@ async def _explain(
     return _nodes(doc[0]["Plan"])
 
 
+def _paths(plan: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """Every path from ``plan`` down to a leaf, subplans included."""
+    children = plan.get("Plans", [])
+    if not children:
+        return [[plan]]
+    return [[plan, *rest] for child in children for rest in _paths(child)]
+
+
 def _jobs_scans(nodes: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
     return [
         (n["Node Type"], n.get("Index Name")) for n in nodes if n.get("Relation Name") == "jobs"
@@ -104,33 +112,52 @@ async def test_hot_queries_use_indexes_with_many_finished_jobs(runner: PostgresJ
 
 
 async def _check_claim(runner: PostgresJobRunner, *, generic: bool) -> None:
-    params = {
-        "queues": ["default"],
-        "limit": 100,
-        "worker_id": uuid.uuid4(),
-        "lease_seconds": 30.0,
-    }
-    nodes = await _explain(runner, runner.db.queries.claim_jobs, params, generic=generic)
-    scans = _jobs_scans(nodes)
-    assert ("Index Scan", "jobs_claim_idx") in scans, (generic, scans)
-    assert all(kind != "Seq Scan" for kind, _ in scans), (generic, scans)
-    # The rows to update are found by ctid, not by joining the whole table.
-    assert any(kind == "Tid Scan" for kind, _ in scans), (generic, scans)
-    # No sort of the live rows below the locking step (only the tiny per-queue merge above).
-    lock_rows = [n for n in nodes if n["Node Type"] == "LockRows"]
-    assert lock_rows, nodes
-    sorts = [s for lr in lock_rows for s in _nodes(lr) if s["Node Type"] == "Sort"]
-    assert not sorts, (generic, sorts)
-    # The flow_state guard is read FOR SHARE (docs/fairness.md) by one InitPlan of its own,
-    # by its primary key: a row lock per statement, not per candidate row.
-    guard = [
-        lr
-        for lr in lock_rows
-        if lr.get("Parent Relationship") == "InitPlan"
-        and any(n.get("Relation Name") == "flow_state" for n in _nodes(lr))
-    ]
-    assert guard, (generic, nodes)
-    assert all(n["Node Type"] == "Index Scan" for g in guard for n in _nodes(g)[1:]), guard
+    """The lock-free claim, fair (the default) and not, on a queue of eight tenants."""
+    async with runner.db.connection() as conn:
+        cur = await conn.execute(runner.db.queries.flow_state)
+        state = await cur.fetchone()
+    assert state is not None
+    for fair in (True, False):
+        params = {
+            "queues": ["default"],
+            "limit": 100,
+            "worker_id": uuid.uuid4(),
+            "lease_seconds": 30.0,
+            "fair": fair,
+            "version": state["version"],
+            "vclock": 0.0,
+            "pass_tenants": [],
+            "pass_values": [],
+        }
+        nodes = await _explain(runner, runner.db.queries.claim_jobs, params, generic=generic)
+        where = (generic, fair)
+        scans = _jobs_scans(nodes)
+        assert ("Index Scan", "jobs_live_claim_idx") in scans, (where, scans)
+        assert all(kind != "Seq Scan" for kind, _ in scans), (where, scans)
+        # The rows to update are found by ctid, not by joining the whole table.
+        assert any(kind == "Tid Scan" for kind, _ in scans), (where, scans)
+        # Every read of jobs_live is an index scan in index order under a LIMIT (the tenant
+        # skip scan, each tenant's first jobs): a sort above one sorts only the few rows the
+        # LIMIT lets through, never a tenant's or a queue's live rows.
+        for sort in (n for n in nodes if n["Node Type"] == "Sort"):
+            for path in _paths(sort):
+                scan = path[-1]
+                if scan.get("Relation Name") == "jobs_live" and scan["Node Type"] != "Tid Scan":
+                    assert any(n["Node Type"] == "Limit" for n in path[1:-1]), (where, path)
+        lock_rows = [n for n in nodes if n["Node Type"] == "LockRows"]
+        assert lock_rows, nodes
+        sorts = [s for lr in lock_rows for s in _nodes(lr) if s["Node Type"] == "Sort"]
+        assert not sorts, (where, sorts)
+        # The flow_state guard is read FOR SHARE (docs/fairness.md) by one InitPlan of its
+        # own, by its primary key: a row lock per statement, not per candidate row.
+        guard = [
+            lr
+            for lr in lock_rows
+            if lr.get("Parent Relationship") == "InitPlan"
+            and any(n.get("Relation Name") == "flow_state" for n in _nodes(lr))
+        ]
+        assert guard, (where, nodes)
+        assert all(n["Node Type"] == "Index Scan" for g in guard for n in _nodes(g)[1:]), guard
 
 
 async def _check_complete(runner: PostgresJobRunner, *, generic: bool) -> None:

@@ -112,9 +112,7 @@ async def test_one_worker_alternates_tenants_claim_after_claim(
     await prunner.schedule_jobs("work", [{} for _ in range(20)], tenant=B)
     await prunner.schedule_jobs("work", [{} for _ in range(20)], tenant=C)
     store = prunner.queue_store()
-    request = ClaimRequest(
-        worker_id=uuid.uuid4(), queues=("default",), limit=1, lease_seconds=30.0
-    )
+    request = ClaimRequest(worker_id=uuid.uuid4(), queues=("default",), limit=1, lease_seconds=30.0)
     try:
         order = [(await store.claim(request)).jobs[0].tenant for _ in range(9)]
     finally:

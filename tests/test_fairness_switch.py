@@ -121,9 +121,7 @@ async def test_a_plain_claim_during_the_switch_reads_the_new_state(
     try:
         await switch.execute("BEGIN")
         if change == "limit":
-            await switch.execute(
-                f"UPDATE {_schema(runner)}.flow_state SET enabled = true WHERE id"
-            )
+            await switch.execute(f"UPDATE {_schema(runner)}.flow_state SET enabled = true WHERE id")
         else:
             await switch.execute(
                 runner.db.queries.flow_save_rule,
@@ -164,9 +162,7 @@ async def test_a_plain_claim_during_the_switch_reads_the_new_state(
         cur = await conn.execute(runner.db.queries.flow_state)
         row = await cur.fetchone()
         assert row is not None
-        cur = await conn.execute(
-            runner.db.queries.claim_jobs, _params(5, int(row["version"]))
-        )
+        cur = await conn.execute(runner.db.queries.claim_jobs, _params(5, int(row["version"])))
         assert len(await cur.fetchall()) == 5
 
 

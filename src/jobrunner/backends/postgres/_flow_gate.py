@@ -155,9 +155,7 @@ class FlowGate:
         self._vclock = max(self._vclock, max(starts))
         self._passes = {t: p for t, p in self._passes.items() if p > self._vclock}
 
-    async def _claim_limited(
-        self, conn: AsyncConn, params: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+    async def _claim_limited(self, conn: AsyncConn, params: dict[str, Any]) -> list[dict[str, Any]]:
         q = self._db.queries
         async with conn.transaction():
             await conn.execute(q.flow_claim_lock, {"key": self._key})

@@ -108,26 +108,38 @@ def as_job_name(value: object) -> str:
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+#: One encoder for every payload: ``json.dumps`` with options builds a new one per call,
+#: which cost more than encoding a small payload (docs/performance.md).
+_ENCODE = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _encoded(value: object, what: str) -> tuple[str, bytes]:
+    """``value`` as JSON text and its UTF-8 bytes, refusing what PostgreSQL's ``jsonb``
+    cannot hold (see :func:`json_text_and_size`)."""
+    try:
+        text = _ENCODE(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidArgumentError(f"{what} must be JSON-serialisable: {exc}") from None
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"{what} must be valid Unicode text (a key or string holds a lone "
+            "surrogate such as '\\ud800')"
+        ) from None
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise InvalidArgumentError(f"{what} exceeds the {MAX_PAYLOAD_BYTES} byte limit")
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise InvalidArgumentError(f"{what} must not contain NUL characters")
+    return text, raw
+
+
 def json_text_and_size(value: object, what: str = "data") -> tuple[str, int]:
     """Serialise ``value`` to JSON text and its size in UTF-8 bytes, refusing what
     PostgreSQL's ``jsonb`` cannot hold (NaN, infinities, NUL, lone surrogates, in keys and
     values alike) and payloads over :data:`MAX_PAYLOAD_BYTES`."""
-    try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidArgumentError(f"{what} must be JSON-serialisable: {exc}") from None
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidArgumentError(
-            f"{what} must be valid Unicode text (a key or string holds a lone surrogate such "
-            "as '\\ud800')"
-        ) from None
-    if size > MAX_PAYLOAD_BYTES:
-        raise InvalidArgumentError(f"{what} exceeds the {MAX_PAYLOAD_BYTES} byte limit")
-    if "\\u0000" in text and _JSON_NUL.search(text):
-        raise InvalidArgumentError(f"{what} must not contain NUL characters")
-    return text, size
+    text, raw = _encoded(value, what)
+    return text, len(raw)
 
 
 def as_json_text(value: object, what: str = "data") -> str:
@@ -145,6 +157,23 @@ def as_data(value: object, what: str = "data") -> dict[str, Any]:
     return dict(value)
 
 
+def _bulk_items(data: object) -> list[Any]:
+    if isinstance(data, Mapping | str | bytes) or not isinstance(data, Iterable):
+        raise InvalidArgumentError("data must be an iterable of mappings")
+    try:
+        return list(data)
+    except TypeError:
+        raise InvalidArgumentError("data must be an iterable of mappings") from None
+
+
+def _check_bulk_total(total: int, index: int) -> None:
+    if total > MAX_BULK_PAYLOAD_BYTES:
+        raise InvalidArgumentError(
+            f"the payloads of one bulk enqueue exceed the {MAX_BULK_PAYLOAD_BYTES} byte "
+            f"limit (at data[{index}]); split it into several calls"
+        )
+
+
 def as_bulk_data(data: object) -> tuple[list[Mapping[str, Any]], list[str]]:
     """Validate the payloads of a bulk enqueue: an iterable of mappings (``None`` is ``{}``).
 
@@ -155,16 +184,10 @@ def as_bulk_data(data: object) -> tuple[list[Mapping[str, Any]], list[str]]:
             :func:`as_data`, or the payloads add up to more than
             :data:`MAX_BULK_PAYLOAD_BYTES`.
     """
-    if isinstance(data, Mapping | str | bytes) or not isinstance(data, Iterable):
-        raise InvalidArgumentError("data must be an iterable of mappings")
-    try:
-        items = list(data)
-    except TypeError:
-        raise InvalidArgumentError("data must be an iterable of mappings") from None
     payloads: list[Mapping[str, Any]] = []
     texts: list[str] = []
     total = 0
-    for index, item in enumerate(items):
+    for index, item in enumerate(_bulk_items(data)):
         if item is None:
             payloads.append({})
             texts.append("{}")
@@ -173,16 +196,43 @@ def as_bulk_data(data: object) -> tuple[list[Mapping[str, Any]], list[str]]:
         what = f"data[{index}]"
         if not isinstance(item, Mapping):
             raise InvalidArgumentError(f"{what} must be a mapping (JSON object)")
-        text, size = json_text_and_size(item, what)
-        total += size
-        if total > MAX_BULK_PAYLOAD_BYTES:
-            raise InvalidArgumentError(
-                f"the payloads of one bulk enqueue exceed the {MAX_BULK_PAYLOAD_BYTES} byte "
-                f"limit (at data[{index}]); split it into several calls"
-            )
+        text, raw = _encoded(item, what)
+        total += len(raw)
+        _check_bulk_total(total, index)
         payloads.append(item)
         texts.append(text)
     return payloads, texts
+
+
+def as_bulk_json(data: object) -> list[bytes]:
+    """:func:`as_bulk_data` returning only the payloads' JSON as UTF-8 bytes, the form a
+    binary ``COPY`` sends (the PostgreSQL bulk enqueue; same checks, same errors).
+
+    Performance (docs/performance.md): one shared encoder, one encode per payload, no other
+    object per payload.
+    """
+    encoded: list[bytes] = []
+    append = encoded.append
+    total = 0
+    for index, item in enumerate(_bulk_items(data)):
+        if item is None:
+            append(b"{}")
+            total += 2
+            continue
+        if type(item) is not dict and not isinstance(item, Mapping):
+            raise InvalidArgumentError(f"data[{index}] must be a mapping (JSON object)")
+        try:
+            text = _ENCODE(item)
+            raw = text.encode("utf-8")
+        except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+            _encoded(item, f"data[{index}]")  # raises the error the single enqueue raises
+            raise  # pragma: no cover - _encoded refuses whatever failed here
+        if len(raw) > MAX_PAYLOAD_BYTES or ("\\u0000" in text and _JSON_NUL.search(text)):
+            _encoded(item, f"data[{index}]")
+        total += len(raw)
+        _check_bulk_total(total, index)
+        append(raw)
+    return encoded
 
 
 def as_aware_datetime(value: object, what: str = "run_at") -> datetime:

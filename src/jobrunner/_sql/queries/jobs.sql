@@ -28,30 +28,6 @@ SELECT job_id,
        CASE WHEN %(notify)s::boolean THEN pg_notify(%(channel)s, queue) END AS notified
 FROM inserted
 
--- name: insert_jobs_bulk
-WITH rows AS (
-    -- datas: ONE jsonb array (docs/performance.md), zipped with the ids
-    SELECT * FROM ROWS FROM (unnest(%(job_ids)s::uuid[]),
-                             jsonb_array_elements(%(datas)s::jsonb)) AS r(job_id, data)
-), inserted AS (
-    INSERT INTO {schema}.jobs (
-        tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
-        queue, priority, run_at, data, max_attempts, policy
-    )
-    SELECT %(tenant)s, r.job_id, %(name)s, %(metadata)s,
-           (CASE WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
-                 THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
-           timezone('utc', now()), timezone('utc', now()), %(user_id)s, %(runner_type)s,
-           %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()), r.data,
-           %(max_attempts)s, %(policy)s
-    FROM rows r
-    RETURNING job_id
-)
-SELECT count(*) AS inserted,
-       CASE WHEN count(*) > 0 AND %(notify)s::boolean
-            THEN pg_notify(%(channel)s, %(queue)s) END AS notified
-FROM inserted
-
 -- name: job_exists
 SELECT 1 FROM {schema}.jobs WHERE tenant = %(tenant)s AND job_id = %(job_id)s
 

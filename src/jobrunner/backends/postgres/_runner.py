@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -20,7 +19,7 @@ from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
 from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._store import JobStore
 from jobrunner._errors import DatabaseError, InvalidArgumentError, UnavailableError
-from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, recurring_args
+from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, new_job_id, recurring_args
 from jobrunner._limits import MAX_TIMEOUT_SECONDS
 from jobrunner._models import (
     JobInfo,
@@ -33,14 +32,14 @@ from jobrunner._runner import AllTenants, JobRunner, TenantArg
 from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import (
     as_aware_datetime,
-    as_bulk_data,
+    as_bulk_json,
     as_optional_text,
     as_seconds,
     as_tenant,
     as_uuid,
 )
 from jobrunner.backends.postgres._enqueue import (
-    BulkPayloads,
+    BulkJobs,
     enqueue_many_on,
     enqueue_many_on_sync,
     enqueue_on,
@@ -201,7 +200,7 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
     def _insert_params(self, args: JobArgs) -> dict[str, Any]:
         return {
             "tenant": args.tenant,
-            "job_id": uuid.uuid4(),
+            "job_id": new_job_id(),
             "name": args.name,
             "metadata": Jsonb(args.metadata),
             "run_at": args.run_at,
@@ -286,17 +285,14 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         name: str,
         data: Iterable[Mapping[str, Any] | None],
         options: BulkOptions,
-    ) -> tuple[dict[str, Any], list[uuid.UUID], BulkPayloads]:
-        """Validate a bulk enqueue; returns shared parameters, ids and payloads.
+    ) -> BulkJobs:
+        """Validate a bulk enqueue: the jobs, their ids and payloads, ready to COPY.
 
-        A slice of the payloads is the ``datas`` parameter of ``insert_jobs_bulk``.
+        Raises before anything is written; shared by the async runner and its sync twin.
         """
-        payloads = BulkPayloads(as_bulk_data(data)[1])
-        base = self._insert_params(bulk_args(self.registry, self.require_registered, name, options))
-        # One urandom call for the whole batch: uuid4() per id cost as much as validating it.
-        raw = os.urandom(16 * len(payloads))
-        ids = [uuid.UUID(bytes=raw[i : i + 16], version=4) for i in range(0, len(raw), 16)]
-        return base, ids, payloads
+        payloads = as_bulk_json(data)
+        args = bulk_args(self.registry, self.require_registered, name, options)
+        return BulkJobs(args, payloads, self.runner_type, self.db.channel_jobs)
 
     @enqueue_boundary
     @checked_options
@@ -306,16 +302,17 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         data: Iterable[Mapping[str, Any] | None],
         **options: Unpack[BulkOptions],
     ) -> list[ScheduledJob]:
-        """Enqueue many jobs, one statement per batch of 1,000, all in one transaction."""
-        base, ids, payloads = self.prepare_bulk(name, data, options)
-        if not ids:
+        """Enqueue many jobs in one transaction: one statement and one COPY, whatever the
+        number of jobs (docs/performance.md)."""
+        jobs = self.prepare_bulk(name, data, options)
+        if not jobs:
             return []
         connection = options.get("connection")
         if connection is not None:
-            return await enqueue_many_on(connection, self.db.queries, base, ids, payloads)
+            return await enqueue_many_on(connection, self.db.queries, jobs)
         await self._ensure_started()
         async with self.db.transaction() as conn:
-            return await run_async(conn, insert_many(self.db.queries, base, ids, payloads))
+            return await run_async(conn, insert_many(self.db.queries, jobs, conn.info.encoding))
 
     # -- the sync runner's transactional enqueue ---------------------------------------------
     def schedule_on_sync_connection(
@@ -343,10 +340,10 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         """:meth:`schedule_jobs` on the caller's sync connection (see
         :meth:`schedule_on_sync_connection`)."""
         caller = sync_connection(connection)
-        base, ids, payloads = self.prepare_bulk(name, data, options)
-        if not ids:
+        jobs = self.prepare_bulk(name, data, options)
+        if not jobs:
             return []
-        return enqueue_many_on_sync(caller, self.db.queries, base, ids, payloads)
+        return enqueue_many_on_sync(caller, self.db.queries, jobs)
 
     # -- inspection and control -------------------------------------------------------------
     async def get_job_status(

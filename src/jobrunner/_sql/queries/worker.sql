@@ -249,7 +249,10 @@ FROM updated
 RETURNING job_id
 
 -- name: heartbeat
-UPDATE {schema}.jobs
+-- Waits for rows other statements hold (never skips one: a held job missing from the answer
+-- counts as a lost lease). One that an outcome or cancel moves to jobs_finished meanwhile
+-- fails the statement (0009), which the store runs again.
+UPDATE {schema}.jobs_live
 SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 WHERE worker_id = %(worker_id)s AND status = 'processing'
 RETURNING tenant, job_id, lease_token
@@ -308,7 +311,7 @@ SELECT job_id, status, queue FROM rescued
 -- Graceful shutdown: hand unfinished attempts back without counting them against the policy.
 -- The job starts over: progress is reset and the attempt's open steps are closed.
 WITH released AS (
-    UPDATE {schema}.jobs j
+    UPDATE {schema}.jobs_live j
     SET status = 'queued', attempts = greatest(j.attempts - 1, 0), run_at = now(),
         progress = 0, progress_message = NULL,
         lease_expires_at = NULL, worker_id = NULL, updated_at = timezone('utc', now())
@@ -342,7 +345,7 @@ LISTEN {channel}
 -- name: pin_policy
 -- A job enqueued without a policy (an older release, or a producer without the handler) takes
 -- the claiming worker's; from then on it is the job's own. Fenced by the attempt's token.
-UPDATE {schema}.jobs
+UPDATE {schema}.jobs_live
 SET policy = %(policy)s, max_attempts = %(max_attempts)s
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
   AND policy IS NULL

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -157,7 +157,12 @@ def as_data(value: object, what: str = "data") -> dict[str, Any]:
     return dict(value)
 
 
-def _bulk_items(data: object) -> list[Any]:
+def bulk_items(data: object) -> list[Any]:
+    """The items of a bulk enqueue's ``data`` as a list (each still to be checked).
+
+    Raises:
+        InvalidArgumentError: ``data`` is not an iterable (a mapping or a string is refused).
+    """
     if isinstance(data, Mapping | str | bytes) or not isinstance(data, Iterable):
         raise InvalidArgumentError("data must be an iterable of mappings")
     try:
@@ -187,7 +192,7 @@ def as_bulk_data(data: object) -> tuple[list[Mapping[str, Any]], list[str]]:
     payloads: list[Mapping[str, Any]] = []
     texts: list[str] = []
     total = 0
-    for index, item in enumerate(_bulk_items(data)):
+    for index, item in enumerate(bulk_items(data)):
         if item is None:
             payloads.append({})
             texts.append("{}")
@@ -206,18 +211,22 @@ def as_bulk_data(data: object) -> tuple[list[Mapping[str, Any]], list[str]]:
 
 def as_bulk_json(data: object) -> list[bytes]:
     """:func:`as_bulk_data` returning only the payloads' JSON as UTF-8 bytes, the form a
-    binary ``COPY`` sends (the PostgreSQL bulk enqueue; same checks, same errors).
+    binary ``COPY`` sends (same checks, same errors)."""
+    return list(iter_bulk_json(bulk_items(data)))
+
+
+def iter_bulk_json(items: list[Any]) -> Iterator[bytes]:
+    """Each item of :func:`bulk_items` checked as :func:`as_bulk_data` checks it, as JSON in
+    UTF-8; raises at the first refused item, after yielding the items before it.
 
     Performance (docs/performance.md): one shared encoder, one encode per payload, no other
-    object per payload.
+    object per payload; the PostgreSQL bulk enqueue encodes while its COPY streams.
     """
-    encoded: list[bytes] = []
-    append = encoded.append
     total = 0
-    for index, item in enumerate(_bulk_items(data)):
+    for index, item in enumerate(items):
         if item is None:
-            append(b"{}")
             total += 2
+            yield b"{}"
             continue
         if type(item) is not dict and not isinstance(item, Mapping):
             raise InvalidArgumentError(f"data[{index}] must be a mapping (JSON object)")
@@ -231,8 +240,7 @@ def as_bulk_json(data: object) -> list[bytes]:
             _encoded(item, f"data[{index}]")
         total += len(raw)
         _check_bulk_total(total, index)
-        append(raw)
-    return encoded
+        yield raw
 
 
 def as_aware_datetime(value: object, what: str = "run_at") -> datetime:

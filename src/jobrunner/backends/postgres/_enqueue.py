@@ -35,9 +35,11 @@ from jobrunner._db._savepoint import caller_savepoint, caller_savepoint_sync
 from jobrunner._errors import InvalidArgumentError
 from jobrunner._jobargs import JobArgs, new_job_ids
 from jobrunner._models import ScheduledJob
+from jobrunner._validation import iter_bulk_json
 
 __all__ = [
     "BULK_BATCH",
+    "COPY_CHUNK",
     "BulkJobs",
     "CopyIn",
     "Steps",
@@ -54,8 +56,11 @@ __all__ = [
     "sync_connection",
 ]
 
-#: Jobs per chunk of COPY data (and per ``insert_jobs_json`` statement).
+#: Jobs per ``insert_jobs_json`` statement.
 BULK_BATCH = 1000
+#: Jobs per chunk of COPY data: small enough that the database inserts one chunk while
+#: Python encodes the next (docs/performance.md).
+COPY_CHUNK = 250
 
 T = TypeVar("T")
 
@@ -123,53 +128,64 @@ def _jsonb(value: Any) -> bytes:
 
 
 class BulkJobs:
-    """A validated bulk enqueue: what its jobs share, their ids and their JSON payloads.
+    """A bulk enqueue: what its jobs share (validated), their ids and their payloads.
 
     The ids are consecutive version 7 UUIDs (:func:`~jobrunner._jobargs.new_job_ids`), so the
     batch appends to the job indexes in input order.
 
-    Performance (docs/performance.md): a job costs its payload's one JSON encode in
-    validation and a few bytes of COPY data here; no per-job parameter object is built.
+    The payloads are checked and encoded while the COPY streams (:meth:`copy_chunks`): the
+    database inserts a chunk while Python encodes the next one, and a refused payload aborts
+    the COPY, so its transaction (or the caller's savepoint) writes nothing. The handles are
+    built while the database finishes the last chunk.
+
+    Performance (docs/performance.md): a job costs its payload's one JSON encode and a few
+    bytes of COPY data; no per-job parameter object is built.
 
     Args:
         args: What the jobs share (validated).
-        payloads: Each job's payload as JSON in UTF-8 (validated).
+        items: The payloads as given (:func:`~jobrunner._validation.bulk_items`).
         runner_type: ``jobs.runner_type`` of the jobs.
         channel: The NOTIFY channel of new jobs.
     """
 
-    __slots__ = ("args", "channel", "first_id", "payloads", "runner_type")
+    __slots__ = ("_handles", "args", "channel", "first_id", "items", "runner_type")
 
-    def __init__(self, args: JobArgs, payloads: list[bytes], runner_type: str, channel: str):
+    def __init__(self, args: JobArgs, items: list[Any], runner_type: str, channel: str):
         self.args = args
-        self.payloads = payloads
+        self.items = items
         self.runner_type = runner_type
         self.channel = channel
-        self.first_id = new_job_ids(len(payloads))
+        self.first_id = new_job_ids(len(items))
+        self._handles: list[ScheduledJob] | None = None
 
     def __len__(self) -> int:
-        return len(self.payloads)
+        return len(self.items)
 
     @property
     def ids(self) -> list[uuid.UUID]:
         """The jobs' ids, in input order."""
         first = self.first_id
-        return [_uuid(first + i) for i in range(len(self.payloads))]
+        return [_uuid(first + i) for i in range(len(self.items))]
 
     def handles(self) -> list[ScheduledJob]:
         """The handles :meth:`~jobrunner.JobRunner.schedule_jobs` returns."""
-        tenant = self.args.tenant
-        return [ScheduledJob(key, str(key), tenant, True) for key in self.ids]
+        if self._handles is None:
+            tenant = self.args.tenant
+            self._handles = [ScheduledJob(key, str(key), tenant, True) for key in self.ids]
+        return self._handles
 
     def start_params(self) -> dict[str, Any]:
         """The parameters of ``bulk_enqueue_start``."""
         return {"notify": True, "channel": self.channel, "queue": self.args.queue}
 
     def copy_chunks(self, now: datetime) -> Iterator[bytes]:
-        """The COPY data of ``copy_jobs_live``, :data:`BULK_BATCH` rows a chunk.
+        """The COPY data of ``copy_jobs_live``, :data:`COPY_CHUNK` rows a chunk.
 
         Args:
             now: The transaction's ``now()``, as ``insert_job`` would use it.
+
+        Raises:
+            InvalidArgumentError: a payload is refused (the COPY is aborted).
         """
         args = self.args
         now_us = _micros(now)
@@ -196,21 +212,30 @@ class BulkJobs:
             )
         )
         head = _JSONB_HEAD.pack
-        first = self.first_id
-        payloads = self.payloads
-        for start in range(0, len(payloads), BULK_BATCH):
-            parts = [_COPY_HEADER] if start == 0 else []
-            for index in range(start, min(start + BULK_BATCH, len(payloads))):
-                data = payloads[index]
-                parts += (shared, (first + index).to_bytes(16), head(len(data) + 1, 1), data)
-            if start + BULK_BATCH >= len(payloads):
-                parts.append(_COPY_TRAILER)
-            yield b"".join(parts)
+        key = self.first_id
+        parts = [_COPY_HEADER]
+        for data in iter_bulk_json(self.items):
+            parts += (shared, key.to_bytes(16), head(len(data) + 1, 1), data)
+            key += 1
+            if len(parts) > 4 * COPY_CHUNK:
+                yield b"".join(parts)
+                parts = []
+        parts.append(_COPY_TRAILER)
+        yield b"".join(parts)
+        # The database is inserting the last chunk meanwhile.
+        self.handles()
 
-    def json_params(self, start: int, stop: int) -> dict[str, Any]:
+    def payloads(self) -> list[bytes]:
+        """Every payload, checked and encoded (the statements' path).
+
+        Raises:
+            InvalidArgumentError: a payload is refused.
+        """
+        return list(iter_bulk_json(self.items))
+
+    def json_params(self, payloads: list[bytes], start: int, stop: int) -> dict[str, Any]:
         """The parameters of ``insert_jobs_json`` for the jobs ``start:stop``."""
         args = self.args
-        policy = args.policy_param
         return {
             "tenant": args.tenant,
             "name": args.name,
@@ -221,9 +246,9 @@ class BulkJobs:
             "queue": args.queue,
             "priority": args.priority,
             "max_attempts": args.max_attempts,
-            "policy": policy,
+            "policy": args.policy_param,
             "job_ids": self.ids[start:stop],
-            "datas": (b"[" + b",".join(self.payloads[start:stop]) + b"]").decode("utf-8"),
+            "datas": (b"[" + b",".join(payloads[start:stop]) + b"]").decode("utf-8"),
         }
 
 
@@ -257,12 +282,14 @@ def insert_many(queries: Queries, jobs: BulkJobs, encoding: str) -> Steps[list[S
             on any other encoding the jobs go through ``insert_jobs_json`` statements, whose
             parameters psycopg encodes.
     """
+    if encoding != "utf-8":
+        payloads = jobs.payloads()  # before anything is sent
     row = yield queries.bulk_enqueue_start, jobs.start_params()
     if encoding == "utf-8" and row is not None:
         yield CopyIn(queries.copy_jobs_live, jobs.copy_chunks(row[0]))
     else:
         for start in range(0, len(jobs), BULK_BATCH):
-            yield queries.insert_jobs_json, jobs.json_params(start, start + BULK_BATCH)
+            yield queries.insert_jobs_json, jobs.json_params(payloads, start, start + BULK_BATCH)
     return jobs.handles()
 
 

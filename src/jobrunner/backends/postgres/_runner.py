@@ -32,11 +32,11 @@ from jobrunner._runner import AllTenants, JobRunner, TenantArg
 from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import (
     as_aware_datetime,
-    as_bulk_json,
     as_optional_text,
     as_seconds,
     as_tenant,
     as_uuid,
+    bulk_items,
 )
 from jobrunner.backends.postgres._enqueue import (
     BulkJobs,
@@ -286,13 +286,14 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         data: Iterable[Mapping[str, Any] | None],
         options: BulkOptions,
     ) -> BulkJobs:
-        """Validate a bulk enqueue: the jobs, their ids and payloads, ready to COPY.
+        """Validate a bulk enqueue's shared arguments and take its payloads (checked while
+        they are copied: a refused one aborts the COPY and nothing is written).
 
-        Raises before anything is written; shared by the async runner and its sync twin.
+        Shared by the async runner and its sync twin.
         """
-        payloads = as_bulk_json(data)
+        items = bulk_items(data)
         args = bulk_args(self.registry, self.require_registered, name, options)
-        return BulkJobs(args, payloads, self.runner_type, self.db.channel_jobs)
+        return BulkJobs(args, items, self.runner_type, self.db.channel_jobs)
 
     @enqueue_boundary
     @checked_options

@@ -167,7 +167,14 @@ class JobStateMachine(RuleBasedStateMachine):
     def claim(self, worker: uuid.UUID, limit: int) -> Any:
         rows = self.run(
             self.q.claim_jobs,
-            {"queues": ["default"], "limit": limit, "worker_id": worker, "lease_seconds": LEASE},
+            {
+                "queues": ["default"],
+                "limit": limit,
+                "worker_id": worker,
+                "lease_seconds": LEASE,
+                # FlowGate's: fair, the flow_state version of a fresh schema (0011), no state
+                "fair": True, "version": 1, "vclock": 0.0, "pass_tenants": [], "pass_values": [],
+            },
         )
         claimable = [
             j

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import platform
@@ -51,6 +52,13 @@ RECOMMENDED: dict[str, Any] = {
     "flush_interval": 0.005,
     "flush_max": 2000,
     "pool_size": 4,
+}
+
+#: What ``create_worker()`` / ``jobrunner-worker`` get without options (the runner's own pool
+#: size included): the ``drain_defaults`` workload drains with these, interleaved with the
+#: recommended settings above.
+DEFAULTS: dict[str, Any] = {
+    "pool_size": inspect.signature(PostgresJobRunner).parameters["pool_size"].default,
 }
 
 
@@ -421,11 +429,14 @@ async def _prepare_drain(dsn: str, n: int) -> None:
     maintenance(dsn, "ANALYZE jobrunner.jobs", "CHECKPOINT")
 
 
-async def _one_drain(bench: Bench, label: str, dsn: str) -> None:
-    """Enqueue and drain once on ``dsn``; keep the result among ``label``'s samples."""
+async def _one_drain(
+    bench: Bench, label: str, dsn: str, settings: dict[str, Any] | None = None
+) -> None:
+    """Enqueue and drain once on ``dsn`` (with the recommended settings unless ``settings``);
+    keep the result among ``label``'s samples."""
     n = bench.sizes.drain
     await _prepare_drain(dsn, n)
-    res = await run_drain(bench, dsn, n, 1, RECOMMENDED)
+    res = await run_drain(bench, dsn, n, 1, RECOMMENDED if settings is None else settings)
     _check_drain(res, n)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         # Later rounds on the same database: this round's jobs become history too.
@@ -474,6 +485,33 @@ async def w_drain(bench: Bench) -> None:
         with fresh_database(bench, "drain") as dsn:
             await _one_drain(bench, "drain", dsn)
     _record_drains(bench, "drain", 0)
+
+
+async def w_drain_defaults(bench: Bench) -> None:
+    """The drain with the worker's defaults and with the recommended settings, in interleaved
+    rounds (the order alternates), each on a fresh database; the ratio of each round's pair,
+    so the machine's load drifting between rounds cancels."""
+    for r in range(bench.sizes.repeats):
+        order = [("drain_defaults", DEFAULTS), ("drain_tuned", RECOMMENDED)]
+        for label, settings in order if r % 2 == 0 else order[::-1]:
+            with fresh_database(bench, "defaults") as dsn:
+                await _one_drain(bench, label, dsn, settings)
+    _record_drains(bench, "drain_defaults", 0)
+    _record_drains(bench, "drain_tuned", 0)
+    ratios = [
+        d["jobs_per_s"] / t["jobs_per_s"]
+        for d, t in zip(bench.drains["drain_defaults"], bench.drains["drain_tuned"], strict=True)
+    ]
+    bench.record(
+        "drain_defaults",
+        "ratio_vs_tuned",
+        statistics.median(ratios),
+        "x",
+        rounds=len(ratios),
+        samples=[round(x, 2) for x in ratios],
+        defaults=json.dumps(DEFAULTS),
+        tuned=json.dumps(RECOMMENDED),
+    )
 
 
 async def w_history(bench: Bench) -> None:
@@ -625,6 +663,7 @@ WORKLOADS: dict[str, Callable[[Bench], Any]] = {
     "enqueue_single": w_enqueue_single,
     "enqueue_batch": w_enqueue_batch,
     "drain": w_drain,
+    "drain_defaults": w_drain_defaults,
     "latency": w_latency,
     "scheduled": w_scheduled,
     "history": w_history,
@@ -730,6 +769,17 @@ def targets(bench: Bench) -> list[tuple[str, str, str, bool | None]]:
     add("enqueue-batch >= 100k jobs/s", v("enqueue_batch", "jobs_per_s"), 100_000, "jobs/s", True)
     add("latency p99 < 5 ms", v("latency", "p99"), 5, "ms", False)
     add("scheduled lag p99 < 20 ms", v("scheduled", "lag_p99"), 20, "ms", False)
+    defaults = v("drain_defaults", "ratio_vs_tuned")
+    if defaults is not None:
+        add(
+            "drain with default settings >= 0.8 x recommended (same run)",
+            defaults,
+            0.8,
+            "x recommended",
+            True,
+            f" ({v('drain_defaults', 'jobs_per_s'):,.0f} vs "
+            f"{v('drain_tuned', 'jobs_per_s'):,.0f} jobs/s, medians)",
+        )
     hist = v("drain_history", "jobs_per_s")
     if hist is not None and drain:
         add(

@@ -182,14 +182,20 @@ async def test_shutdown_hands_held_jobs_back_uncounted(
     assert sum(gate.calls.values()) == 1
 
 
-@pytest.mark.parametrize("options", [{"prefetch": 0}, {"fair": True}])
-async def test_no_prefetch_when_off_or_when_flow_control_claims(
-    runner: PostgresJobRunner, registry: JobHandlerRegistry, options: dict[str, Any]
+@pytest.mark.parametrize("limited", [False, True], ids=["prefetch-0", "limited-claim"])
+async def test_no_prefetch_when_off_or_when_limits_decide_the_claim(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry, limited: bool
 ) -> None:
-    """``prefetch=0`` claims for free slots only; so does a fair (flow-controlled) claim, where
-    a held job would count against its tenant's limits without running."""
+    """``prefetch=0`` claims for free slots only; so does a claim that flow control's limits
+    decide (a held job would count against its tenant's limit without running)."""
     gate = Gate(registry)
-    async with running_worker(runner, concurrency=2, **options) as worker:
+    options: dict[str, Any] = {"concurrency": 2}
+    if limited:
+        # A limit on another tenant: every claim takes the limited path, ours are not held up.
+        await runner.flow.set_concurrency_limit(tenant=uuid.uuid4(), limit=100)
+    else:
+        options["prefetch"] = 0
+    async with running_worker(runner, **options) as worker:
         assert isinstance(worker, QueueWorker)
         await warm_up(runner, worker)
         handles = await runner.schedule_jobs("blocked", [{"i": i} for i in range(6)])

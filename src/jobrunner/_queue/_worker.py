@@ -260,8 +260,8 @@ class QueueWorker(JobWorker):
         ``PREFETCH_HORIZON`` at the handlers' mean run time, at most ``prefetch``.
 
         None before a handler has ended (a new worker knows nothing of its jobs' run time),
-        and none while flow control decides the claims: a held job would count against its
-        tenant's limits without running.
+        and none while flow control's limits decide the claims: a held job would count
+        against its tenant's limit without running.
         """
         cap = self.settings.prefetch
         if cap <= 0 or self._run_time is None or self._gated:

@@ -17,8 +17,8 @@ drops them: the cost of making them is what is measured, not of exporting them.
 ``micro`` runs, in a fresh process per configuration (the providers are process-global), the
 calls jobrunner makes for one attempt (``_execution.run_attempt``): the attempt span made
 current and ended, then ``record_attempt``; in rounds, configurations interleaved; it prints
-the microseconds per attempt of each part, best and median of the rounds (the best is
-the least disturbed by other processes).
+the CPU microseconds per attempt of each part (the process's CPU time, the span processor's
+thread included, so that other processes count less), best and median of the rounds.
 
 ``drain`` runs bench/run.py's drain (20,000 no-op jobs, one worker process, fresh database per
 round) once per configuration per round, in rotating order, and prints the median jobs/s and
@@ -61,7 +61,7 @@ def _micro_child(mode: str, n: int) -> dict[str, float]:
     job_ids = [uuid.uuid4() for _ in range(n)]
 
     def spans() -> float:
-        start = time.perf_counter()
+        start = time.process_time()
         for i in range(n):
             span = telemetry.attempt_span(
                 name="bench.noop",
@@ -75,10 +75,10 @@ def _micro_child(mode: str, n: int) -> dict[str, float]:
             with span.current():
                 pass
             span.end("completed", None, {})
-        return (time.perf_counter() - start) / n * 1e6
+        return (time.process_time() - start) / n * 1e6
 
     def records() -> float:
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(n):
             telemetry.record_attempt(
                 "completed",
@@ -89,7 +89,7 @@ def _micro_child(mode: str, n: int) -> dict[str, float]:
                 duration=0.0004,
                 queue_wait=0.8,
             )
-        return (time.perf_counter() - start) / n * 1e6
+        return (time.process_time() - start) / n * 1e6
 
     spans(), records()  # warm up
     return {"span": spans(), "record": records()}

@@ -191,7 +191,12 @@ WITH done AS (
       -- could drive the join from jobs_lease_idx, whose row estimate is ~1 whenever ANALYZE
       -- ran with few jobs running; the nested loop then compared every running job with
       -- every outcome (seconds per flush). Batch rows must drive the join through the pkey.
-      AND j.status::text = 'processing'
+      -- Since 0009 the status test is an InitPlan's array, known only when the statement
+      -- runs: it proves no partial index's predicate and is estimated without the status
+      -- statistics (stale more often than not on a queue), so the batch drives the join
+      -- through each partition's primary key (one probe of jobs_finished's per outcome,
+      -- instead of scanning the history as a `::text` filter on the parent made it do).
+      AND j.status = ANY ((SELECT '{{processing}}'::{schema}.job_status[])::{schema}.job_status[])
     RETURNING j.tenant, j.job_id, j.attempts, d.started_at, d.duration_ms
 )
 INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at, retry_count,
@@ -224,7 +229,8 @@ WITH failed AS (
         lease_expires_at = NULL, worker_id = NULL
     FROM failed f
     WHERE j.tenant = f.tenant AND j.job_id = f.job_id AND j.lease_token = f.token
-      AND j.status::text = 'processing'  -- `::text`: see complete_jobs
+      -- the status test: see complete_jobs
+      AND j.status = ANY ((SELECT '{{processing}}'::{schema}.job_status[])::{schema}.job_status[])
     RETURNING j.tenant, j.job_id, j.attempts, j.run_at,
               CASE WHEN j.attempts < j.max_attempts THEN f.retry_in END AS retry_in,
               f.error::jsonb AS error,

@@ -22,6 +22,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from jobrunner._context import DurableStart, JobContext
+from jobrunner._db._errors import retry_conflicts
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     NonRetryable,
@@ -105,20 +106,18 @@ class JobActivities:
         # The policy stored with the job when it was enqueued (the workflow's input) is the
         # only source of truth, whatever this worker's registry says.
         policy = _job_policy(inp.policy)
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.q.temporal_begin_attempt,
-                {
-                    "tenant": tenant,
-                    "job_id": job_id,
-                    "attempt": info.attempt,
-                    "max_attempts": policy.retry.max_attempts,
-                    "worker_id": self.worker_id,
-                    "workflow_id": info.workflow_id,
-                    "run_id": info.workflow_run_id,
-                },
-            )
-            row = await cur.fetchone()
+        row = await self._fetch_one(
+            self.q.temporal_begin_attempt,
+            {
+                "tenant": tenant,
+                "job_id": job_id,
+                "attempt": info.attempt,
+                "max_attempts": policy.retry.max_attempts,
+                "worker_id": self.worker_id,
+                "workflow_id": info.workflow_id,
+                "run_id": info.workflow_run_id,
+            },
+        )
         if row is None:
             return await self._already_final(tenant, job_id)
         ctx = JobContext(
@@ -171,19 +170,18 @@ class JobActivities:
         if isinstance(outcome, Failed):
             await self._record_failure(attempt, outcome)
             raise _application_error(outcome)
-        async with self.db.connection() as conn:
-            await conn.execute(
-                self.q.temporal_complete,
-                {
-                    "tenant": tenant,
-                    "job_id": job_id,
-                    "token": ctx.lease_token,
-                    "result": outcome.result_json,
-                    "started_at": datetime.fromtimestamp(attempt.started_wall, UTC),
-                    "duration_ms": attempt.duration_ms,
-                    "worker_id": str(self.worker_id),
-                },
-            )
+        await self._fetch_one(
+            self.q.temporal_complete,
+            {
+                "tenant": tenant,
+                "job_id": job_id,
+                "token": ctx.lease_token,
+                "result": outcome.result_json,
+                "started_at": datetime.fromtimestamp(attempt.started_wall, UTC),
+                "duration_ms": attempt.duration_ms,
+                "worker_id": str(self.worker_id),
+            },
+        )
         return outcome.result
 
     async def _heartbeat(self, ctx: JobContext) -> None:
@@ -214,20 +212,31 @@ class JobActivities:
 
     async def _record_failure(self, attempt: Attempt, outcome: Failed) -> None:
         ctx = attempt.ctx
-        async with self.db.connection() as conn:
-            await conn.execute(
-                self.q.temporal_fail,
-                {
-                    "tenant": ctx.tenant,
-                    "job_id": ctx.job_id,
-                    "token": ctx.lease_token,
-                    "error": Jsonb(outcome.error.to_json()),
-                    "retry_in": outcome.retry_in,
-                    "started_at": datetime.fromtimestamp(attempt.started_wall, UTC),
-                    "duration_ms": attempt.duration_ms,
-                    "worker_id": str(self.worker_id),
-                },
-            )
+        await self._fetch_one(
+            self.q.temporal_fail,
+            {
+                "tenant": ctx.tenant,
+                "job_id": ctx.job_id,
+                "token": ctx.lease_token,
+                "error": Jsonb(outcome.error.to_json()),
+                "retry_in": outcome.retry_in,
+                "started_at": datetime.fromtimestamp(attempt.started_wall, UTC),
+                "duration_ms": attempt.duration_ms,
+                "worker_id": str(self.worker_id),
+            },
+        )
+
+    async def _fetch_one(self, query: Any, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Run one fenced write (its row, if it returns any), again when it lost a race with a
+        statement moving the job's row between partitions (0009): an activity that failed on
+        that would make Temporal run the handler once more."""
+
+        async def run() -> dict[str, Any] | None:
+            async with self.db.connection() as conn:
+                cur = await conn.execute(query, params)
+                return await cur.fetchone() if cur.description is not None else None
+
+        return await retry_conflicts(run)
 
     # -- bookkeeping ------------------------------------------------------------------------
     @activity.defn(name=FINISH_ACTIVITY)
@@ -236,38 +245,37 @@ class JobActivities:
         tenant = uuid.UUID(inp.tenant)
         job_id = uuid.UUID(inp.job_id)
         run_id = activity.info().workflow_run_id
-        async with self.db.connection() as conn:
-            if inp.status == "cancelled":
-                cur = await conn.execute(
-                    self.q.temporal_finish_cancelled,
-                    {
-                        "tenant": tenant,
-                        "job_id": job_id,
-                        "run_id": run_id,
-                        "reason": inp.reason,
-                        "cancelled_by": inp.cancelled_by,
-                    },
-                )
-            else:
-                cur = await conn.execute(
-                    self.q.temporal_finish_failed,
-                    {
-                        "tenant": tenant,
-                        "job_id": job_id,
-                        "run_id": run_id,
-                        "error": Jsonb(
-                            {"type": inp.error_type, "message": inp.message, "traceback": None}
-                        ),
-                    },
-                )
-            return await cur.fetchone() is not None
+        if inp.status == "cancelled":
+            row = await self._fetch_one(
+                self.q.temporal_finish_cancelled,
+                {
+                    "tenant": tenant,
+                    "job_id": job_id,
+                    "run_id": run_id,
+                    "reason": inp.reason,
+                    "cancelled_by": inp.cancelled_by,
+                },
+            )
+        else:
+            row = await self._fetch_one(
+                self.q.temporal_finish_failed,
+                {
+                    "tenant": tenant,
+                    "job_id": job_id,
+                    "run_id": run_id,
+                    "error": Jsonb(
+                        {"type": inp.error_type, "message": inp.message, "traceback": None}
+                    ),
+                },
+            )
+        return row is not None
 
     @activity.defn(name=REGISTER_RUN_ACTIVITY)
     async def register_run(self, inp: RegisterRunInput) -> str | None:
         """Insert the row of a run fired by a Temporal Schedule; idempotent.
 
         Returns ``None`` when the run goes ahead, else why it does not: its tick has its job
-        already (``duplicate``: the unique ``(tenant, schedule_id, scheduled_for)`` key) or
+        already (``duplicate``: schedule_ticks' ``(tenant, schedule_id, scheduled_for)`` key) or
         the schedule's missed-tick policy drops it (see ``_schedules.tick_decision``). The
         tracker's ``last_run_*``, ``skipped_ticks`` and ``next_run_at`` follow.
         """
@@ -378,31 +386,29 @@ class JobActivities:
             return
         times = desc.info.next_action_times
         next_run = None if desc.schedule.state.paused or not times else times[0]
-        async with self.db.connection() as conn:
-            await conn.execute(
-                self.q.temporal_patch_tracker,
-                {
-                    "tenant": tenant,
-                    "job_id": tracker_id,
-                    "patch": Jsonb({"next_run_at": _schedules.iso(next_run)}),
-                    "skipped": 0,
-                    "next_run_at": next_run,
-                },
-            )
+        await self._fetch_one(
+            self.q.temporal_patch_tracker,
+            {
+                "tenant": tenant,
+                "job_id": tracker_id,
+                "patch": Jsonb({"next_run_at": _schedules.iso(next_run)}),
+                "skipped": 0,
+                "next_run_at": next_run,
+            },
+        )
 
     @activity.defn(name=PROGRESS_ACTIVITY)
     async def signal_progress(self, inp: ProgressInput) -> None:
         """Persist progress received through the ``updateProgress`` signal."""
-        async with self.db.connection() as conn:
-            await conn.execute(
-                self.q.temporal_signal_progress,
-                {
-                    "tenant": uuid.UUID(inp.tenant),
-                    "job_id": uuid.UUID(inp.job_id),
-                    "progress": inp.progress,
-                    "message": inp.message,
-                },
-            )
+        await self._fetch_one(
+            self.q.temporal_signal_progress,
+            {
+                "tenant": uuid.UUID(inp.tenant),
+                "job_id": uuid.UUID(inp.job_id),
+                "progress": inp.progress,
+                "message": inp.message,
+            },
+        )
 
     @activity.defn(name=RESOLVE_POLICY_ACTIVITY)
     async def resolve_policy(self, name: str) -> PolicyInput:

@@ -25,6 +25,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
+from jobrunner._db._errors import retry_conflicts
 from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._monitoring import retry_job as retry_queue_job
 from jobrunner._db._store import JobStore
@@ -461,20 +462,25 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             fallback_job = row["runner_type"] == "postgres" and row["status"] != "active"
             if row["runner_type"] != self.runner_type and not fallback_job:
                 return False
-            if row["status"] == JobStatus.ACTIVE.value:
-                return await self.schedules.remove(tenant_id, key, reason, cancelled_by)
-            cur = await conn.execute(
-                self.db.queries.cancel_job,
-                {
-                    "tenant": tenant_id,
-                    "job_id": key,
-                    "reason": reason,
-                    "cancelled_by": cancelled_by,
-                    "runner_type": row["runner_type"],
-                    "channel": self.db.channel_cancel,
-                },
-            )
-            cancelled = await cur.fetchone()
+        if row["status"] == JobStatus.ACTIVE.value:
+            return await self.schedules.remove(tenant_id, key, reason, cancelled_by)
+        params = {
+            "tenant": tenant_id,
+            "job_id": key,
+            "reason": reason,
+            "cancelled_by": cancelled_by,
+            "runner_type": row["runner_type"],
+            "channel": self.db.channel_cancel,
+        }
+
+        async def cancel() -> dict[str, Any] | None:
+            async with self.db.connection() as conn:
+                cur = await conn.execute(self.db.queries.cancel_job, params)
+                return await cur.fetchone()
+
+        # An activity moving the row to jobs_finished while the cancel waits for it fails the
+        # cancel's statement (0009); run again, it sees the finished job.
+        cancelled = await retry_conflicts(cancel)
         if cancelled is None:
             return False
         if row["external_id"] and not fallback_job:

@@ -10,20 +10,30 @@ import inspect
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from datetime import datetime
+from typing import Any, Literal, Protocol, TypeVar, Unpack
 
 import tenacity
 
-from jobrunner._errors import DuplicateStepError, InvalidArgumentError, StepFencedError
+from jobrunner._errors import (
+    DuplicateStepError,
+    InvalidArgumentError,
+    NotSupportedError,
+    StepFencedError,
+    UnknownOptionError,
+)
 from jobrunner._limits import MAX_RESULT_BYTES
+from jobrunner._models import ScheduledJob
+from jobrunner._options import EnqueueOptions, option_names
 from jobrunner._outcome import decide_failure, describe_error, storable_json
 from jobrunner._policy import RetryPolicy
 from jobrunner._telemetry import step_span
 
 __all__ = [
     "DURABLE_KEY",
+    "DependencySink",
     "DurableStart",
     "JobContext",
     "JobSink",
@@ -90,6 +100,25 @@ class JobSink(Protocol):
     ) -> bool:
         """Mark a durable step row ``completed`` with ``result_json`` (storable JSON text) and
         commit it; ``False`` (nothing written) when the attempt is over."""
+
+
+class DependencySink(Protocol):
+    """What a sink offers for :meth:`JobContext.dependency_results` and
+    :meth:`JobContext.schedule_job` (a sink without it makes them raise
+    :class:`~jobrunner.NotSupportedError`)."""
+
+    async def dependency_results(self, ctx: JobContext) -> dict[uuid.UUID, Any]:
+        """``{job_id: result}`` of the job's dependencies."""
+
+    async def schedule_child(
+        self,
+        ctx: JobContext,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """Enqueue a job recording ``ctx``'s job as its parent (same tenant)."""
 
 
 @dataclass
@@ -234,6 +263,43 @@ class JobContext:
             )
 
     # -- durable steps ----------------------------------------------------------------------
+    # -- dependencies and children ------------------------------------------------------------
+    async def dependency_results(self) -> dict[uuid.UUID, Any]:
+        """``{job_id: result}`` of the jobs this one depends on (``depends_on``).
+
+        Each dependency maps to its stored result; one that failed or was cancelled (the job
+        runs anyway with ``on_dependency_failure="run"``) maps to ``None``. Read from the
+        store on each call (one query, whatever the number of dependencies).
+        """
+        return await _dependency_results(self)
+
+    async def schedule_job(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        run_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> ScheduledJob:
+        """Enqueue a child job: it records this job as its parent (``get_job_details``
+        lists it among ``children``) and belongs to this job's tenant.
+
+        Takes the options of :meth:`~jobrunner.JobRunner.schedule_job` (``depends_on``
+        included) and ``run_at`` for a later start. Not written in this attempt's
+        transaction: a child enqueued by an attempt that then fails stays enqueued (enqueue
+        it inside :meth:`run_step` to enqueue it once per job).
+
+        Raises:
+            InvalidArgumentError: a malformed argument, or another tenant.
+            NotSupportedError: the backend cannot enqueue from a handler.
+        """
+        unknown = sorted(set(options) - _CHILD_OPTIONS)
+        if unknown:
+            raise UnknownOptionError(
+                f"schedule_job() got unexpected keyword arguments: {', '.join(unknown)}"
+            )
+        return await _schedule_child(self, name, data, run_at, options)
+
     async def run_step(
         self,
         name: str,
@@ -340,6 +406,29 @@ class JobContext:
         return None if text is None else json.loads(text)
 
 
+async def _dependency_results(ctx: JobContext) -> dict[uuid.UUID, Any]:
+    sink = ctx._sink
+    reader = getattr(sink, "dependency_results", None)
+    if reader is None:
+        raise NotSupportedError("this backend's handlers cannot read dependency results")
+    results: dict[uuid.UUID, Any] = await reader(ctx)
+    return results
+
+
+async def _schedule_child(
+    ctx: JobContext,
+    name: str,
+    data: Mapping[str, Any] | None,
+    run_at: datetime | None,
+    options: EnqueueOptions,
+) -> ScheduledJob:
+    scheduler = getattr(ctx._sink, "schedule_child", None)
+    if scheduler is None:
+        raise NotSupportedError("this backend's handlers cannot enqueue child jobs")
+    handle: ScheduledJob = await scheduler(ctx, name, data, run_at, options)
+    return handle
+
+
 class SyncJobContext:
     """The context passed to plain ``def`` handlers: the same API as blocking calls.
 
@@ -443,6 +532,30 @@ class SyncJobContext:
                 self._call(lambda: inner._fail_durable(start, error))
                 raise
             return self._call(lambda: inner._complete_durable(name, start, value, tries))
+
+    def dependency_results(self) -> dict[uuid.UUID, Any]:
+        """``{job_id: result}`` of the job's dependencies (see
+        :meth:`JobContext.dependency_results`); blocks."""
+        inner = self._inner
+        return self._call(lambda: inner.dependency_results())
+
+    def schedule_job(
+        self,
+        name: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        run_at: datetime | None = None,
+        **options: Unpack[EnqueueOptions],
+    ) -> ScheduledJob:
+        """Enqueue a child job (see :meth:`JobContext.schedule_job`); blocks. ``result()`` of
+        the handle returned must not be called from the handler's thread."""
+        inner = self._inner
+        return self._call(lambda: inner.schedule_job(name, data, run_at=run_at, **options))
+
+
+#: The options ``ctx.schedule_job`` takes (``connection`` is not one: the handler's
+#: connection is not the store's).
+_CHILD_OPTIONS = option_names(EnqueueOptions) - {"connection"}
 
 
 def _check_progress(progress: object, message: object) -> int:

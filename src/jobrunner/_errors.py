@@ -10,6 +10,7 @@ from jobrunner._limits import MAX_INTERVAL_SECONDS
 __all__ = [
     "ConfigurationError",
     "DatabaseError",
+    "DependencyError",
     "DuplicateHandlerError",
     "DuplicateStepError",
     "HandlerNotFoundError",
@@ -18,6 +19,7 @@ __all__ = [
     "JobRunnerError",
     "JobTimeoutError",
     "NonRetryable",
+    "NotSupportedError",
     "Retry",
     "ScheduleError",
     "StepFencedError",
@@ -37,6 +39,21 @@ class InvalidArgumentError(JobRunnerError, ValueError):
 class UnknownOptionError(InvalidArgumentError, TypeError):
     """A keyword argument the method does not take; also a ``TypeError``, as Python raises
     for an unexpected keyword, so ``except TypeError`` keeps working."""
+
+
+class DependencyError(InvalidArgumentError):
+    """A job's dependencies (``depends_on``) were refused; nothing was written.
+
+    Raised for an id the tenant has no job with (another tenant's job is as unknown as one
+    that never existed), a recurring schedule's tracker, more than ``MAX_DEPENDENCIES``, or an
+    option a job with dependencies cannot take. A cycle cannot be formed: a job can only
+    depend on jobs that exist before it.
+    """
+
+
+class NotSupportedError(JobRunnerError):
+    """The backend does not support this feature (yet); nothing was written. The message
+    names the feature and where the documentation says so."""
 
 
 class ConfigurationError(JobRunnerError):

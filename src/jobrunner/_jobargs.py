@@ -10,14 +10,15 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from jobrunner._errors import HandlerNotFoundError
+from jobrunner._errors import DependencyError, HandlerNotFoundError, InvalidArgumentError
+from jobrunner._limits import MAX_DEPENDENCIES
 from jobrunner._models import MissedTickPolicy, OverlapPolicy
 from jobrunner._options import (
     DEFAULT_MAX_CATCH_UP,
@@ -52,12 +53,16 @@ from jobrunner.registry import DEFAULT_QUEUE, HandlerSpec, JobHandlerRegistry
 __all__ = [
     "JobArgs",
     "RecurringArgs",
+    "as_dependencies",
+    "as_dependency_failure",
     "bulk_args",
+    "check_dependency_options",
     "enqueue_args",
     "job_args",
     "new_job_id",
     "new_job_ids",
     "recurring_args",
+    "with_parent",
 ]
 
 # UUID version 7 (RFC 9562): 48 bits of Unix time in milliseconds, the version (7), 12 random
@@ -114,6 +119,12 @@ class JobArgs:
     queue: str
     priority: int
     singleton_key: str | None
+    depends_on: tuple[uuid.UUID, ...] = ()
+    """The jobs it waits for (same tenant, no duplicates, in the order given)."""
+    run_on_failure: bool = False
+    """``on_dependency_failure="run"``."""
+    parent_job_id: uuid.UUID | None = None
+    """The job whose handler enqueued it (``ctx.schedule_job``)."""
 
     @property
     def max_attempts(self) -> int:
@@ -142,6 +153,8 @@ class RecurringArgs:
     missed_ticks: MissedTickPolicy
     overlap: OverlapPolicy
     max_catch_up: int
+    depends_on_previous: bool = False
+    """A tick's job waits until the previous tick's job is final."""
 
 
 def job_args(
@@ -157,6 +170,8 @@ def job_args(
     user_id: object = None,
     metadata: Mapping[str, Any] | None = None,
     queue: object = None,
+    depends_on: object = None,
+    on_dependency_failure: object = "cancel",
 ) -> JobArgs:
     """Check every scheduling argument; the queue defaults to the handler's.
 
@@ -182,7 +197,68 @@ def job_args(
         queue=as_queue(queue) if queue is not None else (spec.queue if spec else DEFAULT_QUEUE),
         priority=as_priority(priority),
         singleton_key=as_optional_key(singleton_key, "singleton_key"),
+        depends_on=as_dependencies(depends_on),
+        run_on_failure=as_dependency_failure(on_dependency_failure) == "run",
     )
+
+
+def as_dependencies(value: object) -> tuple[uuid.UUID, ...]:
+    """``depends_on`` as job ids: duplicates dropped, order kept.
+
+    Raises:
+        DependencyError: not an iterable of job ids, or more than ``MAX_DEPENDENCIES``.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise DependencyError("depends_on must be a list of job ids")
+    ids: dict[uuid.UUID, None] = {}
+    for item in value:
+        try:
+            ids[as_uuid(item, "depends_on")] = None
+        except InvalidArgumentError as exc:
+            raise DependencyError(str(exc)) from None
+        if len(ids) > MAX_DEPENDENCIES:
+            raise DependencyError(
+                f"depends_on takes at most {MAX_DEPENDENCIES} job ids (MAX_DEPENDENCIES)"
+            )
+    return tuple(ids)
+
+
+def as_dependency_failure(value: object) -> str:
+    """``on_dependency_failure``: ``"cancel"`` or ``"run"``.
+
+    Raises:
+        InvalidArgumentError: anything else.
+    """
+    if value not in ("cancel", "run"):
+        raise InvalidArgumentError(
+            f'on_dependency_failure must be "cancel" or "run", got {value!r:.80}'
+        )
+    return str(value)
+
+
+def with_parent(args: JobArgs, parent_tenant: uuid.UUID, parent_job_id: uuid.UUID) -> JobArgs:
+    """``args`` of a job a handler enqueues (``ctx.schedule_job``): it records its parent and
+    belongs to the parent's tenant.
+
+    Raises:
+        InvalidArgumentError: ``args`` name another tenant.
+    """
+    if args.tenant != parent_tenant:
+        raise InvalidArgumentError("ctx.schedule_job enqueues jobs of the handler's own tenant")
+    return replace(args, parent_job_id=parent_job_id)
+
+
+def check_dependency_options(args: JobArgs) -> None:
+    """Refuse what a job with dependencies cannot take.
+
+    Raises:
+        DependencyError: a singleton key with ``depends_on`` (a waiting job holds no key, so
+            its release could meet a second holder).
+    """
+    if args.depends_on and args.singleton_key is not None:
+        raise DependencyError("a job with depends_on cannot take a singleton_key")
 
 
 def enqueue_args(
@@ -207,6 +283,8 @@ def enqueue_args(
         user_id=options.get("user_id"),
         metadata=options.get("metadata"),
         queue=options.get("queue"),
+        depends_on=options.get("depends_on"),
+        on_dependency_failure=options.get("on_dependency_failure", "cancel"),
     )
 
 
@@ -226,6 +304,8 @@ def bulk_args(
         user_id=options.get("user_id"),
         metadata=options.get("metadata"),
         queue=options.get("queue"),
+        depends_on=options.get("depends_on"),
+        on_dependency_failure=options.get("on_dependency_failure", "cancel"),
     )
 
 
@@ -242,6 +322,7 @@ def recurring_args(
     missed_ticks: object = DEFAULT_MISSED_TICKS,
     overlap: object = DEFAULT_OVERLAP,
     max_catch_up: object = DEFAULT_MAX_CATCH_UP,
+    depends_on_previous: object = False,
     priority: object = DEFAULT_PRIORITY,
     queue: object = None,
     user_id: object = None,
@@ -273,4 +354,16 @@ def recurring_args(
         missed_ticks=as_missed_tick_policy(missed_ticks),
         overlap=as_overlap_policy(overlap),
         max_catch_up=as_max_catch_up(max_catch_up),
+        depends_on_previous=as_flag(depends_on_previous, "depends_on_previous"),
     )
+
+
+def as_flag(value: object, name: str) -> bool:
+    """A boolean option.
+
+    Raises:
+        InvalidArgumentError: not a ``bool``.
+    """
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be True or False, got {value!r:.80}")
+    return value

@@ -67,3 +67,7 @@ MAX_WORKER_COUNT: Final = 100_000
 
 MAX_HISTORY_AGE_SECONDS: Final = 36_500 * 86_400.0
 """Largest ``clear_history(older_than=...)``: 36,500 days (about a hundred years)."""
+
+MAX_DEPENDENCIES: Final = 10_000
+"""Most dependencies of one job (``depends_on``). A job waiting for more can wait for a
+fan-in job that depends on a part of them."""

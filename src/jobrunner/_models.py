@@ -21,6 +21,7 @@ __all__ = [
     "Metrics",
     "MissedTickPolicy",
     "OverlapPolicy",
+    "RelatedJob",
     "ScheduleInfo",
     "ScheduledJob",
     "StepInfo",
@@ -47,6 +48,9 @@ class JobStatus(str, enum.Enum):
     """Final: cancelled before or while running."""
     ACTIVE = "active"
     """A recurring schedule's tracker row while the schedule is live."""
+    WAITING = "waiting"
+    """Waiting for its dependencies (``depends_on``) to complete; then queued (or pending
+    until its ``run_at``)."""
 
     @property
     def is_final(self) -> bool:
@@ -282,6 +286,30 @@ class JobDetails:
     data: dict[str, Any]
     steps: list[StepInfo]
     """Every ``job_details`` row (attempts and handler steps) in time order."""
+    dependencies: list[RelatedJob] = field(default_factory=list)
+    """The jobs it waits (or waited) for (``depends_on``), by id; at most
+    :data:`RELATIONS_SHOWN`."""
+    dependents: list[RelatedJob] = field(default_factory=list)
+    """The jobs that wait (or waited) for it, by id; at most :data:`RELATIONS_SHOWN`."""
+    children: list[RelatedJob] = field(default_factory=list)
+    """The jobs its handler enqueued (``ctx.schedule_job``), by id; at most
+    :data:`RELATIONS_SHOWN`."""
+    parent_job_id: uuid.UUID | None = None
+    """The job whose handler enqueued it, if any."""
+
+
+#: Most dependencies, dependents and children ``get_job_details`` lists (each).
+RELATIONS_SHOWN = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RelatedJob:
+    """A job related to another one (a dependency, a dependent or a child), as
+    ``get_job_details`` lists it."""
+
+    job_id: uuid.UUID
+    name: str
+    status: JobStatus
 
 
 @dataclass(frozen=True, slots=True)

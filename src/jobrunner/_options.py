@@ -12,9 +12,9 @@ from __future__ import annotations
 import functools
 import inspect
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Final, ParamSpec, TypedDict, TypeVar, Unpack, cast, get_args
+from typing import Any, Final, Literal, ParamSpec, TypedDict, TypeVar, Unpack, cast, get_args
 
 from jobrunner._errors import UnknownOptionError
 from jobrunner._models import MissedTickPolicy, OverlapPolicy
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_PRIORITY",
     "DEFAULT_TIMEZONE",
     "BulkOptions",
+    "DependencyOptions",
     "EnqueueOptions",
     "JobOptions",
     "RecurringOptions",
@@ -59,7 +60,19 @@ class JobOptions(TypedDict, total=False):
     """Overrides the handler's queue."""
 
 
-class EnqueueOptions(JobOptions, total=False):
+class DependencyOptions(TypedDict, total=False):
+    """What a job with dependencies takes (``schedule_job``, ``schedule_job_at``,
+    ``schedule_jobs``)."""
+
+    depends_on: Iterable[uuid.UUID | str] | None
+    """Ids of jobs of the same tenant this job waits for: it is ``waiting`` until every one
+    has completed, then queued (docs/howto/steps-and-dependencies.md)."""
+    on_dependency_failure: Literal["cancel", "run"]
+    """What a failed or cancelled dependency does: ``"cancel"`` this job (default, naming
+    the dependency in the reason) or ``"run"`` it anyway."""
+
+
+class EnqueueOptions(JobOptions, DependencyOptions, total=False):
     """``schedule_job`` and ``schedule_job_at``."""
 
     singleton_key: str | None
@@ -69,7 +82,7 @@ class EnqueueOptions(JobOptions, total=False):
     runner; PostgreSQL only): the job is written in its current transaction."""
 
 
-class BulkOptions(JobOptions, total=False):
+class BulkOptions(JobOptions, DependencyOptions, total=False):
     """``schedule_jobs``."""
 
     run_at: datetime | None
@@ -91,6 +104,9 @@ class RecurringOptions(JobOptions, total=False):
     """What a tick does while the previous tick's job is live (default ``allow``)."""
     max_catch_up: int
     """Most missed ticks run with ``missed_ticks="all"`` (default ``10``)."""
+    depends_on_previous: bool
+    """A tick's job waits (``waiting``) until the previous tick's job of the schedule is
+    final (default ``False``)."""
 
 
 def option_names(options: type) -> frozenset[str]:

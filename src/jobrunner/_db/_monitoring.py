@@ -31,7 +31,16 @@ from jobrunner._db._store import JobStore, row_to_info, utc
 from jobrunner._errors import InvalidArgumentError, JobNotFoundError
 from jobrunner._filters import list_filters, tenant_scope
 from jobrunner._limits import MAX_LIST_LIMIT
-from jobrunner._models import LIVE_STATUSES, JobDetails, JobInfo, JobPage, JobStatus, Metrics
+from jobrunner._models import (
+    LIVE_STATUSES,
+    RELATIONS_SHOWN,
+    JobDetails,
+    JobInfo,
+    JobPage,
+    JobStatus,
+    Metrics,
+    RelatedJob,
+)
 from jobrunner._runner import AllTenants, HistoryScope, TenantArg, wait_arguments, wait_within
 from jobrunner._validation import (
     as_history_age,
@@ -85,9 +94,27 @@ async def get_job_details(db: Database, tenant: uuid.UUID, job_id: uuid.UUID) ->
             return None
         cur = await conn.execute(db.queries.get_job_data, {"tenant": tenant, "job_id": job_id})
         data_row = await cur.fetchone()
+        cur = await conn.execute(
+            db.queries.job_relations,
+            {"tenant": tenant, "job_id": job_id, "limit": RELATIONS_SHOWN},
+        )
+        relations = await cur.fetchall()
+        cur = await conn.execute(db.queries.job_parent, {"tenant": tenant, "job_id": job_id})
+        parent_row = await cur.fetchone()
     steps = await store.list_steps(tenant, job_id)
+    related: dict[str, list[RelatedJob]] = {"dependency": [], "dependent": [], "child": []}
+    for rel in relations:
+        related[rel["relation"]].append(
+            RelatedJob(rel["job_id"], rel["type"], JobStatus(rel["status"]))
+        )
     return JobDetails(
-        job=row_to_info(row), data=dict((data_row or {}).get("data") or {}), steps=steps
+        job=row_to_info(row),
+        data=dict((data_row or {}).get("data") or {}),
+        steps=steps,
+        dependencies=related["dependency"],
+        dependents=related["dependent"],
+        children=related["child"],
+        parent_job_id=(parent_row or {}).get("parent_job_id"),
     )
 
 

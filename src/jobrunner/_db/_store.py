@@ -133,6 +133,19 @@ class JobStore:
         return await retry_conflicts(run)
 
     # -- JobSink ----------------------------------------------------------------------------
+    async def dependency_results(self, ctx: JobContext) -> dict[uuid.UUID, Any]:
+        """``{job_id: result}`` of the job's dependencies (``None`` for one that did not
+        complete); one query."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.db.queries.dependency_results, {"tenant": ctx.tenant, "job_id": ctx.job_id}
+            )
+            rows = await cur.fetchall()
+        return {
+            row["job_id"]: row["result"] if row["status"] == JobStatus.COMPLETED.value else None
+            for row in rows
+        }
+
     async def save_progress(self, ctx: JobContext, progress: int, message: str | None) -> None:
         """Persist progress; ignored once the attempt lost its lease."""
         params = {

@@ -7,7 +7,7 @@ WITH inserted AS (
     INSERT INTO {schema}.jobs_live (
         tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
         external_id, queue, priority, run_at, data, max_attempts, singleton_key, schedule_id,
-        policy
+        policy, parent_job_id
     )
     VALUES (
         %(tenant)s, %(job_id)s, %(name)s, %(metadata)s,
@@ -15,7 +15,8 @@ WITH inserted AS (
               THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
         timezone('utc', now()), timezone('utc', now()), %(user_id)s, %(runner_type)s,
         %(external_id)s, %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()),
-        %(data)s, %(max_attempts)s, %(singleton_key)s, %(schedule_id)s, %(policy)s
+        %(data)s, %(max_attempts)s, %(singleton_key)s, %(schedule_id)s, %(policy)s,
+        %(parent_job_id)s
     )
     ON CONFLICT (tenant, singleton_key)
         WHERE singleton_key IS NOT NULL
@@ -48,7 +49,7 @@ WHERE tenant = %(tenant)s AND job_id = %(job_id)s
 WITH prev AS (
     SELECT tenant, job_id, status, attempts FROM {schema}.jobs
     WHERE tenant = %(tenant)s AND job_id = %(job_id)s
-      AND status IN ('pending', 'queued', 'processing', 'retrying')
+      AND status IN ('pending', 'queued', 'processing', 'retrying', 'waiting')
       AND runner_type = %(runner_type)s
     FOR UPDATE
 ), cancelled AS (

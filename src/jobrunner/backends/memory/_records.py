@@ -30,6 +30,7 @@ __all__ = [
     "CLAIMABLE",
     "FINAL",
     "DetailRecord",
+    "EdgeRecord",
     "JobRecord",
     "ScheduleRecord",
     "decode_cursor",
@@ -79,6 +80,16 @@ class DetailRecord:
 
 
 @dataclass(eq=False)
+class EdgeRecord:
+    """A ``job_dependencies`` row: ``job_id`` waits for ``depends_on``."""
+
+    depends_on: uuid.UUID
+    job_id: uuid.UUID
+    run_on_failure: bool
+    resolved: bool = False
+
+
+@dataclass(eq=False)
 class JobRecord:
     """A ``jobs`` row."""
 
@@ -119,6 +130,10 @@ class JobRecord:
     alive, so moving a fake clock never expires one)."""
     scheduled_for: datetime | None = None
     """The tick of the schedule that fired this job."""
+    dependencies_left: int = 0
+    """Dependencies not final yet (``waiting`` while above 0)."""
+    parent_job_id: uuid.UUID | None = None
+    """The job whose handler enqueued this one (``ctx.schedule_job``)."""
 
     @property
     def key(self) -> tuple[uuid.UUID, uuid.UUID]:

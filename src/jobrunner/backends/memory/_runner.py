@@ -21,12 +21,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
-from jobrunner._errors import InvalidArgumentError, JobNotFoundError
+from jobrunner._errors import InvalidArgumentError, JobNotFoundError, NotSupportedError
 from jobrunner._execution import Aborted, AbortReason, Attempt, run_attempt
 from jobrunner._filters import list_filters
-from jobrunner._jobargs import bulk_args, enqueue_args, recurring_args
+from jobrunner._jobargs import (
+    JobArgs,
+    bulk_args,
+    check_dependency_options,
+    enqueue_args,
+    recurring_args,
+    with_parent,
+)
 from jobrunner._limits import MAX_LEASE_SECONDS
 from jobrunner._models import (
     JobDetails,
@@ -144,6 +151,7 @@ class InMemoryJobRunner(JobRunner):
         self.require_registered = require_registered
         self.rand = rand
         self.store = MemoryStore(self.clock)
+        self.store.scheduler = self.schedule_child
         self._workers: weakref.WeakSet[MemoryWorker] = weakref.WeakSet()
         # Attempts this runner runs itself (drain, eager), keyed by (job id, lease token).
         self._own: dict[tuple[uuid.UUID, int], tuple[Attempt, asyncio.AbstractEventLoop]] = {}
@@ -246,13 +254,43 @@ class InMemoryJobRunner(JobRunner):
     ) -> ScheduledJob:
         """Enqueue a job now; see :meth:`JobRunner.schedule_job` (``connection`` is refused)."""
         _no_connection(options.get("connection"))
-        job = self.store.new_job(
+        return await self._enqueue(
             enqueue_args(self.registry, self.require_registered, name, data, None, options)
         )
-        handle = self.store.add(job)
-        if self.eager and handle.created:
+
+    async def _enqueue(self, args: JobArgs) -> ScheduledJob:
+        if args.depends_on:
+            self.store.check_dependencies(args)
+            job = self.store.new_job(args)
+            handle = self.store.add_dependent(job, args)
+        else:
+            check_dependency_options(args)
+            job = self.store.new_job(args)
+            handle = self.store.add(job)
+        if self.eager and handle.created and job.status is JobStatus.QUEUED:
             await self._run_eagerly([job])
         return handle
+
+    async def schedule_child(
+        self,
+        ctx: Any,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """``ctx.schedule_job``: a job of the handler's tenant recording its parent."""
+        if run_at is not None:
+            as_aware_datetime(run_at)
+        args = enqueue_args(
+            self.registry,
+            self.require_registered,
+            name,
+            data,
+            run_at,
+            cast(EnqueueOptions, {"tenant": ctx.tenant, **options}),
+        )
+        return await self._enqueue(with_parent(args, ctx.tenant, ctx.job_id))
 
     @enqueue_boundary
     @checked_options
@@ -266,13 +304,9 @@ class InMemoryJobRunner(JobRunner):
         """Enqueue a job due at ``run_at`` on the runner's clock."""
         _no_connection(options.get("connection"))
         as_aware_datetime(run_at)
-        job = self.store.new_job(
+        return await self._enqueue(
             enqueue_args(self.registry, self.require_registered, name, data, run_at, options)
         )
-        handle = self.store.add(job)
-        if self.eager and handle.created and job.status is JobStatus.QUEUED:
-            await self._run_eagerly([job])
-        return handle
 
     @enqueue_boundary
     @checked_options
@@ -286,8 +320,18 @@ class InMemoryJobRunner(JobRunner):
         _no_connection(options.get("connection"))
         items, _ = as_bulk_data(data)
         shared = bulk_args(self.registry, self.require_registered, name, options)
-        jobs = [self.store.new_job(replace(shared, data=as_data(item))) for item in items]
-        handles = [self.store.add(job) for job in jobs]
+        if shared.depends_on:
+            self.store.check_dependencies(shared)
+        else:
+            check_dependency_options(shared)
+        each = [replace(shared, data=as_data(item)) for item in items]
+        jobs = [self.store.new_job(args) for args in each]
+        if shared.depends_on:
+            handles = [
+                self.store.add_dependent(job, args) for job, args in zip(jobs, each, strict=True)
+            ]
+        else:
+            handles = [self.store.add(job) for job in jobs]
         if self.eager:
             await self._run_eagerly([j for j in jobs if j.status is JobStatus.QUEUED])
         return handles
@@ -404,6 +448,11 @@ class InMemoryJobRunner(JobRunner):
         args = recurring_args(
             self.registry, self.require_registered, name, data, expression, **options
         )
+        if args.depends_on_previous:
+            raise NotSupportedError(
+                "depends_on_previous is not supported yet (docs/backends.md, "
+                '"Job dependencies"); use overlap="skip"'
+            )
         return self.store.save_schedule(args)
 
     async def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:

@@ -18,12 +18,14 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from jobrunner._context import DURABLE_KEY, DurableStart, JobContext
-from jobrunner._models import JobError, JobStatus, OverlapPolicy
+from jobrunner._errors import NotSupportedError
+from jobrunner._models import JobError, JobStatus, OverlapPolicy, ScheduledJob
+from jobrunner._options import EnqueueOptions
 from jobrunner._policy import JobPolicy
 from jobrunner._queue._store import (
     AttemptRef,
@@ -85,6 +87,8 @@ class MemoryStore(MemoryTables):
 
     def __init__(self, clock: Clock) -> None:
         super().__init__(clock)
+        self.scheduler: Callable[..., Awaitable[ScheduledJob]] | None = None
+        """The runner's ``schedule_child`` (``ctx.schedule_job`` of handlers)."""
         self.attempts_run = 0
         """Attempts claimed so far."""
         subscribe = getattr(clock, "subscribe", None)
@@ -215,6 +219,7 @@ class MemoryStore(MemoryTables):
                 _attempt_meta(job, done.duration_ms, worker_id),
             )
         )
+        self.release_dependents(job)
 
     def _fail(
         self, job: JobRecord, failed: FailedAttempt, now: datetime, worker_id: uuid.UUID
@@ -240,6 +245,8 @@ class MemoryStore(MemoryTables):
                 uuid.uuid4(), "attempt", JobStatus.FAILED, error_json, now, job.attempts, meta
             )
         )
+        if not retry:
+            self.release_dependents(job)
         return retry
 
     async def release(self, refs: Sequence[AttemptRef]) -> None:
@@ -298,6 +305,8 @@ class MemoryStore(MemoryTables):
                     {"lease_expired": True},
                 )
             )
+            if final:
+                self.release_dependents(job)
             rescued += 1
         if rescued:
             self.changed(work=True)
@@ -511,6 +520,24 @@ class MemoryStore(MemoryTables):
         schedule.last_run_at = tick
         schedule.last_job_id = job.job_id
         return job
+
+    # -- dependencies and children (DependencySink) ----------------------------------------
+    async def dependency_results(self, ctx: JobContext) -> dict[uuid.UUID, Any]:
+        """``{job_id: result}`` of the job's dependencies."""
+        return self.dependency_results_of(ctx.tenant, ctx.job_id)
+
+    async def schedule_child(
+        self,
+        ctx: JobContext,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """``ctx.schedule_job`` through the runner that made this store."""
+        if self.scheduler is None:
+            raise NotSupportedError("this store has no runner to enqueue child jobs")
+        return await self.scheduler(ctx, name, data, run_at, options)
 
     async def fire_due_ticks(
         self, *, now: datetime | None, limit: int, grace: timedelta

@@ -14,16 +14,20 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from jobrunner._jobargs import JobArgs, RecurringArgs
+from jobrunner._errors import DependencyError
+from jobrunner._jobargs import JobArgs, RecurringArgs, check_dependency_options
 from jobrunner._models import (
     LIVE_STATUSES,
+    RELATIONS_SHOWN,
     JobDetails,
     JobError,
     JobInfo,
     JobPage,
     JobStatus,
     Metrics,
+    RelatedJob,
     ScheduledJob,
     ScheduleInfo,
 )
@@ -36,8 +40,10 @@ from jobrunner._queue._store import (
 )
 from jobrunner.backends.memory._clock import Clock
 from jobrunner.backends.memory._records import (
+    CLAIMABLE,
     FINAL,
     DetailRecord,
+    EdgeRecord,
     JobRecord,
     ScheduleRecord,
     decode_cursor,
@@ -90,6 +96,9 @@ class MemoryTables:
         self.jobs: dict[tuple[uuid.UUID, uuid.UUID], JobRecord] = {}
         self.schedules: dict[tuple[uuid.UUID, uuid.UUID], ScheduleRecord] = {}
         self._seq = itertools.count(1)
+        #: job_dependencies: edges by (tenant, depends_on) and by (tenant, job_id).
+        self.dependents: dict[tuple[uuid.UUID, uuid.UUID], list[EdgeRecord]] = {}
+        self.dependencies: dict[tuple[uuid.UUID, uuid.UUID], list[EdgeRecord]] = {}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._listeners: list[_Listener] = []
 
@@ -169,6 +178,7 @@ class MemoryTables:
             seq=self.next_seq(),
             singleton_key=args.singleton_key,
             schedule_id=schedule_id,
+            parent_job_id=args.parent_job_id,
         )
 
     def next_seq(self) -> int:
@@ -191,6 +201,124 @@ class MemoryTables:
         self.jobs[job.key] = job
         self.changed(work=True)
         return handle(job, created=True)
+
+    # -- dependencies ---------------------------------------------------------------------
+    def check_dependencies(self, args: JobArgs) -> None:
+        """Refuse ``args.depends_on`` as PostgreSQL does (before anything is stored).
+
+        Raises:
+            DependencyError: a singleton key with dependencies, an id the tenant has no job
+                with, or a recurring schedule's tracker.
+        """
+        check_dependency_options(args)
+        missing = [d for d in args.depends_on if (args.tenant, d) not in self.jobs]
+        if missing:
+            shown = ", ".join(sorted(str(m) for m in missing)[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DependencyError(f"depends_on names jobs this tenant does not have: {shown}{more}")
+        if any(self.jobs[(args.tenant, d)].tracker for d in args.depends_on):
+            raise DependencyError("depends_on names a recurring schedule; jobs depend on jobs")
+
+    def add_dependent(self, job: JobRecord, args: JobArgs) -> ScheduledJob:
+        """Store ``job`` (checked by :meth:`check_dependencies`) with its edges: waiting
+        while a dependency is live, cancelled when one already failed (unless it runs on
+        failure), else as enqueued."""
+        live = 0
+        failed: JobRecord | None = None
+        for dep_id in args.depends_on:
+            dep = self.jobs[(args.tenant, dep_id)]
+            final = dep.status in FINAL
+            edge = EdgeRecord(dep_id, job.job_id, args.run_on_failure, resolved=final)
+            self.dependents.setdefault(dep.key, []).append(edge)
+            self.dependencies.setdefault(job.key, []).append(edge)
+            if not final:
+                live += 1
+            elif dep.status is not JobStatus.COMPLETED and failed is None:
+                failed = dep
+        job.dependencies_left = live
+        if failed is not None and not args.run_on_failure:
+            self._cancel_for(job, failed)
+        elif live:
+            job.status = JobStatus.WAITING
+        self.jobs[job.key] = job
+        self.changed(work=job.status in CLAIMABLE)
+        return handle(job, created=True)
+
+    def _cancel_for(self, job: JobRecord, cause: JobRecord) -> None:
+        reason = f"dependency {cause.job_id} {cause.status.value}"
+        now = self.clock.now()
+        job.status = JobStatus.CANCELLED
+        job.completed_at = job.updated_at = now
+        job.error = JobError(type="cancelled", message=reason, traceback=None)
+        job.metadata.update(
+            {
+                "cancel_reason": reason,
+                "cancelled_by": "dependency",
+                "cancelled_dependency": str(cause.job_id),
+            }
+        )
+
+    def release_dependents(self, job: JobRecord) -> None:
+        """``job`` became final: resolve its edges (each once), cancel the dependents a
+        failure dooms (transitively) and release those with nothing left to wait for, as the
+        trigger of migration 0012 does."""
+        frontier = [job]
+        released = False
+        while frontier:
+            doomed: list[JobRecord] = []
+            for dep in frontier:
+                for edge in self.dependents.get(dep.key, ()):
+                    if edge.resolved:
+                        continue
+                    edge.resolved = True
+                    waiter = self.jobs.get((dep.tenant, edge.job_id))
+                    if waiter is None or waiter.status is not JobStatus.WAITING:
+                        continue
+                    if dep.status is not JobStatus.COMPLETED and not edge.run_on_failure:
+                        self._cancel_for(waiter, dep)
+                        doomed.append(waiter)
+                        continue
+                    waiter.dependencies_left = max(waiter.dependencies_left - 1, 0)
+                    if waiter.dependencies_left == 0:
+                        now = self.clock.now()
+                        waiter.status = (
+                            JobStatus.PENDING if waiter.run_at > now else JobStatus.QUEUED
+                        )
+                        waiter.updated_at = now
+                        released = True
+            frontier = doomed
+        if released:
+            self.changed(work=True)
+
+    def relations(self, job: JobRecord) -> dict[str, list[RelatedJob]]:
+        """The job's dependencies, dependents and children, by id."""
+
+        def related(ids: list[uuid.UUID]) -> list[RelatedJob]:
+            found = [self.jobs.get((job.tenant, i)) for i in sorted(set(ids))]
+            return [RelatedJob(j.job_id, j.name, j.status) for j in found if j is not None][
+                :RELATIONS_SHOWN
+            ]
+
+        return {
+            "dependencies": related([e.depends_on for e in self.dependencies.get(job.key, ())]),
+            "dependents": related([e.job_id for e in self.dependents.get(job.key, ())]),
+            "children": related(
+                [
+                    j.job_id
+                    for j in self.jobs.values()
+                    if j.tenant == job.tenant and j.parent_job_id == job.job_id
+                ]
+            ),
+        }
+
+    def dependency_results_of(self, tenant: uuid.UUID, job_id: uuid.UUID) -> dict[uuid.UUID, Any]:
+        """``{job_id: result}`` of a job's dependencies (``None`` unless completed)."""
+        results: dict[uuid.UUID, Any] = {}
+        for edge in sorted(self.dependencies.get((tenant, job_id), ()), key=lambda e: e.depends_on):
+            dep = self.jobs.get((tenant, edge.depends_on))
+            done = dep is not None and dep.status is JobStatus.COMPLETED
+            results[edge.depends_on] = roundtrip(dep.result) if done and dep else None
+        return results
 
     def changed(self, *, work: bool = False, schedules: bool = False) -> None:
         """Announce a change: waiters always, listeners of work and schedules if asked."""
@@ -224,7 +352,7 @@ class MemoryTables:
             return False
         if job.key in self.schedules:
             return self.remove_schedule(job, reason=reason, cancelled_by=cancelled_by)
-        if job.status not in _LIVE:
+        if job.status not in _LIVE and job.status is not JobStatus.WAITING:
             return False
         previous = job.status
         now = self.clock.now()
@@ -255,6 +383,7 @@ class MemoryTables:
             )
             close_open_steps(job, JobStatus.CANCELLED, job.error.to_json(), now)
             self.publish(Topic.CANCELS, CancelRequested(job.job_id, job.lease_token))
+        self.release_dependents(job)
         self.notify()
         return True
 
@@ -313,6 +442,8 @@ class MemoryTables:
             job=job.info(RUNNER_TYPE),
             data=roundtrip(job.data),
             steps=[d.info() for d in steps],
+            parent_job_id=job.parent_job_id,
+            **self.relations(job),
         )
 
     def scoped(self, tenant: uuid.UUID | None) -> list[JobRecord]:

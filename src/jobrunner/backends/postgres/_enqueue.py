@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 from jobrunner._db._errors import translate_errors
 from jobrunner._db._queries import Queries
 from jobrunner._db._savepoint import caller_savepoint, caller_savepoint_sync
-from jobrunner._errors import InvalidArgumentError
+from jobrunner._errors import DependencyError, InvalidArgumentError
 from jobrunner._jobargs import JobArgs, new_job_ids
 from jobrunner._models import ScheduledJob
 from jobrunner._validation import iter_bulk_json
@@ -49,8 +49,10 @@ __all__ = [
     "enqueue_on",
     "enqueue_on_sync",
     "handle",
+    "insert_dependent",
     "insert_many",
     "insert_one",
+    "insert_one_dependent",
     "run_async",
     "run_sync",
     "sync_connection",
@@ -233,6 +235,27 @@ class BulkJobs:
         """
         return list(iter_bulk_json(self.items))
 
+    def dependent_params(self) -> dict[str, Any]:
+        """The shared parameters of :func:`insert_dependent` for the batch."""
+        args = self.args
+        return {
+            "tenant": args.tenant,
+            "name": args.name,
+            "metadata": Jsonb(args.metadata),
+            "run_at": args.run_at,
+            "user_id": args.user_id,
+            "runner_type": self.runner_type,
+            "queue": args.queue,
+            "priority": args.priority,
+            "max_attempts": args.max_attempts,
+            "policy": args.policy_param,
+            "parent_job_id": args.parent_job_id,
+            "depends_on": args.depends_on,
+            "run_on_failure": args.run_on_failure,
+            "notify": True,
+            "channel": self.channel,
+        }
+
     def json_params(self, payloads: list[bytes], start: int, stop: int) -> dict[str, Any]:
         """The parameters of ``insert_jobs_json`` for the jobs ``start:stop``."""
         args = self.args
@@ -272,6 +295,66 @@ def insert_one(queries: Queries, params: Mapping[str, Any]) -> Steps[ScheduledJo
     return None
 
 
+def insert_dependent(
+    queries: Queries, params: Mapping[str, Any], job_ids: list[uuid.UUID], datas: list[bytes]
+) -> Steps[None]:
+    """Insert jobs that share dependencies (``params["depends_on"]``, non-empty), in the
+    caller's transaction: ``lock_dependencies`` (the dependencies locked until commit), then
+    ``insert_dependent_jobs`` per :data:`BULK_BATCH` jobs.
+
+    Args:
+        queries: The schema's queries.
+        params: ``insert_job``'s parameters (the shared ones; ``job_id``/``data`` unused)
+            plus ``depends_on`` and ``run_on_failure``.
+        job_ids: The jobs' ids.
+        datas: Their payloads as JSON text (UTF-8).
+
+    Raises:
+        DependencyError: an unknown dependency (or another tenant's), or a recurring
+            schedule's tracker; nothing was written (the caller rolls back).
+    """
+    depends_on = list(params["depends_on"])
+    row = yield queries.lock_dependencies, {"tenant": params["tenant"], "depends_on": depends_on}
+    assert row is not None
+    found, schedules, live, failed_id, failed_status = row
+    missing = set(depends_on) - set(found)
+    if missing:
+        shown = ", ".join(sorted(str(m) for m in missing)[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DependencyError(f"depends_on names jobs this tenant does not have: {shown}{more}")
+    if schedules:
+        raise DependencyError("depends_on names a recurring schedule; jobs depend on jobs")
+    cancel_reason = None
+    if failed_id is not None and not params["run_on_failure"]:
+        cancel_reason = f"dependency {failed_id} {failed_status}"
+    shared = {
+        **params,
+        "depends_on": depends_on,
+        "waiting": live > 0,
+        "cancel_reason": cancel_reason,
+        "external_ids": True,
+    }
+    for start in range(0, len(job_ids), BULK_BATCH):
+        chunk = datas[start : start + BULK_BATCH]
+        yield (
+            queries.insert_dependent_jobs,
+            {
+                **shared,
+                "job_ids": job_ids[start : start + BULK_BATCH],
+                "datas": (b"[" + b",".join(chunk) + b"]").decode("utf-8"),
+            },
+        )
+    return None
+
+
+def insert_one_dependent(queries: Queries, params: Mapping[str, Any]) -> Steps[ScheduledJob]:
+    """:func:`insert_dependent` for one job (``insert_job`` parameters)."""
+    data = params["data"]
+    payload = json.dumps(data.obj if isinstance(data, Jsonb) else data, ensure_ascii=False)
+    yield from insert_dependent(queries, params, [params["job_id"]], [payload.encode("utf-8")])
+    return handle(params["job_id"], params["tenant"], created=True)
+
+
 def insert_many(queries: Queries, jobs: BulkJobs, encoding: str) -> Steps[list[ScheduledJob]]:
     """Insert a batch: ``bulk_enqueue_start``, then one binary COPY of every job.
 
@@ -282,6 +365,9 @@ def insert_many(queries: Queries, jobs: BulkJobs, encoding: str) -> Steps[list[S
             on any other encoding the jobs go through ``insert_jobs_json`` statements, whose
             parameters psycopg encodes.
     """
+    if jobs.args.depends_on:
+        yield from insert_dependent(queries, jobs.dependent_params(), jobs.ids, jobs.payloads())
+        return jobs.handles()
     if encoding != "utf-8":
         payloads = jobs.payloads()  # before anything is sent
     row = yield queries.bulk_enqueue_start, jobs.start_params()
@@ -339,6 +425,10 @@ def run_sync(conn: psycopg.Connection[Any], steps: Steps[T]) -> T:
 async def enqueue_on(conn: Any, queries: Queries, params: Mapping[str, Any]) -> ScheduledJob:
     """Write one job in the caller's async transaction, inside a savepoint."""
     caller = async_connection(conn)
+    if params.get("depends_on"):
+        with translate_errors():
+            async with caller_savepoint(caller, queries):
+                return await run_async(caller, insert_one_dependent(queries, params))
     while True:
         with translate_errors():
             async with caller_savepoint(caller, queries):
@@ -350,6 +440,9 @@ async def enqueue_on(conn: Any, queries: Queries, params: Mapping[str, Any]) -> 
 def enqueue_on_sync(conn: Any, queries: Queries, params: Mapping[str, Any]) -> ScheduledJob:
     """:func:`enqueue_on` on the caller's sync connection."""
     caller = sync_connection(conn)
+    if params.get("depends_on"):
+        with translate_errors(), caller_savepoint_sync(caller, queries):
+            return run_sync(caller, insert_one_dependent(queries, params))
     while True:
         with translate_errors(), caller_savepoint_sync(caller, queries):
             written = run_sync(caller, insert_one(queries, params))

@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -18,8 +18,21 @@ from jobrunner._db._errors import retry_conflicts
 from jobrunner._db._migrate import STARTUP_TIMEOUT, retry_transient
 from jobrunner._db._monitoring import DatabaseMonitoring
 from jobrunner._db._store import JobStore
-from jobrunner._errors import DatabaseError, InvalidArgumentError, UnavailableError
-from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, new_job_id, recurring_args
+from jobrunner._errors import (
+    DatabaseError,
+    InvalidArgumentError,
+    NotSupportedError,
+    UnavailableError,
+)
+from jobrunner._jobargs import (
+    JobArgs,
+    bulk_args,
+    check_dependency_options,
+    enqueue_args,
+    new_job_id,
+    recurring_args,
+    with_parent,
+)
 from jobrunner._limits import MAX_TIMEOUT_SECONDS
 from jobrunner._models import (
     JobInfo,
@@ -47,6 +60,7 @@ from jobrunner.backends.postgres._enqueue import (
     handle,
     insert_many,
     insert_one,
+    insert_one_dependent,
     run_async,
     sync_connection,
 )
@@ -193,12 +207,15 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
 
         Raises before anything is written; shared by the async runner and its sync twin.
         """
-        return self._insert_params(
-            enqueue_args(self.registry, self.require_registered, name, data, run_at, options)
-        )
+        args = enqueue_args(self.registry, self.require_registered, name, data, run_at, options)
+        check_dependency_options(args)
+        return self._insert_params(args)
 
     def _insert_params(self, args: JobArgs) -> dict[str, Any]:
         return {
+            "parent_job_id": args.parent_job_id,
+            "depends_on": args.depends_on,
+            "run_on_failure": args.run_on_failure,
             "tenant": args.tenant,
             "job_id": new_job_id(),
             "name": args.name,
@@ -222,6 +239,8 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         if connection is not None:
             return await enqueue_on(connection, self.db.queries, params)
         await self._ensure_started()
+        if params["depends_on"]:
+            return await self._insert_dependent(params)
         try:
             # Performance (docs/performance.md): no liveness round trip before the insert; a
             # dead pooled connection fails it, and it is retried on a checked one.
@@ -239,6 +258,45 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
                 if _is_own_insert(exc):
                     return handle(params["job_id"], params["tenant"], created=True)
                 raise
+
+    async def _insert_dependent(self, params: dict[str, Any]) -> ScheduledJob:
+        """A job with dependencies, in its own transaction (the dependencies stay locked until
+        it commits), run again after losing a race with a dependency moving to jobs_finished.
+        A lost reply is answered like :meth:`_insert`'s: the job's own row tells."""
+
+        async def write() -> ScheduledJob:
+            async with self.db.transaction() as conn:
+                return await run_async(conn, insert_one_dependent(self.db.queries, params))
+
+        try:
+            return await retry_conflicts(write)
+        except UnavailableError:
+            if await self._own_job_exists(params):
+                return handle(params["job_id"], params["tenant"], created=True)
+            raise
+
+    async def schedule_child(
+        self,
+        ctx: Any,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """``ctx.schedule_job``: a job of the handler's tenant recording its parent."""
+        if run_at is not None:
+            as_aware_datetime(run_at)
+        args = enqueue_args(
+            self.registry,
+            self.require_registered,
+            name,
+            data,
+            run_at,
+            cast(EnqueueOptions, {"tenant": ctx.tenant, **options}),
+        )
+        args = with_parent(args, ctx.tenant, ctx.job_id)
+        check_dependency_options(args)
+        return await self._insert(self._insert_params(args), None)
 
     async def _own_job_exists(self, params: dict[str, Any]) -> bool:
         async with self.db.connection() as conn:
@@ -293,6 +351,7 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         """
         items = bulk_items(data)
         args = bulk_args(self.registry, self.require_registered, name, options)
+        check_dependency_options(args)
         return BulkJobs(args, items, self.runner_type, self.db.channel_jobs)
 
     @enqueue_boundary
@@ -312,8 +371,15 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         if connection is not None:
             return await enqueue_many_on(connection, self.db.queries, jobs)
         await self._ensure_started()
-        async with self.db.transaction() as conn:
-            return await run_async(conn, insert_many(self.db.queries, jobs, conn.info.encoding))
+
+        async def write() -> list[ScheduledJob]:
+            async with self.db.transaction() as conn:
+                return await run_async(conn, insert_many(self.db.queries, jobs, conn.info.encoding))
+
+        if jobs.args.depends_on:
+            # the dependencies are locked: one moved to jobs_finished meanwhile, run again
+            return await retry_conflicts(write)
+        return await write()
 
     # -- the sync runner's transactional enqueue ---------------------------------------------
     def schedule_on_sync_connection(
@@ -430,6 +496,11 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         args = recurring_args(
             self.registry, self.require_registered, name, data, expression, **options
         )
+        if args.depends_on_previous:
+            raise NotSupportedError(
+                "depends_on_previous is not supported yet (docs/backends.md, "
+                '"Job dependencies"); use overlap="skip"'
+            )
         await self._ensure_started()
         return await self.schedule_store.save_schedule(args)
 
@@ -467,7 +538,9 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
     def queue_store(self) -> PostgresStore:
         """A new queue store on this runner's database, for one worker (it keeps that
         worker's claim and flush connections; opening it starts the runner)."""
-        return PostgresStore(self.db, tables=self.store, ensure_started=self.start)
+        return PostgresStore(
+            self.db, tables=self.store, ensure_started=self.start, scheduler=self.schedule_child
+        )
 
 
 def _is_own_insert(exc: DatabaseError) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -22,9 +22,10 @@ from psycopg.types.json import Jsonb
 
 from jobrunner._db._errors import retry_conflicts, translate_errors
 from jobrunner._db._store import JobStore
-from jobrunner._errors import JobRunnerError
+from jobrunner._errors import JobRunnerError, NotSupportedError
 from jobrunner._jobargs import RecurringArgs
 from jobrunner._models import ScheduledJob, ScheduleInfo
+from jobrunner._options import EnqueueOptions
 from jobrunner._policy import JobPolicy
 from jobrunner._queue._store import (
     AttemptRef,
@@ -87,6 +88,7 @@ class PostgresStore:
         tables: The runner's shared table operations; progress and step writes of handlers
             go through it (default: a new one on ``db``).
         ensure_started: Awaited by :meth:`open` (the runner's start: migrations, pool).
+        scheduler: The runner's ``schedule_child`` (``ctx.schedule_job`` of handlers).
     """
 
     backend = "postgres"
@@ -97,11 +99,13 @@ class PostgresStore:
         *,
         tables: JobStore | None = None,
         ensure_started: Callable[[], Awaitable[None]] | None = None,
+        scheduler: Callable[..., Awaitable[ScheduledJob]] | None = None,
     ) -> None:
         self.db = db
         self._q = db.queries
         self._tables = tables if tables is not None else JobStore(db)
         self._ensure_started = ensure_started
+        self._scheduler = scheduler
         self._hot: dict[str, AsyncConn] = {}
         self._gate = FlowGate(db)
         self._listener = Listener(db)
@@ -310,6 +314,24 @@ class PostgresStore:
     ) -> bool:
         """See :meth:`JobStore.complete_durable_step`."""
         return await self._tables.complete_durable_step(ctx, detail_id, result_json, tries=tries)
+
+    # -- dependencies and children (DependencySink) ------------------------------------------
+    async def dependency_results(self, ctx: JobContext) -> dict[uuid.UUID, Any]:
+        """See :meth:`JobStore.dependency_results`."""
+        return await self._tables.dependency_results(ctx)
+
+    async def schedule_child(
+        self,
+        ctx: JobContext,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """Enqueue a child job through the runner (``ctx.schedule_job``)."""
+        if self._scheduler is None:
+            raise NotSupportedError("this worker's store has no runner to enqueue child jobs")
+        return await self._scheduler(ctx, name, data, run_at, options)
 
     # -- recurring schedules: ticks -------------------------------------------------------
     async def fire_due_ticks(

@@ -31,6 +31,7 @@ from jobrunner._db._monitoring import retry_job as retry_queue_job
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     InvalidArgumentError,
+    NotSupportedError,
     UnavailableError,
 )
 from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, recurring_args
@@ -220,6 +221,12 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
                 "database transaction and a Temporal workflow start atomically (see "
                 "docs/backends.md); schedule after your transaction commits"
             )
+        if args.depends_on:
+            raise NotSupportedError(
+                "depends_on is not supported by the Temporal backend yet: nothing was written "
+                '(docs/backends.md, "Job dependencies"); use the PostgreSQL backend, or '
+                "enqueue the next job when a handler finishes"
+            )
         job_id = uuid.uuid4()
         params: dict[str, Any] = {
             "tenant": args.tenant,
@@ -237,6 +244,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             "policy": args.policy_param,
             "singleton_key": args.singleton_key,
             "schedule_id": None,
+            "parent_job_id": args.parent_job_id,
             "notify": False,
             "channel": self.db.channel_jobs,
         }
@@ -599,6 +607,11 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         args = recurring_args(
             self.registry, self.require_registered, name, data, expression, **options
         )
+        if args.depends_on_previous:
+            raise NotSupportedError(
+                "depends_on_previous is not supported by the Temporal backend yet "
+                '(docs/backends.md, "Job dependencies"); use overlap="skip"'
+            )
         await self._ensure_started()
         return await self.schedules.save(args)
 

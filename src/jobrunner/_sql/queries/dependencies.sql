@@ -1,0 +1,111 @@
+-- Job dependencies (migration 0012): the enqueue of jobs that wait for other jobs, what a
+-- handler reads of its dependencies, and what monitoring shows. The release of dependents is
+-- the trigger release_dependents() of 0012, run when a job with dependents becomes final.
+-- {schema} is the quoted schema identifier; every value is a bound parameter.
+
+-- name: lock_dependencies
+-- The dependencies of a job about to be written, locked in job_id order until the enqueue
+-- commits: an outcome that would make one final waits, then sees has_dependents and the new
+-- edges (its release trigger reads them); a dependency that became final first is read final
+-- (a row moved to jobs_finished while this waited fails the statement, run again). Same tenant
+-- only: another tenant's id is as unknown as an id that never existed.
+WITH locked AS (
+    SELECT j.job_id, j.status::text AS status FROM {schema}.jobs j
+    WHERE j.tenant = %(tenant)s AND j.job_id = ANY (%(depends_on)s::uuid[])
+    ORDER BY j.job_id
+    FOR NO KEY UPDATE
+)
+SELECT coalesce(array_agg(job_id), '{{}}') AS found,
+       count(*) FILTER (WHERE status = 'active') AS schedules,
+       count(*) FILTER (WHERE status NOT IN ('completed', 'failed', 'cancelled')) AS live,
+       (array_agg(job_id ORDER BY job_id)
+            FILTER (WHERE status IN ('failed', 'cancelled')))[1] AS failed_id,
+       (array_agg(status ORDER BY job_id)
+            FILTER (WHERE status IN ('failed', 'cancelled')))[1] AS failed_status
+FROM locked
+
+-- name: insert_dependent_jobs
+-- Jobs with dependencies (one, or a schedule_jobs batch sharing them), after
+-- lock_dependencies in the same transaction: the rows (waiting while a dependency is live;
+-- cancelled, naming it, when one already failed and the jobs do not run on failure; else
+-- queued or pending as insert_job), one edge per job and dependency (already resolved for a
+-- final dependency), and has_dependents on the live dependencies. Through {schema}.jobs: a
+-- cancelled row goes to jobs_finished.
+WITH rows AS (
+    SELECT * FROM ROWS FROM (unnest(%(job_ids)s::uuid[]),
+                             jsonb_array_elements(%(datas)s::jsonb)) AS r(job_id, data)
+), deps AS (
+    SELECT j.job_id, j.status::text IN ('completed', 'failed', 'cancelled') AS final
+    FROM {schema}.jobs j
+    WHERE j.tenant = %(tenant)s AND j.job_id = ANY (%(depends_on)s::uuid[])
+), inserted AS (
+    INSERT INTO {schema}.jobs (
+        tenant, job_id, type, metadata, status, created_at, updated_at, user_id, runner_type,
+        external_id, queue, priority, run_at, data, max_attempts, policy, dependencies_left,
+        parent_job_id, completed_at, error
+    )
+    SELECT %(tenant)s, r.job_id, %(name)s,
+           CASE WHEN %(cancel_reason)s::text IS NULL THEN %(metadata)s::jsonb
+                ELSE coalesce(%(metadata)s::jsonb, '{{}}'::jsonb)
+                     || jsonb_build_object('cancel_reason', %(cancel_reason)s::text,
+                                           'cancelled_by', 'dependency') END,
+           (CASE WHEN %(cancel_reason)s::text IS NOT NULL THEN 'cancelled'
+                 WHEN %(waiting)s::boolean THEN 'waiting'
+                 WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
+                 THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
+           timezone('utc', now()), timezone('utc', now()), %(user_id)s, %(runner_type)s,
+           CASE WHEN %(external_ids)s::boolean THEN r.job_id::text END,
+           %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()), r.data,
+           %(max_attempts)s, %(policy)s, (SELECT count(*) FROM deps WHERE NOT deps.final),
+           %(parent_job_id)s,
+           CASE WHEN %(cancel_reason)s::text IS NOT NULL THEN now() END,
+           CASE WHEN %(cancel_reason)s::text IS NOT NULL
+                THEN jsonb_build_object('type', 'cancelled', 'message', %(cancel_reason)s::text,
+                                        'traceback', NULL) END
+    FROM rows r
+    RETURNING job_id
+), edges AS (
+    INSERT INTO {schema}.job_dependencies (tenant, depends_on, job_id, run_on_failure, resolved)
+    SELECT %(tenant)s, d.job_id, r.job_id, %(run_on_failure)s, d.final
+    FROM rows r CROSS JOIN deps d
+), marked AS (
+    UPDATE {schema}.jobs_live j SET has_dependents = true
+    FROM deps d
+    WHERE j.tenant = %(tenant)s AND j.job_id = d.job_id AND NOT d.final AND NOT j.has_dependents
+)
+SELECT count(*) AS inserted,
+       CASE WHEN %(notify)s::boolean AND NOT %(waiting)s::boolean
+                 AND %(cancel_reason)s::text IS NULL
+            THEN pg_notify(%(channel)s, %(queue)s) END AS notified
+FROM inserted
+
+-- name: dependency_results
+-- ctx.dependency_results(): each dependency of the job with its status and stored result.
+SELECT e.depends_on AS job_id, j.status, j.result
+FROM {schema}.job_dependencies e
+JOIN {schema}.jobs j ON j.tenant = e.tenant AND j.job_id = e.depends_on
+WHERE e.tenant = %(tenant)s AND e.job_id = %(job_id)s
+ORDER BY e.depends_on
+
+-- name: job_relations
+-- get_job_details: the job's dependencies, dependents and children with their names and
+-- statuses (at most `limit` of each kind, oldest first).
+(SELECT 'dependency' AS relation, j.job_id, j.type, j.status
+ FROM {schema}.job_dependencies e
+ JOIN {schema}.jobs j ON j.tenant = e.tenant AND j.job_id = e.depends_on
+ WHERE e.tenant = %(tenant)s AND e.job_id = %(job_id)s
+ ORDER BY j.job_id LIMIT %(limit)s)
+UNION ALL
+(SELECT 'dependent', j.job_id, j.type, j.status
+ FROM {schema}.job_dependencies e
+ JOIN {schema}.jobs j ON j.tenant = e.tenant AND j.job_id = e.job_id
+ WHERE e.tenant = %(tenant)s AND e.depends_on = %(job_id)s
+ ORDER BY j.job_id LIMIT %(limit)s)
+UNION ALL
+(SELECT 'child', j.job_id, j.type, j.status
+ FROM {schema}.jobs j
+ WHERE j.tenant = %(tenant)s AND j.parent_job_id = %(job_id)s
+ ORDER BY j.job_id LIMIT %(limit)s)
+
+-- name: job_parent
+SELECT parent_job_id FROM {schema}.jobs WHERE tenant = %(tenant)s AND job_id = %(job_id)s

@@ -19,7 +19,10 @@ EXPECTED = {
     ("pgbench_simple_update", "tps"),
     ("pgbench_single_insert", "tps"),
     ("enqueue_single", "jobs_per_s"),
+    ("enqueue_single", "ratio_vs_pgbench_insert"),
+    ("enqueue_single", "ratio_vs_psycopg_insert"),
     ("enqueue_batch", "jobs_per_s"),
+    ("enqueue_batch", "ratio_vs_sql_insert"),
     ("drain", "jobs_per_s"),
     ("drain", "worker_peak_rss"),
     ("drain", "worker_cpu_per_job"),
@@ -74,7 +77,7 @@ def test_bench_smoke(jobrunner_dsn: str, tmp_path: Path) -> None:
     assert by_key[("latency", "p99")]["jobs"] == 20
     assert by_key[("scheduled", "lag_p99")]["jobs"] == 5
     targets = [row for row in lines if "target" in row]
-    assert len(targets) == 8, targets
+    assert len(targets) == 9, targets
     text = results.read_text()
     assert "## Targets" in text
     assert "## Scale-out" in text

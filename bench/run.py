@@ -592,8 +592,14 @@ async def w_drain_defaults(bench: Bench) -> None:
         for label, settings in order if r % 2 == 0 else order[::-1]:
             with fresh_database(bench, "defaults") as dsn:
                 await _one_drain(bench, label, dsn, settings)
-    _record_drains(bench, "drain_defaults", 0)
-    _record_drains(bench, "drain_tuned", 0)
+    for label in ("drain_defaults", "drain_tuned"):
+        _record_drains(bench, label, 0)
+        # How long claimed jobs waited in the worker for a slot (the prefetch's cost to
+        # fairness): the worst p99 and the longest wait over the rounds.
+        waits = [r["held_wait_ms"] for r in bench.drains[label] if r.get("held_wait_ms")]
+        if waits:
+            bench.record(label, "held_wait_p99", max(w["p99"] for w in waits), "ms")
+            bench.record(label, "held_wait_max", max(w["max"] for w in waits), "ms")
     ratios = [
         d["jobs_per_s"] / t["jobs_per_s"]
         for d, t in zip(bench.drains["drain_defaults"], bench.drains["drain_tuned"], strict=True)

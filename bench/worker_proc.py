@@ -52,6 +52,12 @@ class CountingWorker(PostgresWorker):
     """Reports every committed outcome flush on stdout (the drain's end is the last one)."""
 
     committed = 0
+    #: Seconds each job waited in this worker between its claim and its start (the prefetch).
+    held_waits: list[float] = []
+
+    def _start_job(self, job: Any, claimed_at: float) -> None:
+        self.held_waits.append(time.monotonic() - claimed_at)
+        super()._start_job(job, claimed_at)
 
     async def _write_outcomes(self, batch: Any) -> None:
         await super()._write_outcomes(batch)
@@ -113,8 +119,18 @@ async def main() -> None:
         committed=worker.committed,
         claimed=worker.claimed_total,
         peak_rss_mb=peak_rss_mb(),
+        held_wait_ms=_quantiles(worker.held_waits),
         cpu_s=sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
     )
+
+
+def _quantiles(waits: list[float]) -> dict[str, float]:
+    """p50 / p99 / max of ``waits`` in milliseconds (empty: zeros)."""
+    if not waits:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+    ordered = sorted(waits)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": pick(0.5) * 1e3, "p99": pick(0.99) * 1e3, "max": ordered[-1] * 1e3}
 
 
 def _settings(options: dict[str, Any]) -> Any:

@@ -397,7 +397,9 @@ async def test_list_is_one_statement(
     assert len(executed) == 1
     executed.clear()
     await runner.get_job_details(page.jobs[0].job_id, tenant=T1)
-    assert len(executed) == 3  # job, its data, its steps: independent of the step count
+    # job, its data, its relations (dependencies, dependents, children), its steps:
+    # independent of the step and relation counts
+    assert len(executed) == 4
 
 
 async def test_concurrent_reads(runner: PostgresJobRunner, handlers: JobHandlerRegistry) -> None:

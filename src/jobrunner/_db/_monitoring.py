@@ -99,8 +99,6 @@ async def get_job_details(db: Database, tenant: uuid.UUID, job_id: uuid.UUID) ->
             {"tenant": tenant, "job_id": job_id, "limit": RELATIONS_SHOWN},
         )
         relations = await cur.fetchall()
-        cur = await conn.execute(db.queries.job_parent, {"tenant": tenant, "job_id": job_id})
-        parent_row = await cur.fetchone()
     steps = await store.list_steps(tenant, job_id)
     related: dict[str, list[RelatedJob]] = {"dependency": [], "dependent": [], "child": []}
     for rel in relations:
@@ -114,7 +112,7 @@ async def get_job_details(db: Database, tenant: uuid.UUID, job_id: uuid.UUID) ->
         dependencies=related["dependency"],
         dependents=related["dependent"],
         children=related["child"],
-        parent_job_id=(parent_row or {}).get("parent_job_id"),
+        parent_job_id=(data_row or {}).get("parent_job_id"),
     )
 
 

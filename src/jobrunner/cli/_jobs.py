@@ -240,6 +240,7 @@ def _metrics(args: argparse.Namespace) -> int:
         "processing",
         "queued",
         "pending",
+        "waiting",
         "retrying",
         "completed",
         "failed",
@@ -425,6 +426,19 @@ def _show(args: argparse.Namespace) -> int:
         )
     else:
         print("(none)")
+    if details.parent_job_id is not None:
+        print(f"\nparent: {details.parent_job_id}")
+    for title, related in (
+        ("dependencies", details.dependencies),
+        ("dependents", details.dependents),
+        ("children", details.children),
+    ):
+        if related:
+            print(f"\n{title}")
+            print_table(
+                ["job id", "name", "status"],
+                [[r.job_id, r.name, _status_text(r.status)] for r in related],
+            )
     print("\ndata\n" + json.dumps(details.data, indent=2, default=str))
     print("\nmetadata\n" + json.dumps(job.metadata, indent=2, default=str))
     if job.result is not None:

@@ -56,7 +56,14 @@ NOTICES = {
     "backend can; another live job may hold its singleton key).",
 }
 LIVE = {
-    s.value for s in (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.RETRYING)
+    s.value
+    for s in (
+        JobStatus.WAITING,
+        JobStatus.PENDING,
+        JobStatus.QUEUED,
+        JobStatus.PROCESSING,
+        JobStatus.RETRYING,
+    )
 }
 
 
@@ -436,6 +443,9 @@ class Dashboard:
         body = _job_json(details.job, view.base)
         body["data"] = details.data
         body["steps"] = [_plain(s) for s in details.steps]
+        for kind in ("dependencies", "dependents", "children"):
+            body[kind] = [_plain(r) for r in getattr(details, kind)]
+        body["parent_job_id"] = details.parent_job_id
         return JSONResponse(json.loads(json.dumps(body, default=str)))
 
     async def prometheus(self, request: Request) -> Response:

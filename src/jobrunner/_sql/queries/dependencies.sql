@@ -106,6 +106,3 @@ UNION ALL
  FROM {schema}.jobs j
  WHERE j.tenant = %(tenant)s AND j.parent_job_id = %(job_id)s
  ORDER BY j.job_id LIMIT %(limit)s)
-
--- name: job_parent
-SELECT parent_job_id FROM {schema}.jobs WHERE tenant = %(tenant)s AND job_id = %(job_id)s

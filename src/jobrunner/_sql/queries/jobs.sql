@@ -149,7 +149,7 @@ WHERE tenant = %(tenant)s AND job_id = %(job_id)s
 ORDER BY processed_at, detail_id
 
 -- name: get_job_data
-SELECT data FROM {schema}.jobs WHERE tenant = %(tenant)s AND job_id = %(job_id)s
+SELECT data, parent_job_id FROM {schema}.jobs WHERE tenant = %(tenant)s AND job_id = %(job_id)s
 
 -- name: ping
 -- The health check: the server answers a trivial statement.

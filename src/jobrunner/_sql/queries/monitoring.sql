@@ -122,6 +122,10 @@ WITH doomed AS (
 ), gone_ticks AS (
     DELETE FROM {schema}.schedule_ticks t USING gone g
     WHERE t.tenant = g.tenant AND t.schedule_id = g.job_id
+), gone_edges AS (
+    -- its dependency edges (0012); those naming it as a dependency go with their dependent
+    DELETE FROM {schema}.job_dependencies e USING gone g
+    WHERE e.tenant = g.tenant AND e.job_id = g.job_id
 )
 SELECT job_id FROM gone
 

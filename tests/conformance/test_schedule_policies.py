@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from jobrunner import JobContext, JobStatus, ScheduledJob
+from jobrunner import JobContext, JobStatus, NonRetryable, ScheduledJob
 
 from .conftest import Backend
 
@@ -144,3 +144,47 @@ async def test_overlap_skip_turns_a_catch_up_into_its_latest_tick(backend: Backe
     await backend.jump(3 * HOUR + timedelta(minutes=30))
     await backend.settle()
     assert fired == [first + 2 * HOUR]
+
+
+# -- depends_on_previous ----------------------------------------------------------------------
+async def test_depends_on_previous_waits_for_the_previous_run(backend: Backend) -> None:
+    fired = await _ticks(backend)
+    schedule, first = await _schedule(backend, depends_on_previous=True)
+    await backend.jump(HOUR)  # the first tick fires; its run is not run yet (live)
+    await backend.jump(HOUR)  # the second tick's run waits for it
+    runs = await _runs(backend, schedule)
+    assert [r.status for r in runs][1:] == [JobStatus.WAITING]
+    details = await backend.runner.get_job_details(runs[1].job_id)
+    assert details is not None and [d.job_id for d in details.dependencies] == [runs[0].job_id]
+    await backend.settle()
+    assert fired == [first, first + HOUR]
+    await backend.jump(HOUR)  # the previous run is final: the third runs at once
+    runs = await _runs(backend, schedule)
+    assert runs[-1].status is not JobStatus.WAITING
+    await backend.settle()
+    assert fired == [first, first + HOUR, first + 2 * HOUR]
+
+
+async def test_depends_on_previous_chains_a_catch_up(backend: Backend) -> None:
+    order: list[datetime] = []
+    calls: list[int] = []
+
+    async def tick(ctx: JobContext, data: dict[str, Any]) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise NonRetryable("the first run fails; the next ones run anyway")
+        order.append(datetime.fromisoformat(ctx.metadata["scheduled_for"]))
+
+    backend.registry.add("tick", tick)
+    schedule, first = await _schedule(backend, missed_ticks="all", depends_on_previous=True)
+    await backend.jump(3 * HOUR + timedelta(minutes=30))  # three ticks, fired together
+    runs = sorted(await _runs(backend, schedule), key=lambda r: r.run_at)
+    assert [r.status for r in runs][1:] == [JobStatus.WAITING] * 2
+    await backend.settle()
+    infos = [await backend.runner.get_job_status(r.job_id) for r in runs]
+    assert [i.status for i in infos if i is not None] == [
+        JobStatus.FAILED,
+        JobStatus.COMPLETED,
+        JobStatus.COMPLETED,
+    ]
+    assert order == [first + HOUR, first + 2 * HOUR]

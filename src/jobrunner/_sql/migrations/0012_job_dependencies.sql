@@ -14,6 +14,8 @@
 --   only such rows run the release when they reach a final status, so a job without
 --   dependents (the plain drain) pays one boolean test in a trigger's WHEN clause.
 -- * jobs.parent_job_id: the job whose handler enqueued this one (ctx.schedule_job).
+-- * schedules.depends_on_previous: each tick's job depends on the previous tick's job (edges
+--   with run_on_failure: it waits for the previous run to be final, whatever its outcome).
 --
 -- The release runs in a trigger on arrival in jobs_finished (every final status: outcome
 -- batches, cancels, rescues, the Temporal activities). Its statements take a new snapshot, so
@@ -30,6 +32,8 @@ ALTER TYPE job_status ADD VALUE IF NOT EXISTS 'waiting';
 ALTER TABLE jobs ADD COLUMN dependencies_left INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN has_dependents BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE jobs ADD COLUMN parent_job_id UUID;
+
+ALTER TABLE schedules ADD COLUMN depends_on_previous BOOLEAN NOT NULL DEFAULT false;
 
 CREATE INDEX jobs_parent_idx ON jobs (tenant, parent_job_id) WHERE parent_job_id IS NOT NULL;
 

@@ -106,3 +106,37 @@ UNION ALL
  FROM {schema}.jobs j
  WHERE j.tenant = %(tenant)s AND j.parent_job_id = %(job_id)s
  ORDER BY j.job_id LIMIT %(limit)s)
+
+-- name: sched_lock_previous_run
+-- depends_on_previous: the schedule's previous run, locked until the tick's transaction
+-- commits (as lock_dependencies: its outcome then sees the new edge). `live`: not final yet.
+SELECT j.job_id, j.status::text NOT IN ('completed', 'failed', 'cancelled') AS live
+FROM {schema}.jobs j
+WHERE j.tenant = %(tenant)s AND j.job_id = %(job_id)s
+FOR NO KEY UPDATE
+
+-- name: sched_chain_runs
+-- depends_on_previous: the runs just inserted (job_ids, in tick order) wait each for the one
+-- before, the first for the previous run when it is live (`previous`, else NULL), whatever
+-- its outcome (run_on_failure). One UPDATE per row (a row updated twice in one statement
+-- would keep only the first change).
+WITH runs AS (
+    SELECT r.job_id,
+           coalesce(lag(r.job_id) OVER (ORDER BY r.n), %(previous)s::uuid) AS after
+    FROM unnest(%(job_ids)s::uuid[]) WITH ORDINALITY AS r(job_id, n)
+), edges AS (
+    INSERT INTO {schema}.job_dependencies (tenant, depends_on, job_id, run_on_failure)
+    SELECT %(tenant)s, r.after, r.job_id, true FROM runs r WHERE r.after IS NOT NULL
+), targets AS (
+    SELECT r.job_id, r.after IS NOT NULL AS waits,
+           EXISTS (SELECT 1 FROM runs n WHERE n.after = r.job_id) AS awaited
+    FROM runs r
+    UNION ALL
+    SELECT %(previous)s::uuid, false, true WHERE %(previous)s::uuid IS NOT NULL
+)
+UPDATE {schema}.jobs_live j
+SET status = CASE WHEN t.waits THEN 'waiting'::{schema}.job_status ELSE j.status END,
+    dependencies_left = CASE WHEN t.waits THEN 1 ELSE j.dependencies_left END,
+    has_dependents = j.has_dependents OR t.awaited
+FROM targets t
+WHERE j.tenant = %(tenant)s AND j.job_id = t.job_id

@@ -38,13 +38,13 @@ VALUES (
 INSERT INTO {schema}.schedules (
     tenant, schedule_id, singleton_key, name, data, metadata, expression, timezone, kind,
     missed_ticks, overlap, max_catch_up, priority, queue, max_attempts, user_id, next_run_at,
-    runner_type, policy
+    runner_type, policy, depends_on_previous
 )
 VALUES (
     %(tenant)s, %(schedule_id)s, %(singleton_key)s, %(name)s, %(data)s, %(user_metadata)s,
     %(expression)s, %(timezone)s, %(kind)s, %(missed_ticks)s, %(overlap)s, %(max_catch_up)s,
     %(priority)s, %(queue)s, %(max_attempts)s, %(user_id)s, %(next_run_at)s, %(runner_type)s,
-    %(policy)s
+    %(policy)s, %(depends_on_previous)s
 )
 RETURNING *
 
@@ -55,6 +55,7 @@ SET name = %(name)s, data = %(data)s, metadata = %(user_metadata)s,
     missed_ticks = %(missed_ticks)s, overlap = %(overlap)s, max_catch_up = %(max_catch_up)s,
     priority = %(priority)s, queue = %(queue)s, max_attempts = %(max_attempts)s,
     policy = %(policy)s, user_id = %(user_id)s, next_run_at = %(next_run_at)s,
+    depends_on_previous = %(depends_on_previous)s,
     version = version + 1, updated_at = now()
 WHERE tenant = %(tenant)s AND schedule_id = %(schedule_id)s
 RETURNING *
@@ -132,7 +133,7 @@ FOR UPDATE SKIP LOCKED
 SELECT EXISTS (
     SELECT 1 FROM {schema}.jobs
     WHERE tenant = %(tenant)s AND schedule_id = %(schedule_id)s
-      AND status IN ('pending', 'queued', 'processing', 'retrying')
+      AND status IN ('pending', 'queued', 'processing', 'retrying', 'waiting')
 ) AS live
 
 -- name: sched_insert_runs

@@ -196,6 +196,8 @@ class ScheduleRecord:
     last_run_at: datetime | None = None
     last_job_id: uuid.UUID | None = None
     skipped_ticks: int = 0
+    depends_on_previous: bool = False
+    """A tick's job waits until the previous tick's job is final."""
 
 
 def handle(job: JobRecord, *, created: bool) -> ScheduledJob:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Unpack, cast
 
-from jobrunner._errors import InvalidArgumentError, JobNotFoundError, NotSupportedError
+from jobrunner._errors import InvalidArgumentError, JobNotFoundError
 from jobrunner._execution import Aborted, AbortReason, Attempt, run_attempt
 from jobrunner._filters import list_filters
 from jobrunner._jobargs import (
@@ -448,11 +448,6 @@ class InMemoryJobRunner(JobRunner):
         args = recurring_args(
             self.registry, self.require_registered, name, data, expression, **options
         )
-        if args.depends_on_previous:
-            raise NotSupportedError(
-                "depends_on_previous is not supported yet (docs/backends.md, "
-                '"Job dependencies"); use overlap="skip"'
-            )
         return self.store.save_schedule(args)
 
     async def list_schedules(self, *, tenant: TenantArg = None) -> list[ScheduleInfo]:

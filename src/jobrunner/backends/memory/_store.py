@@ -45,7 +45,9 @@ from jobrunner._recurrence import DEFAULT_MISFIRE_GRACE
 from jobrunner.backends.memory._clock import Clock
 from jobrunner.backends.memory._records import (
     CLAIMABLE,
+    FINAL,
     DetailRecord,
+    EdgeRecord,
     JobRecord,
     ScheduleRecord,
     roundtrip,
@@ -516,6 +518,18 @@ class MemoryStore(MemoryTables):
             schedule_id=tracker.job_id,
             scheduled_for=tick,
         )
+        previous = (
+            None
+            if schedule.last_job_id is None
+            else self.jobs.get((tracker.tenant, schedule.last_job_id))
+        )
+        if schedule.depends_on_previous and previous is not None and previous.status not in FINAL:
+            # as 0012's schedule ticks: waits for the previous tick's job, whatever its outcome
+            edge = EdgeRecord(previous.job_id, job.job_id, run_on_failure=True)
+            self.dependents.setdefault(previous.key, []).append(edge)
+            self.dependencies.setdefault(job.key, []).append(edge)
+            job.dependencies_left = 1
+            job.status = JobStatus.WAITING
         self.jobs[job.key] = job
         schedule.last_run_at = tick
         schedule.last_job_id = job.job_id

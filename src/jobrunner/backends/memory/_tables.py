@@ -555,6 +555,7 @@ class MemoryTables:
             existing.policy = template.policy
             existing.missed_ticks, existing.overlap = args.missed_ticks, args.overlap
             existing.max_catch_up = args.max_catch_up
+            existing.depends_on_previous = args.depends_on_previous
             if not same_timing:
                 existing.rec = rec
                 existing.next_run_at = rec.next_after(now)
@@ -580,6 +581,7 @@ class MemoryTables:
             overlap=args.overlap,
             max_catch_up=args.max_catch_up,
             next_run_at=rec.next_after(now),
+            depends_on_previous=args.depends_on_previous,
         )
         self.jobs[template.key] = template
         self.schedules[template.key] = schedule

@@ -21,7 +21,6 @@ from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     DatabaseError,
     InvalidArgumentError,
-    NotSupportedError,
     UnavailableError,
 )
 from jobrunner._jobargs import (
@@ -496,11 +495,6 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         args = recurring_args(
             self.registry, self.require_registered, name, data, expression, **options
         )
-        if args.depends_on_previous:
-            raise NotSupportedError(
-                "depends_on_previous is not supported yet (docs/backends.md, "
-                '"Job dependencies"); use overlap="skip"'
-            )
         await self._ensure_started()
         return await self.schedule_store.save_schedule(args)
 

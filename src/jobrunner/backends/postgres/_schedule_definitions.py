@@ -139,6 +139,7 @@ async def save_schedule(
         "missed_ticks": args.missed_ticks.value,
         "overlap": args.overlap.value,
         "max_catch_up": args.max_catch_up,
+        "depends_on_previous": args.depends_on_previous,
         "priority": job.priority,
         "queue": job.queue,
         "max_attempts": job.max_attempts,

@@ -19,6 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from jobrunner._db._errors import retry_conflicts
 from jobrunner._db._queries import Queries, queries_for
 from jobrunner._models import MissedTickPolicy, OverlapPolicy
 from jobrunner._queue._store import FiredSchedule
@@ -65,15 +66,24 @@ async def fire_due(
     """
     q = queries_for(schema)
     results: list[FiredSchedule] = []
-    while len(results) < limit:
+
+    async def fire_next() -> FiredSchedule | None:
         async with conn.transaction():
             cur = conn.cursor(row_factory=dict_row)
             when = now if now is not None else await _clock(cur, q)
             await cur.execute(q.sched_claim_due, {"now": when, "limit": 1})
             row = await cur.fetchone()
             if row is None:
-                break
-            results.append(await _fire_one(cur, q, schema, row, when, grace))
+                return None
+            return await _fire_one(cur, q, schema, row, when, grace)
+
+    while len(results) < limit:
+        # run again when a depends_on_previous schedule's previous run moved to jobs_finished
+        # while its lock was awaited (sched_lock_previous_run)
+        fired = await retry_conflicts(fire_next)
+        if fired is None:
+            break
+        results.append(fired)
     return results
 
 
@@ -110,6 +120,12 @@ async def _fire_one(
         )
     inserted: list[tuple[uuid.UUID, datetime]] = []
     runs: list[dict[str, Any]] = []
+    previous_live = None
+    if fire_times and row.get("depends_on_previous") and row["last_job_id"] is not None:
+        # locked before the runs are written: see sched_lock_previous_run
+        await cur.execute(q.sched_lock_previous_run, {**key, "job_id": row["last_job_id"]})
+        found = await cur.fetchone()
+        previous_live = found["job_id"] if found is not None and found["live"] else None
     if fire_times:
         await cur.execute(
             q.sched_insert_runs,
@@ -123,6 +139,13 @@ async def _fire_one(
         )
         runs = await cur.fetchall()
         inserted = [(r["job_id"], r["scheduled_for"]) for r in runs]
+        if runs and row.get("depends_on_previous"):
+            await cur.execute(
+                q.sched_chain_runs,
+                {**key, "job_ids": [r["job_id"] for r in runs], "previous": previous_live},
+            )
+            if len(runs) > 1 or previous_live is not None:
+                runs[-1]["status"] = "waiting"
         # A tick that already had its job (only possible if next_run_at was moved back by
         # hand) is not fired twice: the unique key turned the insert into a no-op.
         skipped += len(fire_times) - len(inserted)

@@ -135,6 +135,9 @@ class QueueWorker(JobWorker):
         self._releases: set[asyncio.Task[None]] = set()
         # Running mean of handler run times (seconds); None until the first one ends.
         self._run_time: float | None = None
+        # Jobs started, and how many of them started while the last claim ran.
+        self._started_total = 0
+        self._claim_drain = 0
         self._outcomes = OutcomeBatch()
         # Attempts stopped by shutdown, handed back (not counted) once the worker stops.
         self._to_release: list[_Running] = []
@@ -237,21 +240,24 @@ class QueueWorker(JobWorker):
     def _claim_size(self) -> int:
         """How many jobs to claim now (0: wait for a slot to free).
 
-        With the prefetch empty, one statement claims for the free slots plus the prefetch
-        target; with jobs held, it refills once half of the target is used up, so the slots
-        never wait for a claim's round trip while work is due. ``claim_batch`` caps either.
+        With nothing held, one statement claims for the free slots plus the prefetch target.
+        With jobs held, the worker claims again once they are down to half the target, or to
+        what the slots started while the last claim ran (``ahead``), whichever is more, so the
+        slots never wait for a claim's round trip while work is due; the claim is sized to
+        refill the target by the time it returns. Where claims are the bottleneck (a claim
+        takes longer than the slots need for the held jobs) this claims the full target back
+        to back. ``claim_batch`` caps every claim.
         """
-        free = self.settings.concurrency - len(self._running)
+        free = max(self.settings.concurrency - len(self._running), 0)
         target = self._prefetch_target()
         held = len(self._held)
+        ahead = min(self._claim_drain, target)
         if held == 0:
-            if free <= 0:
-                return 0
-            want = free + target
-        elif held <= target // 2:
-            want = max(free, 0) + target - held
+            want = free + target if free else 0
+        elif held <= max(target // 2, ahead):
+            want = free + target - max(held - ahead, 0)
         else:
-            return 0
+            want = 0
         cap = self.settings.claim_batch
         return min(want, cap) if cap is not None else want
 
@@ -283,6 +289,7 @@ class QueueWorker(JobWorker):
             await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _claim(self, limit: int) -> int:
+        started_before = self._started_total
         claim = await self.store.claim(
             ClaimRequest(
                 worker_id=self.worker_id,
@@ -293,6 +300,7 @@ class QueueWorker(JobWorker):
             )
         )
         self._gated = claim.gated
+        self._claim_drain = self._started_total - started_before
         now = time.monotonic()
         self._held.extend(_Held(job, now) for job in claim.jobs)
         self._start_held()
@@ -341,6 +349,7 @@ class QueueWorker(JobWorker):
 
     def _start_job(self, job: ClaimedJob, claimed_at: float) -> None:
         attempt, spec = begin_attempt(job, self.registry, self.store)
+        self._started_total += 1
         running = _Running(attempt, job.ref, claimed_at)
         self._running[running.key] = running
         running.task = asyncio.create_task(

@@ -360,7 +360,7 @@ async def w_enqueue_single(bench: Bench) -> None:
     one-client INSERT of one small row, and the same INSERT through psycopg from this process
     (what a Python client reaches at best, with this interpreter and driver)."""
     n = bench.sizes.enqueue_single
-    rounds = 5 if n >= 5_000 else 1
+    rounds = 10 if n >= 5_000 else 1
     per_round = n // rounds
     slice_s = max(1, bench.sizes.insert_seconds // rounds)
     elapsed = 0.0

@@ -45,10 +45,11 @@ class WorkerSettings:
     """Most jobs claimed per statement (default: no cap beyond the free slots plus the
     prefetch)."""
     prefetch: int = DEFAULT_PREFETCH
-    """Most claimed jobs held waiting for a free slot. The worker holds only what its slots
+    """Most claimed jobs the worker aims to hold waiting for a free slot: only what its slots
     are expected to start within :data:`PREFETCH_HORIZON` seconds (from the handlers' recent
-    run times), never more than this, and hands back a held job not started within
-    :data:`PREFETCH_MAX_WAIT` seconds. ``0``: claim only for free slots."""
+    run times), at most this many (twice this while a claim is in flight); a held job not
+    started within :data:`PREFETCH_MAX_WAIT` seconds is handed back. ``0``: claim only for
+    free slots."""
     flush_interval: float = 0.002
     """Outcomes are written at most this many seconds after the first one is buffered."""
     flush_max: int = 1000

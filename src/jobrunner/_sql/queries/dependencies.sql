@@ -54,7 +54,7 @@ WITH rows AS (
                  WHEN %(run_at)s::timestamptz IS NULL OR %(run_at)s::timestamptz <= now()
                  THEN 'queued' ELSE 'pending' END)::{schema}.job_status,
            timezone('utc', now()), timezone('utc', now()), %(user_id)s, %(runner_type)s,
-           CASE WHEN %(external_ids)s::boolean THEN r.job_id::text END,
+           %(external_prefix)s::text || r.job_id::text,
            %(queue)s, %(priority)s, coalesce(%(run_at)s::timestamptz, now()), r.data,
            %(max_attempts)s, %(policy)s, (SELECT count(*) FROM deps WHERE NOT deps.final),
            %(parent_job_id)s,
@@ -140,3 +140,20 @@ SET status = CASE WHEN t.waits THEN 'waiting'::{schema}.job_status ELSE j.status
     has_dependents = j.has_dependents OR t.awaited
 FROM targets t
 WHERE j.tenant = %(tenant)s AND j.job_id = t.job_id
+
+-- name: temporal_release_state
+-- A waiting Temporal workflow's check: its row's status and seconds until its run_at.
+SELECT status::text AS status,
+       greatest(extract(epoch FROM run_at - now()), 0)::float8 AS due_in
+FROM {schema}.jobs
+WHERE tenant = %(tenant)s AND job_id = %(job_id)s
+
+-- name: temporal_released_dependents
+-- The workflows to wake after a job became final: its Temporal dependents no longer waiting
+-- (released, or cancelled by its failure) whose rows name a workflow.
+SELECT j.external_id
+FROM {schema}.job_dependencies e
+JOIN {schema}.jobs j ON j.tenant = e.tenant AND j.job_id = e.job_id
+WHERE e.tenant = %(tenant)s AND e.depends_on = %(job_id)s
+  AND j.runner_type = 'temporal' AND j.status::text <> 'waiting'
+  AND j.external_id IS NOT NULL

@@ -77,16 +77,18 @@ WITH updated AS (
         completed_at = now(), updated_at = timezone('utc', now()), worker_id = NULL
     WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
       AND status = 'processing'
-    RETURNING tenant, job_id, attempts
+    RETURNING tenant, job_id, attempts, has_dependents
+), attempt_row AS (
+    INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at,
+                                      retry_count, metadata)
+    SELECT tenant, job_id, 'attempt', 'completed', timezone('utc', now()), attempts,
+           jsonb_build_object('started_at', %(started_at)s::timestamptz,
+                              'duration_ms', %(duration_ms)s::float8,
+                              'worker_id', %(worker_id)s::text)
+    FROM updated
 )
-INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at, retry_count,
-                                  metadata)
-SELECT tenant, job_id, 'attempt', 'completed', timezone('utc', now()), attempts,
-       jsonb_build_object('started_at', %(started_at)s::timestamptz,
-                          'duration_ms', %(duration_ms)s::float8,
-                          'worker_id', %(worker_id)s::text)
-FROM updated
-RETURNING job_id
+-- has_dependents: the activity then wakes the workflows this outcome released (0012)
+SELECT job_id, has_dependents FROM updated
 
 -- name: temporal_fail
 WITH updated AS (
@@ -101,18 +103,19 @@ WITH updated AS (
         worker_id = NULL
     WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND lease_token = %(token)s
       AND status = 'processing'
-    RETURNING tenant, job_id, attempts, run_at, error
+    RETURNING tenant, job_id, attempts, run_at, error, has_dependents
+), attempt_row AS (
+    INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
+                                      retry_count, metadata)
+    SELECT tenant, job_id, 'attempt', 'failed', error, timezone('utc', now()), attempts,
+           jsonb_build_object('started_at', %(started_at)s::timestamptz,
+                              'duration_ms', %(duration_ms)s::float8,
+                              'worker_id', %(worker_id)s::text,
+                              'next_run_at', CASE WHEN %(retry_in)s::float8 IS NULL THEN NULL
+                                                  ELSE run_at END)
+    FROM updated
 )
-INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, result, processed_at,
-                                  retry_count, metadata)
-SELECT tenant, job_id, 'attempt', 'failed', error, timezone('utc', now()), attempts,
-       jsonb_build_object('started_at', %(started_at)s::timestamptz,
-                          'duration_ms', %(duration_ms)s::float8,
-                          'worker_id', %(worker_id)s::text,
-                          'next_run_at', CASE WHEN %(retry_in)s::float8 IS NULL THEN NULL
-                                              ELSE run_at END)
-FROM updated
-RETURNING job_id
+SELECT job_id, has_dependents FROM updated
 
 -- name: temporal_finish_failed
 -- The workflow's last word when the activity could not record the outcome itself (server-side
@@ -121,7 +124,7 @@ RETURNING job_id
 WITH prev AS (
     SELECT tenant, job_id, status FROM {schema}.jobs
     WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
-      AND status IN ('pending', 'queued', 'processing', 'retrying')
+      AND status IN ('pending', 'queued', 'processing', 'retrying', 'waiting')
       AND (external_run_id = %(run_id)s OR (external_run_id IS NULL AND lease_token = 0))
     FOR UPDATE
 ), updated AS (
@@ -154,7 +157,7 @@ SELECT job_id FROM updated
 WITH prev AS (
     SELECT tenant, job_id, status, attempts FROM {schema}.jobs
     WHERE tenant = %(tenant)s AND job_id = %(job_id)s AND runner_type = 'temporal'
-      AND status IN ('pending', 'queued', 'processing', 'retrying')
+      AND status IN ('pending', 'queued', 'processing', 'retrying', 'waiting')
       AND (external_run_id = %(run_id)s OR (external_run_id IS NULL AND lease_token = 0))
     FOR UPDATE
 ), cancelled AS (

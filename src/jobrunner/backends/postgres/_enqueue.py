@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
@@ -297,7 +298,7 @@ def insert_one(queries: Queries, params: Mapping[str, Any]) -> Steps[ScheduledJo
 
 def insert_dependent(
     queries: Queries, params: Mapping[str, Any], job_ids: list[uuid.UUID], datas: list[bytes]
-) -> Steps[None]:
+) -> Steps[str]:
     """Insert jobs that share dependencies (``params["depends_on"]``, non-empty), in the
     caller's transaction: ``lock_dependencies`` (the dependencies locked until commit), then
     ``insert_dependent_jobs`` per :data:`BULK_BATCH` jobs.
@@ -308,6 +309,10 @@ def insert_dependent(
             plus ``depends_on`` and ``run_on_failure``.
         job_ids: The jobs' ids.
         datas: Their payloads as JSON text (UTF-8).
+
+    Returns:
+        What the jobs were written as (all alike): ``"waiting"``, ``"cancelled"`` (a
+        dependency already failed) or ``"ready"`` (queued, or pending until ``run_at``).
 
     Raises:
         DependencyError: an unknown dependency (or another tenant's), or a recurring
@@ -332,7 +337,8 @@ def insert_dependent(
         "depends_on": depends_on,
         "waiting": live > 0,
         "cancel_reason": cancel_reason,
-        "external_ids": True,
+        # external_id: the job id (PostgreSQL), the workflow id (Temporal: job-<name>-<id>)
+        "external_prefix": params.get("external_prefix", ""),
     }
     for start in range(0, len(job_ids), BULK_BATCH):
         chunk = datas[start : start + BULK_BATCH]
@@ -344,7 +350,7 @@ def insert_dependent(
                 "datas": (b"[" + b",".join(chunk) + b"]").decode("utf-8"),
             },
         )
-    return None
+    return "cancelled" if cancel_reason is not None else "waiting" if live > 0 else "ready"
 
 
 def insert_one_dependent(queries: Queries, params: Mapping[str, Any]) -> Steps[ScheduledJob]:
@@ -380,6 +386,13 @@ def insert_many(queries: Queries, jobs: BulkJobs, encoding: str) -> Steps[list[S
 
 
 # -- running them ------------------------------------------------------------------------------
+def _has_rows(cur: psycopg.AsyncCursor[Any] | psycopg.Cursor[Any]) -> bool:
+    """Whether the statement just run returned rows (``cur.description`` builds a column
+    object per column on every call: 10 us of a single enqueue, docs/performance.md)."""
+    result = cur.pgresult
+    return result is not None and result.status == pq.ExecStatus.TUPLES_OK
+
+
 async def run_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T]) -> T:
     """Run ``steps`` on an async connection (in its current transaction, if any)."""
     # Tuple rows whatever row factory the connection uses.
@@ -394,7 +407,7 @@ async def run_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T]) -> T:
                         await copy.write(chunk)
             else:
                 await cur.execute(*step)
-                row = await cur.fetchone() if cur.description is not None else None
+                row = await cur.fetchone() if _has_rows(cur) else None
             step = steps.send(row)
     except StopIteration as done:
         result: T = done.value
@@ -414,7 +427,7 @@ def run_sync(conn: psycopg.Connection[Any], steps: Steps[T]) -> T:
                         copy.write(chunk)
             else:
                 cur.execute(*step)
-                row = cur.fetchone() if cur.description is not None else None
+                row = cur.fetchone() if _has_rows(cur) else None
             step = steps.send(row)
     except StopIteration as done:
         result: T = done.value

@@ -11,6 +11,7 @@ attempt that Temporal already gave up on (timed out, worker presumed dead) chang
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from concurrent.futures import Executor
@@ -38,16 +39,19 @@ from jobrunner._validation import SYSTEM_USER
 from jobrunner.backends.temporal import _schedules
 from jobrunner.backends.temporal._inputs import policy_input
 from jobrunner.backends.temporal._types import (
+    CHECK_RELEASE_ACTIVITY,
     FINISH_ACTIVITY,
     PROGRESS_ACTIVITY,
     REGISTER_RUN_ACTIVITY,
     RESOLVE_POLICY_ACTIVITY,
     RUN_ACTIVITY,
     SIGNAL_PROGRESS_REPORTED,
+    SIGNAL_RELEASED,
     FinishInput,
     PolicyInput,
     ProgressInput,
     RegisterRunInput,
+    ReleaseInput,
     RunInput,
 )
 from jobrunner.registry import JobHandlerRegistry
@@ -93,6 +97,7 @@ class JobActivities:
             self.register_run,
             self.signal_progress,
             self.resolve_policy,
+            self.check_release,
         ]
 
     # -- the handler ------------------------------------------------------------------------
@@ -170,7 +175,7 @@ class JobActivities:
         if isinstance(outcome, Failed):
             await self._record_failure(attempt, outcome)
             raise _application_error(outcome)
-        await self._fetch_one(
+        done = await self._fetch_one(
             self.q.temporal_complete,
             {
                 "tenant": tenant,
@@ -182,6 +187,8 @@ class JobActivities:
                 "worker_id": str(self.worker_id),
             },
         )
+        if done is not None and done["has_dependents"]:
+            await self._wake_dependents(tenant, job_id)
         return outcome.result
 
     async def _heartbeat(self, ctx: JobContext) -> None:
@@ -212,7 +219,7 @@ class JobActivities:
 
     async def _record_failure(self, attempt: Attempt, outcome: Failed) -> None:
         ctx = attempt.ctx
-        await self._fetch_one(
+        row = await self._fetch_one(
             self.q.temporal_fail,
             {
                 "tenant": ctx.tenant,
@@ -225,6 +232,35 @@ class JobActivities:
                 "worker_id": str(self.worker_id),
             },
         )
+        if outcome.retry_in is None and row is not None and row["has_dependents"]:
+            await self._wake_dependents(ctx.tenant, ctx.job_id)
+
+    async def _wake_dependents(self, tenant: uuid.UUID, job_id: uuid.UUID) -> None:
+        """Signal the workflows of Temporal dependents this job's end released (the release
+        itself committed with the outcome, migration 0012). Best effort: a waiting workflow
+        also polls its row (``RELEASE_POLL``)."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                self.q.temporal_released_dependents, {"tenant": tenant, "job_id": job_id}
+            )
+            rows = await cur.fetchall()
+        if not rows:
+            return
+        client = activity.client()
+        for row in rows:
+            with contextlib.suppress(Exception):
+                await client.get_workflow_handle(row["external_id"]).signal(SIGNAL_RELEASED)
+
+    @activity.defn(name=CHECK_RELEASE_ACTIVITY)
+    async def check_release(self, inp: ReleaseInput) -> dict[str, Any]:
+        """A waiting workflow's look at its row: ``{status, due_in}``."""
+        row = await self._fetch_one(
+            self.q.temporal_release_state,
+            {"tenant": uuid.UUID(inp.tenant), "job_id": uuid.UUID(inp.job_id)},
+        )
+        if row is None:
+            return {"status": "cancelled", "due_in": 0.0}
+        return {"status": row["status"], "due_in": float(row["due_in"] or 0.0)}
 
     async def _fetch_one(self, query: Any, params: dict[str, Any]) -> dict[str, Any] | None:
         """Run one fenced write (its row, if it returns any), again when it lost a race with a
@@ -268,6 +304,8 @@ class JobActivities:
                     ),
                 },
             )
+        if row is not None:
+            await self._wake_dependents(tenant, job_id)
         return row is not None
 
     @activity.defn(name=REGISTER_RUN_ACTIVITY)
@@ -444,6 +482,10 @@ class _ProgressMirror:
         self, ctx: JobContext, detail_id: uuid.UUID, *, ok: bool, result: Any, error: Any
     ) -> None:
         await self.store.finish_step(ctx, detail_id, ok=ok, result=result, error=error)
+
+    async def dependency_results(self, ctx: JobContext) -> dict[uuid.UUID, Any]:
+        """See :meth:`JobStore.dependency_results`."""
+        return await self.store.dependency_results(ctx)
 
     async def begin_durable_step(self, ctx: JobContext, name: str) -> DurableStart:
         return await self.store.begin_durable_step(ctx, name)

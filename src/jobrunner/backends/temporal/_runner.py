@@ -9,6 +9,7 @@ same queries as on the PostgreSQL backend.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,13 @@ from jobrunner._errors import (
     NotSupportedError,
     UnavailableError,
 )
-from jobrunner._jobargs import JobArgs, bulk_args, enqueue_args, recurring_args
+from jobrunner._jobargs import (
+    JobArgs,
+    bulk_args,
+    check_dependency_options,
+    enqueue_args,
+    recurring_args,
+)
 from jobrunner._limits import MAX_LEASE_SECONDS, MAX_TIMEOUT_SECONDS
 from jobrunner._models import (
     JobInfo,
@@ -55,6 +62,7 @@ from jobrunner._validation import (
     as_tenant,
     as_uuid,
 )
+from jobrunner.backends.postgres._enqueue import insert_dependent, run_async
 from jobrunner.backends.temporal._client import DEFAULT_CONNECT_TIMEOUT, connect
 from jobrunner.backends.temporal._inputs import policy_input, temporal_priority, workflow_id
 from jobrunner.backends.temporal._recurring import TemporalSchedules
@@ -221,12 +229,7 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
                 "database transaction and a Temporal workflow start atomically (see "
                 "docs/backends.md); schedule after your transaction commits"
             )
-        if args.depends_on:
-            raise NotSupportedError(
-                "depends_on is not supported by the Temporal backend yet: nothing was written "
-                '(docs/backends.md, "Job dependencies"); use the PostgreSQL backend, or '
-                "enqueue the next job when a handler finishes"
-            )
+        check_dependency_options(args)
         job_id = uuid.uuid4()
         params: dict[str, Any] = {
             "tenant": args.tenant,
@@ -245,6 +248,8 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             "singleton_key": args.singleton_key,
             "schedule_id": None,
             "parent_job_id": args.parent_job_id,
+            "depends_on": args.depends_on,
+            "run_on_failure": args.run_on_failure,
             "notify": False,
             "channel": self.db.channel_jobs,
         }
@@ -286,9 +291,69 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             priority=temporal_priority(job.priority, job.tenant),
         )
 
+    async def _launch_dependent(
+        self,
+        base: dict[str, Any],
+        template: JobInput,
+        ids: list[uuid.UUID],
+        payloads: list[dict[str, Any]],
+        run_at: datetime | None,
+    ) -> list[ScheduledJob]:
+        """Jobs with dependencies: their rows in one transaction (the dependencies locked
+        until it commits, as on PostgreSQL), then their workflows. A ``waiting`` job's
+        workflow waits for its release (``JobInput.waiting``: the signal of the activity whose
+        outcome released it, or its poll of the row); jobs a failed dependency cancelled at
+        once get no workflow (their rows are final)."""
+        await self._ensure_started()
+        params = {**base, "external_prefix": workflow_id(template.name, "")}
+        datas = [json.dumps(p, ensure_ascii=False).encode("utf-8") for p in payloads]
+
+        async def write() -> str:
+            async with self.db.transaction() as conn:
+                return await run_async(conn, insert_dependent(self.db.queries, params, ids, datas))
+
+        written = await retry_conflicts(write)
+        handles = [
+            ScheduledJob(job_id=i, external_id=workflow_id(template.name, i), tenant=base["tenant"])
+            for i in ids
+        ]
+        if written == "cancelled":
+            return handles
+        waiting = written == "waiting"
+        failed: list[uuid.UUID] = []
+        errors: list[BaseException] = []
+        gate = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def start_one(job_id: uuid.UUID, payload: dict[str, Any]) -> None:
+            job = JobInput(
+                **{**template.__dict__, "job_id": str(job_id), "data": payload, "waiting": waiting}
+            )
+            async with gate:
+                try:
+                    handle = await self._start_workflow(job, None if waiting else run_at)
+                except Exception as exc:  # noqa: BLE001 - collected and reported below
+                    failed.append(job_id)
+                    errors.append(exc)
+                    return
+            await self._save_run_id(base["tenant"], job_id, handle)
+
+        await asyncio.gather(*(start_one(i, p) for i, p in zip(ids, payloads, strict=True)))
+        if failed:
+            await self._mark_start_failed(base["tenant"], failed, errors[0])
+            raise UnavailableError(
+                f"{len(failed)} of {len(ids)} workflows could not be started on Temporal at "
+                f"{self.address}: {errors[0]}"
+            ) from errors[0]
+        return handles
+
     async def _launch(
         self, params: dict[str, Any], job: JobInput, run_at: datetime | None
     ) -> ScheduledJob:
+        if params["depends_on"]:
+            [made] = await self._launch_dependent(
+                params, job, [params["job_id"]], [dict(job.data)], run_at
+            )
+            return made
         await self._ensure_started()
         async with self.db.connection() as conn:
             cur = await conn.execute(self.db.queries.insert_job, params)
@@ -400,6 +465,8 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         if not payloads:
             return []
         ids = [uuid.uuid4() for _ in payloads]
+        if shared.depends_on:
+            return await self._launch_dependent(base, template, ids, payloads, when)
         await self._ensure_started()
         async with self.db.transaction() as conn:
             for start in range(0, len(ids), BULK_BATCH):

@@ -15,9 +15,13 @@ FINISH_ACTIVITY = "jobrunner.finish_job"
 REGISTER_RUN_ACTIVITY = "jobrunner.register_run"
 PROGRESS_ACTIVITY = "jobrunner.signal_progress"
 RESOLVE_POLICY_ACTIVITY = "jobrunner.resolve_policy"
+CHECK_RELEASE_ACTIVITY = "jobrunner.check_release"
 
 SIGNAL_CANCEL = "cancelJob"
 SIGNAL_PROGRESS = "updateProgress"
+#: Internal: the job's dependencies are final (sent by the activity that released it); the
+#: waiting workflow checks its row at once instead of at its next poll.
+SIGNAL_RELEASED = "jobrunner.released"
 #: Internal: the handler's own ``ctx.set_progress`` (already in the table) mirrored into the
 #: workflow state so ``getJobState`` agrees with the row.
 SIGNAL_PROGRESS_REPORTED = "jobrunner.progressReported"
@@ -56,6 +60,17 @@ class JobInput:
     priority: int = 0
     user_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    waiting: bool = False
+    """The row is ``waiting`` for its dependencies: the workflow waits for its release (a
+    signal, or its poll of the row) before the first attempt."""
+
+
+@dataclass
+class ReleaseInput:
+    """Argument of the activity a waiting workflow asks whether its job was released."""
+
+    job_id: str
+    tenant: str
 
 
 @dataclass

@@ -8,6 +8,7 @@ nothing heavy into the workflow sandbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from datetime import timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 from jobrunner.backends.temporal._types import (
+    CHECK_RELEASE_ACTIVITY,
     FINISH_ACTIVITY,
     PROGRESS_ACTIVITY,
     QUERY_STATE,
@@ -35,12 +37,14 @@ from jobrunner.backends.temporal._types import (
     SIGNAL_CANCEL,
     SIGNAL_PROGRESS,
     SIGNAL_PROGRESS_REPORTED,
+    SIGNAL_RELEASED,
     WORKFLOW_NAME,
     FinishInput,
     JobInput,
     PolicyInput,
     ProgressInput,
     RegisterRunInput,
+    ReleaseInput,
     RunInput,
 )
 
@@ -57,6 +61,13 @@ _BOOKKEEPING_RETRY = TemporalRetryPolicy(
     maximum_attempts=0,
 )
 _BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
+
+#: How often a waiting workflow looks at its row when no release signal came (the signal is
+#: sent by the activity whose outcome released the job; this poll covers a lost signal and a
+#: release by a cancel, a lease rescue or a cascade).
+RELEASE_POLL = timedelta(seconds=5)
+
+_FINAL = ("completed", "failed", "cancelled")
 
 
 def temporal_retry_policy(policy: PolicyInput) -> TemporalRetryPolicy:
@@ -89,6 +100,7 @@ class JobWorkflow:
         self._completed_at: str | None = None
         self._cancel: dict[str, Any] | None = None
         self._activity: workflow.ActivityHandle[Any] | None = None
+        self._released = False
 
     @workflow.run
     async def run(self, job: JobInput) -> Any:
@@ -132,6 +144,17 @@ class JobWorkflow:
                 result_type=PolicyInput,
                 start_to_close_timeout=timedelta(seconds=10),
             )
+        if job.waiting and self._cancel is None:
+            try:
+                ended = await self._wait_for_release(job)
+            except asyncio.CancelledError:
+                # the workflow itself was cancelled while it waited
+                if self._cancel is None:
+                    self._cancel = {"reason": "workflow cancelled", "cancelled_by": None}
+                await self._finish_cancelled(job)
+                raise
+            if ended is not None:
+                return ended
         if self._cancel is not None:
             return await self._finish_cancelled(job)
         self._step = "running"
@@ -194,6 +217,44 @@ class JobWorkflow:
         self._completed_at = workflow.now().isoformat()
         return result
 
+    async def _wait_for_release(self, job: JobInput) -> Any:
+        """Wait while the row is ``waiting`` (dependencies not final), then until its
+        ``run_at``. ``None``: run the job; else the job ended meanwhile (its dependencies
+        cancelled it, or it was cancelled), and that is the workflow's result."""
+        assert self._job_id is not None
+        self._step = "waiting"
+        while True:
+            self._released = False
+            state = await workflow.execute_activity(
+                CHECK_RELEASE_ACTIVITY,
+                ReleaseInput(job_id=self._job_id, tenant=job.tenant),
+                start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
+                retry_policy=_BOOKKEEPING_RETRY,
+            )
+            status = str(state.get("status"))
+            if status in _FINAL:
+                # final without this workflow: cancelled by a dependency's failure, or by
+                # cancel_job (whose cancel also reaches this workflow)
+                self._step = status
+                self._completed_at = workflow.now().isoformat()
+                return {"cancelled": status == "cancelled", "status": status}
+            if status != "waiting":
+                break
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._released or self._cancel is not None, timeout=RELEASE_POLL
+                )
+            if self._cancel is not None:
+                return None
+        due_in = float(state.get("due_in") or 0.0)
+        self._step = "queued"
+        if due_in > 0:
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._cancel is not None, timeout=timedelta(seconds=due_in)
+                )
+        return None
+
     async def _finish_cancelled(self, job: JobInput) -> Any:
         assert self._job_id is not None
         cancel = self._cancel or {}
@@ -231,6 +292,11 @@ class JobWorkflow:
         }
         if self._activity is not None and not self._activity.done():
             self._activity.cancel()
+
+    @workflow.signal(name=SIGNAL_RELEASED)
+    def released(self, payload: dict[str, Any] | None = None) -> None:
+        """The job's dependencies are final: check the row now."""
+        self._released = True
 
     @workflow.signal(name=SIGNAL_PROGRESS)
     async def update_progress(self, payload: dict[str, Any] | None = None) -> None:

@@ -393,13 +393,6 @@ def _has_rows(cur: psycopg.AsyncCursor[Any] | psycopg.Cursor[Any]) -> bool:
     return result is not None and result.status == pq.ExecStatus.TUPLES_OK
 
 
-def _has_rows(cur: psycopg.AsyncCursor[Any] | psycopg.Cursor[Any]) -> bool:
-    """Whether the statement just run returned rows (``cur.description`` builds a column
-    object per column on every call: 10 us of a single enqueue, docs/performance.md)."""
-    result = cur.pgresult
-    return result is not None and result.status == pq.ExecStatus.TUPLES_OK
-
-
 async def run_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T]) -> T:
     """Run ``steps`` on an async connection (in its current transaction, if any)."""
     # Tuple rows whatever row factory the connection uses.

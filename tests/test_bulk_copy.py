@@ -19,6 +19,7 @@ from jobrunner import (
     JobStatus,
     RetryPolicy,
     SyncJobRunner,
+    UnavailableError,
     UnknownOptionError,
 )
 from jobrunner._jobargs import new_job_id, new_job_ids
@@ -280,3 +281,58 @@ async def test_non_utf8_connection_falls_back_to_statements(
     assert [by_id[h.job_id]["data"] for h in handles] == payloads
     assert {r["s"] for r in rows} == {"queued"}
     assert all(r["metadata"] == {"m": "é"} for r in rows)
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_bulk_after_a_lost_reply_writes_each_job_once(
+    runner: PostgresJobRunner,
+    registry: JobHandlerRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    committed: bool,
+) -> None:
+    """The connection drops after the COPY committed (or before anything was written): the
+    call finds its first job's row, or writes the same jobs again; never twice."""
+    registry.add("copy-lost", noop)
+    real = PostgresJobRunner._write_bulk
+    calls: list[int] = []
+
+    async def lose_reply(self: PostgresJobRunner, jobs: Any) -> list[Any]:
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            if committed:
+                await real(self, jobs)
+            raise UnavailableError("connection lost")
+        return await real(self, jobs)
+
+    monkeypatch.setattr(PostgresJobRunner, "_write_bulk", lose_reply)
+    handles = await runner.schedule_jobs("copy-lost", [{"i": i} for i in range(1200)])
+    assert calls == ([1200] if committed else [1200, 1200])
+    rows = await fetch(runner, "SELECT job_id FROM {schema}.jobs")
+    assert sorted(r["job_id"] for r in rows) == [h.job_id for h in handles]
+
+
+async def test_bulk_commit_landing_after_the_check_is_not_written_twice(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first commit lands after the call looked for it: the second COPY meets the jobs'
+    own primary key, and the call reports them as written."""
+    registry.add("copy-late", noop)
+    real = PostgresJobRunner._write_bulk
+    calls: list[int] = []
+
+    async def late_commit(self: PostgresJobRunner, jobs: Any) -> list[Any]:
+        calls.append(len(jobs))
+        result = await real(self, jobs)
+        if len(calls) == 1:
+            raise UnavailableError("connection lost")
+        return result
+
+    async def not_found_yet(self: PostgresJobRunner, params: dict[str, Any]) -> bool:
+        return False
+
+    monkeypatch.setattr(PostgresJobRunner, "_write_bulk", late_commit)
+    monkeypatch.setattr(PostgresJobRunner, "_own_job_exists", not_found_yet)
+    handles = await runner.schedule_jobs("copy-late", [{"i": i} for i in range(300)])
+    assert calls == [300, 300]
+    rows = await fetch(runner, "SELECT job_id FROM {schema}.jobs")
+    assert sorted(r["job_id"] for r in rows) == [h.job_id for h in handles]

@@ -372,13 +372,31 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
         await self._ensure_started()
 
         async def write() -> list[ScheduledJob]:
-            async with self.db.transaction() as conn:
-                return await run_async(conn, insert_many(self.db.queries, jobs, conn.info.encoding))
+            return await self._write_bulk(jobs)
 
         if jobs.args.depends_on:
             # the dependencies are locked: one moved to jobs_finished meanwhile, run again
             return await retry_conflicts(write)
-        return await write()
+        try:
+            return await write()
+        except UnavailableError:
+            # The reply may be lost after the commit. The COPY writes all jobs or none and the
+            # ids are the client's: the first job's row tells; not found, the same jobs are
+            # written again, and a primary-key conflict then means the first commit landed
+            # meanwhile. Either way no job is written twice.
+            if await self._own_job_exists({"tenant": jobs.args.tenant, "job_id": jobs.ids[0]}):
+                return jobs.handles()
+            try:
+                return await write()
+            except DatabaseError as exc:
+                if _is_own_insert(exc):
+                    return jobs.handles()
+                raise
+
+    async def _write_bulk(self, jobs: BulkJobs) -> list[ScheduledJob]:
+        """A bulk enqueue in a transaction of its own on a pooled connection."""
+        async with self.db.transaction() as conn:
+            return await run_async(conn, insert_many(self.db.queries, jobs, conn.info.encoding))
 
     # -- the sync runner's transactional enqueue ---------------------------------------------
     def schedule_on_sync_connection(

@@ -67,6 +67,7 @@ LIVE_STATUSES = (
     JobStatus.QUEUED,
     JobStatus.PROCESSING,
     JobStatus.RETRYING,
+    JobStatus.WAITING,
 )
 
 

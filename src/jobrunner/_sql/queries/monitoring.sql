@@ -138,7 +138,7 @@ SELECT queue, status::text AS status, runner_type, NULL::uuid AS tenant,
            WHERE status IN ('pending', 'queued', 'retrying') AND run_at <= now()
                  AND isfinite(run_at)))::float8 AS oldest_due_seconds
 FROM {schema}.jobs
-WHERE status IN ('pending', 'queued', 'processing', 'retrying') /*tenant*/
+WHERE status IN ('pending', 'queued', 'processing', 'retrying', 'waiting') /*tenant*/
 GROUP BY queue, status, runner_type
 
 -- name: monitoring_queue_depth_by_tenant
@@ -149,5 +149,5 @@ SELECT queue, status::text AS status, runner_type, tenant,
            WHERE status IN ('pending', 'queued', 'retrying') AND run_at <= now()
                  AND isfinite(run_at)))::float8 AS oldest_due_seconds
 FROM {schema}.jobs
-WHERE status IN ('pending', 'queued', 'processing', 'retrying') /*tenant*/
+WHERE status IN ('pending', 'queued', 'processing', 'retrying', 'waiting') /*tenant*/
 GROUP BY queue, status, runner_type, tenant

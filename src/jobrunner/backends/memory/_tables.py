@@ -352,7 +352,7 @@ class MemoryTables:
             return False
         if job.key in self.schedules:
             return self.remove_schedule(job, reason=reason, cancelled_by=cancelled_by)
-        if job.status not in _LIVE and job.status is not JobStatus.WAITING:
+        if job.status not in _LIVE:
             return False
         previous = job.status
         now = self.clock.now()

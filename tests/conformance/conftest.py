@@ -43,9 +43,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "temporal": {
         "time_travel": "Temporal timers and schedules run on the server's clock; a test cannot "
         "move it (the time-skipping test server is a separate product)",
-        "child_jobs": "ctx.schedule_job is not supported in Temporal handlers yet (the "
-        "activity has no runner to enqueue with): it raises NotSupportedError "
-        "(docs/backends.md)",
         "dead_worker": "Temporal has no queue store to claim a job from as a worker that dies: "
         "its server notices a dead worker by the activity heartbeat timeout and starts the next "
         "attempt elsewhere, with no row saying retrying meanwhile (tests/temporal/"
@@ -55,7 +52,7 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
 # Capabilities a test may require: ``time_travel`` (Backend.advance, .jump and .settle move the
 # backend's clock for due times and schedule ticks), ``dead_worker`` (Backend.dead_worker
 # claims a job as a worker that then stops, and .expire_leases lets its lease run out) and
-# ``child_jobs`` (ctx.schedule_job in a handler), and
+# ``child_jobs`` (ctx.schedule_job in a handler; every backend has it today), and
 # ``worker_lease`` (Backend.worker(lease_seconds=Backend.lease_seconds) gives its attempts a
 # lease that short).
 

@@ -22,23 +22,6 @@ async def test_depends_on_previous_is_refused_and_nothing_is_written(
     assert await trunner.list_schedules() == []
 
 
-async def test_ctx_schedule_job_is_refused_in_a_handler(
-    trunner: Any, tworker: Any, registry: JobHandlerRegistry
-) -> None:
-    async def parent(ctx: JobContext, data: dict[str, Any]) -> str:
-        try:
-            await ctx.schedule_job("parent")
-        except NotSupportedError as exc:
-            return str(exc)
-        return "enqueued"
-
-    registry.add("parent", parent)
-    handle = await trunner.schedule_job("parent")
-    info = await trunner.wait_for_job(handle.job_id, timeout=60)
-    assert info.status is JobStatus.COMPLETED
-    assert "child jobs" in info.result
-
-
 async def test_a_waiting_jobs_workflow_shows_waiting_then_runs(
     trunner: Any, tworker: Any, registry: JobHandlerRegistry
 ) -> None:

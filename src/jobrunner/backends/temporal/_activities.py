@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -27,12 +28,14 @@ from jobrunner._db._errors import retry_conflicts
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     NonRetryable,
+    NotSupportedError,
     Retry,
     ScheduleError,
     UnavailableError,
 )
 from jobrunner._execution import Aborted, AbortReason, Attempt, Failed, run_attempt
-from jobrunner._models import JobStatus, MissedTickPolicy, OverlapPolicy
+from jobrunner._models import JobStatus, MissedTickPolicy, OverlapPolicy, ScheduledJob
+from jobrunner._options import EnqueueOptions
 from jobrunner._policy import JobPolicy, RetryPolicy
 from jobrunner._recurrence import Recurrence, parse_recurrence
 from jobrunner._validation import SYSTEM_USER
@@ -68,6 +71,7 @@ class JobActivities:
         worker_id: Identity of the worker, written to the rows of its attempts.
         executor: Threads for plain ``def`` handlers.
         heartbeat_every: Seconds between heartbeats sent to Temporal.
+        scheduler: The runner's ``schedule_child`` (``ctx.schedule_job`` of handlers).
     """
 
     def __init__(
@@ -78,8 +82,10 @@ class JobActivities:
         worker_id: uuid.UUID,
         executor: Executor | None,
         heartbeat_every: float = 1.0,
+        scheduler: Callable[..., Awaitable[ScheduledJob]] | None = None,
     ) -> None:
         self.registry = registry
+        self.scheduler = scheduler
         self.db = store.db
         self.q = store.db.queries
         self.store = store
@@ -135,7 +141,9 @@ class JobActivities:
             metadata=dict(row["metadata"] or {}),
             schedule_id=row["schedule_id"],
             lease_token=int(row["lease_token"]),
-            _sink=_ProgressMirror(self.store, info.workflow_id or "", info.workflow_run_id),
+            _sink=_ProgressMirror(
+                self.store, info.workflow_id or "", info.workflow_run_id, self.scheduler
+            ),
         )
         attempt = Attempt(ctx, inp.data, policy)
         scheduled = info.current_attempt_scheduled_time
@@ -458,10 +466,30 @@ class _ProgressMirror:
     """The handler's JobSink: the shared JobStore, plus a signal so the workflow's
     ``getJobState`` shows the progress the row shows (best effort, never fails the handler)."""
 
-    def __init__(self, store: JobStore, workflow_id: str, run_id: str | None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        workflow_id: str,
+        run_id: str | None,
+        scheduler: Callable[..., Awaitable[ScheduledJob]] | None = None,
+    ) -> None:
         self.store = store
         self.workflow_id = workflow_id
         self.run_id = run_id
+        self.scheduler = scheduler
+
+    async def schedule_child(
+        self,
+        ctx: JobContext,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """``ctx.schedule_job``: through the runner that built this worker."""
+        if self.scheduler is None:
+            raise NotSupportedError("this worker has no runner to enqueue child jobs")
+        return await self.scheduler(ctx, name, data, run_at, options)
 
     async def save_progress(self, ctx: JobContext, progress: int, message: str | None) -> None:
         await self.store.save_progress(ctx, progress, message)

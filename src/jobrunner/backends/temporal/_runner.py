@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 from psycopg.types.json import Jsonb
 from temporalio.client import (
@@ -41,6 +41,7 @@ from jobrunner._jobargs import (
     check_dependency_options,
     enqueue_args,
     recurring_args,
+    with_parent,
 )
 from jobrunner._limits import MAX_LEASE_SECONDS, MAX_TIMEOUT_SECONDS
 from jobrunner._models import (
@@ -447,6 +448,28 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             enqueue_args(self.registry, self.require_registered, name, data, when, options),
             options.get("connection"),
         )
+        return await self._launch(params, job, when)
+
+    async def schedule_child(
+        self,
+        ctx: Any,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """``ctx.schedule_job`` in a Temporal handler: a job of the handler's tenant recording
+        its parent, its workflow started like :meth:`schedule_job`'s."""
+        when = None if run_at is None else as_aware_datetime(run_at)
+        args = enqueue_args(
+            self.registry,
+            self.require_registered,
+            name,
+            data,
+            when,
+            cast(EnqueueOptions, {"tenant": ctx.tenant, **options}),
+        )
+        params, job = self._prepare(with_parent(args, ctx.tenant, ctx.job_id), None)
         return await self._launch(params, job, when)
 
     @enqueue_boundary

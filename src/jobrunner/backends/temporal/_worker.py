@@ -6,10 +6,10 @@ import asyncio
 import logging
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, Protocol
 
 from temporalio.client import Client
@@ -21,6 +21,8 @@ from jobrunner._db._store import JobStore
 from jobrunner._errors import InvalidArgumentError, JobRunnerError
 from jobrunner._execution import AbortReason
 from jobrunner._limits import MAX_WORKER_COUNT, MAX_WORKER_INTERVAL_SECONDS
+from jobrunner._models import ScheduledJob
+from jobrunner._options import EnqueueOptions
 from jobrunner._process import hard_exit
 from jobrunner._runner import JobWorker
 from jobrunner._validation import as_count, as_queues, as_seconds
@@ -183,6 +185,16 @@ class WorkerHost(Protocol):
     async def start(self) -> None:
         """Connect and prepare the schema (idempotent)."""
 
+    async def schedule_child(
+        self,
+        ctx: Any,
+        name: str,
+        data: Mapping[str, Any] | None,
+        run_at: datetime | None,
+        options: EnqueueOptions,
+    ) -> ScheduledJob:
+        """``ctx.schedule_job`` of handlers."""
+
 
 class TemporalWorker(JobWorker):
     """Runs the job workflow and its activities for a :class:`TemporalJobRunner`.
@@ -247,6 +259,7 @@ class TemporalWorker(JobWorker):
             heartbeat_every=min(
                 self.settings.heartbeat_interval, self.runner.heartbeat_timeout / 3
             ),
+            scheduler=self.runner.schedule_child,
         )
         self._activities = activities
         hb = timedelta(seconds=self.settings.heartbeat_interval)

@@ -603,11 +603,17 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         key = as_uuid(job_id, "job_id")
         tenant_id = as_tenant(tenant)
         await self._ensure_started()
-        async with self.db.connection() as conn:
-            cur = await conn.execute(
-                self.db.queries.temporal_reset_for_retry, {"tenant": tenant_id, "job_id": key}
-            )
-            row = await cur.fetchone()
+
+        async def reset() -> dict[str, Any] | None:
+            async with self.db.connection() as conn:
+                cur = await conn.execute(
+                    self.db.queries.temporal_reset_for_retry, {"tenant": tenant_id, "job_id": key}
+                )
+                return await cur.fetchone()
+
+        # A concurrent retry moving the row back to jobs_live while this one waits for it
+        # fails this statement (0009); run again, it sees the job queued and leaves it.
+        row = await retry_conflicts(reset)
         if row is None:
             # A job written while the Temporal fallback was in effect is a PostgreSQL queue
             # job (run by the Temporal workers' PostgreSQL queue): retry it there.

@@ -29,6 +29,8 @@ EXPECTED = {
     ("drain_defaults", "jobs_per_s"),
     ("drain_tuned", "jobs_per_s"),
     ("drain_defaults", "ratio_vs_tuned"),
+    ("drain_tenants_fair", "jobs_per_s"),
+    ("drain_tenants_unfair", "jobs_per_s"),
     ("latency", "p50"),
     ("latency", "p95"),
     ("latency", "p99"),
@@ -77,7 +79,7 @@ def test_bench_smoke(jobrunner_dsn: str, tmp_path: Path) -> None:
     assert by_key[("latency", "p99")]["jobs"] == 20
     assert by_key[("scheduled", "lag_p99")]["jobs"] == 5
     targets = [row for row in lines if "target" in row]
-    assert len(targets) == 9, targets
+    assert len(targets) == 11, targets
     text = results.read_text()
     assert "## Targets" in text
     assert "## Scale-out" in text

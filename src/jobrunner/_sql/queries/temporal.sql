@@ -225,7 +225,7 @@ ON CONFLICT DO NOTHING
 RETURNING job_id
 
 -- name: temporal_run_exists
-SELECT job_id FROM {schema}.jobs
+SELECT job_id, status::text AS status FROM {schema}.jobs
 WHERE tenant = %(tenant)s AND job_id = %(job_id)s
 
 -- name: temporal_lock_tracker

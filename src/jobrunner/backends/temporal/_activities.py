@@ -46,6 +46,7 @@ from jobrunner.backends.temporal._types import (
     FINISH_ACTIVITY,
     PROGRESS_ACTIVITY,
     REGISTER_RUN_ACTIVITY,
+    REGISTERED_WAITING,
     RESOLVE_POLICY_ACTIVITY,
     RUN_ACTIVITY,
     SIGNAL_PROGRESS_REPORTED,
@@ -333,12 +334,15 @@ class JobActivities:
         nominal = _parse_time(inp.scheduled_for)
         now = datetime.now(UTC)
         temporal_id: str | None = None
+        waiting = False
         async with self.db.transaction() as conn:
             cur = await conn.execute(
                 self.q.temporal_run_exists, {"tenant": tenant, "job_id": job_id}
             )
-            if await cur.fetchone() is not None:
-                return None  # this activity's earlier attempt registered the run
+            earlier = await cur.fetchone()
+            if earlier is not None:
+                # this activity's earlier attempt registered the run
+                return REGISTERED_WAITING if earlier["status"] == "waiting" else None
             tracker: dict[str, Any] | None = None
             if tracker_id is not None:
                 cur = await conn.execute(
@@ -391,6 +395,10 @@ class JobActivities:
                 )
                 if await cur.fetchone() is None:
                     reason = "duplicate"
+                elif live and meta.get("depends_on_previous") and meta.get("last_job_id"):
+                    waiting = await self._after_previous_run(
+                        conn, tenant, job_id, uuid.UUID(str(meta["last_job_id"]))
+                    )
             if live and tracker_id is not None:
                 patch: dict[str, Any] = {}
                 last = _parse_time(meta.get("last_run_at"))
@@ -398,7 +406,9 @@ class JobActivities:
                     patch = {
                         "last_run_at": _schedules.iso(tick or now),
                         "last_job_id": str(job_id),
-                        "last_run_status": JobStatus.QUEUED.value,
+                        "last_run_status": (
+                            JobStatus.WAITING if waiting else JobStatus.QUEUED
+                        ).value,
                     }
                 await conn.execute(
                     self.q.temporal_patch_tracker,
@@ -419,7 +429,27 @@ class JobActivities:
             )
         if tracker_id is not None and temporal_id:
             await self._refresh_next_run(tenant, tracker_id, temporal_id)
+        if reason is None and waiting:
+            return REGISTERED_WAITING
         return reason
+
+    async def _after_previous_run(
+        self, conn: Any, tenant: uuid.UUID, job_id: uuid.UUID, previous: uuid.UUID
+    ) -> bool:
+        """``depends_on_previous``: make the run just registered wait for the schedule's
+        previous run while that one is live (its row locked first, as on PostgreSQL). A
+        conflict with the previous run moving to jobs_finished fails the transaction, and
+        Temporal runs this activity again. ``True``: the run is waiting."""
+        cur = await conn.execute(
+            self.q.sched_lock_previous_run, {"tenant": tenant, "job_id": previous}
+        )
+        found = await cur.fetchone()
+        if found is None or not found["live"]:
+            return False
+        await conn.execute(
+            self.q.sched_chain_runs, {"tenant": tenant, "job_ids": [job_id], "previous": previous}
+        )
+        return True
 
     async def _refresh_next_run(
         self, tenant: uuid.UUID, tracker_id: uuid.UUID, temporal_id: str

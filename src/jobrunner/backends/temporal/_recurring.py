@@ -119,6 +119,8 @@ class TemporalSchedules:
             singleton_key=req.singleton_key or schedule_id,
             interval_offset=offset,
         )
+        # read by register_run: each run waits for the schedule's previous run (0012)
+        row_meta["depends_on_previous"] = args.depends_on_previous
         job = JobInput(
             job_id=None,
             tenant=str(tenant_id),

@@ -32,7 +32,6 @@ from jobrunner._db._monitoring import retry_job as retry_queue_job
 from jobrunner._db._store import JobStore
 from jobrunner._errors import (
     InvalidArgumentError,
-    NotSupportedError,
     UnavailableError,
 )
 from jobrunner._jobargs import (
@@ -703,11 +702,6 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
         args = recurring_args(
             self.registry, self.require_registered, name, data, expression, **options
         )
-        if args.depends_on_previous:
-            raise NotSupportedError(
-                "depends_on_previous is not supported by the Temporal backend yet "
-                '(docs/backends.md, "Job dependencies"); use overlap="skip"'
-            )
         await self._ensure_started()
         return await self.schedules.save(args)
 

@@ -16,6 +16,9 @@ REGISTER_RUN_ACTIVITY = "jobrunner.register_run"
 PROGRESS_ACTIVITY = "jobrunner.signal_progress"
 RESOLVE_POLICY_ACTIVITY = "jobrunner.resolve_policy"
 CHECK_RELEASE_ACTIVITY = "jobrunner.check_release"
+#: What ``register_run`` returns for a run registered ``waiting`` (``depends_on_previous``):
+#: the workflow waits for its release before the first attempt (any other string: skipped).
+REGISTERED_WAITING = "jobrunner:waiting"
 
 SIGNAL_CANCEL = "cancelJob"
 SIGNAL_PROGRESS = "updateProgress"

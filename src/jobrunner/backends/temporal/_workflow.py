@@ -32,6 +32,7 @@ from jobrunner.backends.temporal._types import (
     PROGRESS_ACTIVITY,
     QUERY_STATE,
     REGISTER_RUN_ACTIVITY,
+    REGISTERED_WAITING,
     RESOLVE_POLICY_ACTIVITY,
     RUN_ACTIVITY,
     SIGNAL_CANCEL,
@@ -115,7 +116,10 @@ class JobWorkflow:
                 start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
                 retry_policy=_BOOKKEEPING_RETRY,
             )
-            if skipped:
+            if skipped == REGISTERED_WAITING:
+                # depends_on_previous: the schedule's previous run is live; wait for it
+                job.waiting = True
+            elif skipped:
                 # This tick has its job already, or the missed-tick policy drops it: no row of
                 # ours exists and the handler does not run.
                 self._step = "skipped"

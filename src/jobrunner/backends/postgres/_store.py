@@ -162,13 +162,21 @@ class PostgresStore:
             "worker_id": request.worker_id,
             "lease_seconds": float(request.lease_seconds),
         }
-        async with self._hot_connection("claim") as conn:
+
+        async def claim_on(conn: AsyncConn) -> list[dict[str, Any]]:
             rows = await self._gate.claim(conn, params, force=request.fair)
             if rows is None:
                 cur = await conn.execute(self._q.claim_jobs, params)
                 rows = await cur.fetchall()
                 if not rows:  # claim_jobs yields nothing once flow control is switched on
                     rows = await self._gate.claim_after_empty(conn, params)
+            return rows
+
+        async with self._hot_connection("claim") as conn:
+            # A job claimed and finished by another worker while this statement ran (its
+            # snapshot still saw it queued) has moved to jobs_finished: locking it fails the
+            # statement (0009), and a new one does not see it.
+            rows = await retry_conflicts(lambda: claim_on(conn))
         return Claim([_claimed(row) for row in rows], gated=self._gate.active)
 
     async def idle_delay(self, queues: Sequence[str], *, longest: float) -> float:

@@ -85,4 +85,8 @@ async def retry_conflicts(call: Callable[[], Awaitable[T]]) -> T:
         wait=tenacity.wait_random(0, 0.01),
         reraise=True,
     )
-    return await retrying(call)
+
+    async def attempt() -> T:  # a coroutine function: tenacity awaits it (a lambda it would not)
+        return await call()
+
+    return await retrying(attempt)

@@ -43,7 +43,11 @@ async def test_dead_workers_job_is_rescued_within_the_bound(
                 "worker_id": uuid.uuid4(),
                 "lease_seconds": settings.lease_seconds,
                 # FlowGate's: fair, the flow_state version of a fresh schema (0011), no state
-                "fair": True, "version": 1, "vclock": 0.0, "pass_tenants": [], "pass_values": [],
+                "fair": True,
+                "version": 1,
+                "vclock": 0.0,
+                "pass_tenants": [],
+                "pass_values": [],
             },
         )
         assert len(await cur.fetchall()) == 1

@@ -173,7 +173,11 @@ class JobStateMachine(RuleBasedStateMachine):
                 "worker_id": worker,
                 "lease_seconds": LEASE,
                 # FlowGate's: fair, the flow_state version of a fresh schema (0011), no state
-                "fair": True, "version": 1, "vclock": 0.0, "pass_tenants": [], "pass_values": [],
+                "fair": True,
+                "version": 1,
+                "vclock": 0.0,
+                "pass_tenants": [],
+                "pass_values": [],
             },
         )
         claimable = [

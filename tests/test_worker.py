@@ -629,7 +629,11 @@ async def test_dead_workers_job_is_rescued_and_final_when_out_of_attempts(
                 "worker_id": uuid.uuid4(),
                 "lease_seconds": 0.5,
                 # FlowGate's: fair, the flow_state version of a fresh schema (0011), no state
-                "fair": True, "version": 1, "vclock": 0.0, "pass_tenants": [], "pass_values": [],
+                "fair": True,
+                "version": 1,
+                "vclock": 0.0,
+                "pass_tenants": [],
+                "pass_values": [],
             },
         )
         assert len(await cur.fetchall()) == 2

@@ -191,3 +191,18 @@ async def _check_complete(runner: PostgresJobRunner, *, generic: bool) -> None:
         assert not quadratic, (generic, quadratic)
         if any(kind == "Seq Scan" for kind, _ in scans):
             assert any(n["Node Type"] == "Hash Join" for n in nodes), (generic, scans)
+
+
+async def test_jobrunner_connections_never_jit_compile(runner: PostgresJobRunner) -> None:
+    """The claim's estimate passes jit_above_cost on a backlog of a few thousand jobs, and
+    compiling then cost ~50 ms of a 55 ms claim: every connection jobrunner opens, pooled or
+    dedicated (the worker's claim and LISTEN connections), runs with JIT off."""
+    async with runner.db.connection() as conn:
+        cur = await conn.execute("SHOW jit")
+        assert await cur.fetchone() == {"jit": "off"}
+    conn = await runner.db.dedicated_connection()
+    try:
+        cur = await conn.execute("SHOW jit")
+        assert await cur.fetchone() == {"jit": "off"}
+    finally:
+        await conn.close()

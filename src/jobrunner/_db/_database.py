@@ -33,6 +33,16 @@ AsyncConn = psycopg.AsyncConnection[dict[str, Any]]
 #: tools), ``False`` neither.
 AutoMigrate = bool | Literal["check"]
 
+#: Session settings of every connection jobrunner opens. JIT compilation off: jobrunner runs
+#: short statements over index ranges, yet the claim's CTEs are estimated far above
+#: ``jit_above_cost`` on a queue of a few thousand jobs, and compiling then took ~50 ms of a
+#: 55 ms claim (docs/performance.md, "Why JIT is off").
+_SESSION_SETUP = "SET jit = off"
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(_SESSION_SETUP)
+
 
 def check_schema(schema: str) -> str:
     """Schema names are identifiers; restrict them so channel names derived from them are too."""
@@ -80,6 +90,7 @@ class Database:
             # by hand) loads clamped instead of failing every listing (see _loaders).
             kwargs={"autocommit": True, "row_factory": dict_row, "context": tolerant_adapters()},
             open=False,
+            configure=_configure,
             name=f"jobrunner-{schema}",
             # No pool-wide liveness check: it costs a round trip per checkout. connection()
             # runs it itself unless the caller can retry (see its docstring).
@@ -194,9 +205,15 @@ class Database:
     async def dedicated_connection(self) -> AsyncConn:
         """A new connection outside the pool (LISTEN needs one it keeps)."""
         with translate_errors():
-            return await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 self.conninfo, autocommit=True, row_factory=dict_row, context=tolerant_adapters()
             )
+            try:
+                await _configure(conn)
+            except BaseException:
+                await conn.close()
+                raise
+            return conn
 
     async def ping(self, timeout: float = 5.0) -> bool:
         """Whether a trivial query succeeds within ``timeout`` seconds."""

@@ -8,10 +8,10 @@
 SELECT pg_advisory_xact_lock(hashtext(%(key)s))
 
 -- name: flow_claim_lock
--- The fair claim's lock, and no JIT for its transaction: the claim's cost estimate grows with
--- the backlog past jit_above_cost, and compiling its ~200 expressions took 190 ms of a 230 ms
--- claim on a 100k backlog (the plan itself runs in under 10 ms).
-SELECT pg_advisory_xact_lock(hashtext(%(key)s)), set_config('jit', 'off', true)
+-- The fair claim's lock. (JIT is off on every jobrunner connection, _db/_database.py: the
+-- claim's cost estimate grows with the backlog past jit_above_cost, and compiling its ~200
+-- expressions took 190 ms of a 230 ms claim on a 100k backlog.)
+SELECT pg_advisory_xact_lock(hashtext(%(key)s))
 
 -- name: fair_index_analyze
 -- Fresh statistics: a just-loaded jobs_live otherwise looks empty to the planner, which would

@@ -9,6 +9,7 @@ import pytest
 
 from jobrunner import InvalidArgumentError, NonRetryable, Retry, RetryPolicy
 from jobrunner._outcome import decide_failure
+from jobrunner._policy import JobPolicy
 
 
 class CustomError(Exception):
@@ -135,3 +136,21 @@ def test_unusable_retry_delays() -> None:
 def test_retry_rejects_negative_delay() -> None:
     with pytest.raises(InvalidArgumentError):
         Retry(delay=-1)
+
+
+def test_stored_policies_parse_alike_through_the_memo() -> None:
+    """from_json memoises by the stored values: equal rows give the same policy, any differing
+    field (the error names, the fallback's timeout for a row without one) a different one, and
+    values that cannot be hashed are still parsed."""
+    stored = JobPolicy(RetryPolicy(max_attempts=4, non_retryable_errors=[KeyError])).to_json()
+    first = JobPolicy.from_json(dict(stored))
+    assert JobPolicy.from_json(dict(stored)) is first
+    other = JobPolicy.from_json({**stored, "non_retryable_errors": ["ValueError"]})
+    assert other.retry.non_retryable_errors == ("ValueError",)
+    assert first.retry.non_retryable_errors == ("KeyError",)
+    without_timeout = {k: v for k, v in stored.items() if k != "timeout"}
+    short = JobPolicy.from_json(without_timeout, fallback=JobPolicy(timeout=5.0))
+    long = JobPolicy.from_json(without_timeout, fallback=JobPolicy(timeout=50.0))
+    assert (short.timeout, long.timeout) == (5.0, 50.0)
+    odd = JobPolicy.from_json({**stored, "non_retryable_errors": [{"not": "hashable"}]})
+    assert odd.retry.max_attempts == 4

@@ -132,7 +132,8 @@ class Attempt:
         self.timed_out = False
         #: When the job was due (epoch seconds), if the backend knows: the queue wait metric.
         self.due_at: float | None = None
-        self._aborted = asyncio.Event()
+        #: Wakes the running attempt's wait (set by :func:`run_attempt` while it waits).
+        self._wake: Callable[[], None] | None = None
 
     @property
     def key(self) -> tuple[uuid.UUID, int]:
@@ -149,7 +150,8 @@ class Attempt:
         if self.abort_reason is None:
             self.abort_reason = reason
         self.ctx.mark_cancelled()
-        self._aborted.set()
+        if self._wake is not None:
+            self._wake()
 
     def fail_with(self, exc: BaseException, rand: Callable[[], float] = random.random) -> Failed:
         """The outcome of this attempt failing with ``exc``, under the job's policy."""
@@ -291,13 +293,23 @@ async def _run(
             thread,
         )
         work = loop.run_in_executor(executor, call)
-    stopper = loop.create_task(attempt._aborted.wait())
+    # One future woken by whichever comes first: the handler finishing, an abort, the
+    # timeout (no task per attempt for the abort, no asyncio.wait bookkeeping).
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    work.add_done_callback(wake)
+    attempt._wake = wake
+    if attempt.abort_reason is not None:
+        wake()
+    timer = loop.call_later(timeout, wake) if timeout is not None else None
     where: str | None = None
     try:
-        done, _ = await asyncio.wait(
-            {work, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        finished_first = work in done
+        await waiter
+        finished_first = work.done()
         if not finished_first:
             if attempt.abort_reason is None:
                 # The timeout: where the handler is now is what its error must show.
@@ -313,7 +325,10 @@ async def _run(
         work.cancel()
         raise
     finally:
-        stopper.cancel()
+        attempt._wake = None
+        if timer is not None:
+            timer.cancel()
+        work.remove_done_callback(wake)
     # What the handler did before anyone stopped it decides; after a stop, the stop does (a
     # handler's reaction to being cancelled is not its outcome).
     if finished_first:

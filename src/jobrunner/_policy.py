@@ -182,6 +182,27 @@ class JobPolicy:
         default = fallback if fallback is not None else cls()
         if not isinstance(data, Mapping):
             return default
+        # Jobs share a handful of policies: a claim of 500 jobs rebuilds (and validates) the
+        # same few. Equal stored values parse to equal policies, so they key the memo; a value
+        # that cannot be hashed (a hand-written row) is parsed every time.
+        try:
+            key = (
+                *(data.get(f) for f in _POLICY_FIELDS),
+                tuple(data.get("non_retryable_errors", ())),
+                default.timeout,
+            )
+            found = _PARSED.get(key)
+        except TypeError:
+            return cls._parse(data, default)
+        if found is None:
+            found = cls._parse(data, default)
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[key] = found
+        return found
+
+    @classmethod
+    def _parse(cls, data: Mapping[str, Any], default: JobPolicy) -> JobPolicy:
         try:
             retry = RetryPolicy(
                 max_attempts=int(data["max_attempts"]),
@@ -198,6 +219,19 @@ class JobPolicy:
             logger.warning("ignoring an unreadable stored job policy (%s): %r", exc, data)
             return default
         return cls(retry=retry, timeout=timeout)
+
+
+_POLICY_FIELDS = (
+    "max_attempts",
+    "initial_interval",
+    "backoff_coefficient",
+    "max_interval",
+    "jitter",
+    "timeout",
+)
+#: Parsed stored policies by their stored values (see :meth:`JobPolicy.from_json`).
+_PARSED: dict[tuple[Any, ...], JobPolicy] = {}
+_PARSED_MAX = 512
 
 
 def _error_name(entry: type[BaseException] | str) -> str:

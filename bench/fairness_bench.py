@@ -13,8 +13,8 @@ one JSON line per figure and a Markdown table at the end (copied into docs/fairn
   concurrency limit per tenant (the serialised path); rounds interleaved.
 * ``scenario``: tenant A enqueues ``--backlog`` jobs, then tenant B enqueues 100; B's start
   delay (claim time minus enqueue time, database clock) p50/p99 with A's backlog absent and
-  present, with the defaults (fair on); and with fairness off on a smaller backlog for
-  contrast.
+  present, with the worker defaults (``create_worker()``, fair on); and with fairness off on a
+  smaller backlog for contrast.
 """
 
 from __future__ import annotations
@@ -121,14 +121,18 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def scenario(backlog: int, fair: bool, dsn: str, burst: int = 100) -> None:
+async def scenario(
+    backlog: int, fair: bool, dsn: str, burst: int = 100, **worker_options: Any
+) -> None:
+    """B's start delay behind A's backlog, with the worker defaults unless ``worker_options``
+    (the issue's figure is the defaults')."""
     runner = await fresh(dsn)
     big, small = uuid.uuid4(), uuid.uuid4()
     label = f"fair_{'on' if fair else 'off'}"
     try:
         if not fair:
             await runner.flow.set_fair_claiming(False)
-        worker = runner.create_worker(concurrency=50, claim_batch=50)
+        worker = runner.create_worker(**worker_options)
         task = asyncio.create_task(worker.run())
         await worker.started.wait()
 

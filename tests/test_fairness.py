@@ -18,6 +18,7 @@ import pytest
 from jobrunner import ALL_TENANTS, InvalidArgumentError, SyncJobRunner
 from jobrunner._queue._store import ClaimedJob, ClaimRequest, CompletedAttempt, OutcomeBatch
 from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.postgres._flow_gate import BLOCKED_POLL
 from jobrunner.testing import running_worker
 
 A = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -324,3 +325,28 @@ async def test_sync_twin_controls_flow(jobrunner_dsn: str, schema: str) -> None:
             sync.close()
 
     await asyncio.to_thread(body)
+
+
+async def test_a_job_due_after_an_empty_claim_is_claimed_again_at_once(
+    prunner: PostgresJobRunner,
+) -> None:
+    """An empty claim followed by a due job means "blocked" (back off) only when the job was
+    due before that claim was sent: one that fell due while it ran (a NOTIFY woke the worker
+    just before a scheduled job's time) is claimed again at once, not BLOCKED_POLL later."""
+    request = ClaimRequest(
+        worker_id=uuid.uuid4(), queues=("default",), limit=10, lease_seconds=30.0
+    )
+    store = prunner.queue_store()
+    try:
+        assert (await store.claim(request)).jobs == []
+        await prunner.schedule_job("work", {}, tenant=A)  # due now: after the claim was sent
+        assert await store.idle_delay(("default",), longest=5.0) == 0.0
+        (job,) = (await store.claim(request)).jobs
+        assert job.tenant == A
+        # Held back: due before the claim that found nothing, so the worker backs off.
+        await prunner.flow.pause(tenant=B)
+        await prunner.schedule_job("work", {}, tenant=B)
+        assert (await store.claim(request)).jobs == []
+        assert await store.idle_delay(("default",), longest=5.0) == pytest.approx(BLOCKED_POLL)
+    finally:
+        await store.close()

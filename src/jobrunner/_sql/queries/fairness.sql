@@ -10,8 +10,10 @@ SELECT pg_advisory_xact_lock(hashtext(%(key)s))
 -- name: flow_claim_lock
 -- The fair claim's lock. (JIT is off on every jobrunner connection, _db/_database.py: the
 -- claim's cost estimate grows with the backlog past jit_above_cost, and compiling its ~200
--- expressions took 190 ms of a 230 ms claim on a 100k backlog.)
-SELECT pg_advisory_xact_lock(hashtext(%(key)s))
+-- expressions took 190 ms of a 230 ms claim on a 100k backlog.) The claim connection forces
+-- generic plans for claim_jobs (_store.py); claim_jobs_fair keeps PostgreSQL's own choice, for
+-- this transaction only.
+SELECT pg_advisory_xact_lock(hashtext(%(key)s)), set_config('plan_cache_mode', 'auto', true)
 
 -- name: fair_index_analyze
 -- Fresh statistics: a just-loaded jobs_live otherwise looks empty to the planner, which would
@@ -22,10 +24,11 @@ ANALYZE {schema}.jobs_live
 -- Whether jobs_live changed enough since its last ANALYZE that plans may be wrong: a tenant
 -- that dumps a backlog makes the table look empty to the planner for up to a minute
 -- (autovacuum's nap), and the claim then sorts whole tenants instead of reading the index.
-SELECT coalesce(s.n_mod_since_analyze, 0)
+-- The statistics function, not pg_stat_user_tables: planning that view's joins cost about
+-- 1 ms, paid in the claim's path once a second.
+SELECT pg_stat_get_mod_since_analyze(c.oid)
        > greatest(1000, 0.2 * greatest(c.reltuples, 0)) AS stale
 FROM pg_class c
-LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = to_regclass(%(table)s)
 
 -- name: fair_stats_lock

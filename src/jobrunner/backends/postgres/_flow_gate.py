@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 __all__ = ["FlowGate", "flow_lock_key"]
 
-#: Seconds a worker trusts its cached flow state (limits on, fair switch, version). A change
-#: is seen at once anyway (``claim_jobs`` yields on a version it was not given); this only
-#: bounds how long a worker keeps the limited path after the last limit is removed.
+#: Seconds a worker on the limited path trusts its cached flow state. Without limits the state
+#: is not read again until a claim needs it: ``claim_jobs`` yields on a version it was not
+#: given, so a change is seen at once; this only bounds how long a worker keeps the limited
+#: path after the last limit is removed.
 STATE_TTL = 2.0
 
 #: Seconds between claim attempts while due jobs exist but none was claimable (paused, held
@@ -74,6 +75,8 @@ class FlowGate:
         self._stats_checked_at = -math.inf
         self._passes: dict[uuid.UUID, float] = {}
         self._vclock = 0.0
+        # time.monotonic() just before the last claim statement was sent.
+        self._claim_sent = -math.inf
 
     @property
     def active(self) -> bool:
@@ -82,7 +85,8 @@ class FlowGate:
 
     async def _read_state(self, conn: AsyncConn, *, fresh: bool = False) -> None:
         now = time.monotonic()
-        if fresh or self._version is None or now - self._checked_at >= STATE_TTL:
+        expired = self._enabled and now - self._checked_at >= STATE_TTL
+        if fresh or self._version is None or expired:
             cur = await conn.execute(self._db.queries.flow_state)
             row = await cur.fetchone()
             self._enabled = bool(row and row["enabled"])
@@ -119,6 +123,7 @@ class FlowGate:
         for _ in range(3):  # the state may change between our read and the claim
             fair = self._fair if force is None else force
             self._limited = self._enabled
+            self._claim_sent = time.monotonic()
             if self._enabled:
                 rows = await self._claim_limited(conn, self._params(params, True))
                 break
@@ -176,9 +181,26 @@ class FlowGate:
             if got and got["got"]:
                 await conn.execute(q.fair_index_analyze)
 
-    def idle_delay(self, delay: float) -> float:
-        """Due jobs exist but the last claim took none: poll again soon rather than spin."""
+    def idle_delay(
+        self, delay: float, *, due_in: float | None = None, asked_at: float | None = None
+    ) -> float:
+        """Due jobs exist but the last claim took none: poll again soon rather than spin.
+
+        Unless the first of them fell due after that claim was sent: the claim found nothing
+        because nothing was due yet, so claim again now (backing off held a job that fell due
+        while an empty claim ran, as one woken by a NOTIFY just before its time does, up to
+        ``BLOCKED_POLL`` late). ``due_in``: the server's ``min(run_at) - now()`` of a statement
+        sent at ``asked_at`` (``time.monotonic()``); the claim's ``now()`` was about
+        ``asked_at - claim sent`` before that statement's, durations on both sides, so the
+        clocks of the worker and the server need not agree. A due job that is really held back
+        is seen by the next claim too, which then backs off.
+        """
         if delay <= 0 and self._empty_claims:
+            fell_due_since = (
+                due_in is not None and asked_at is not None and due_in > self._claim_sent - asked_at
+            )
+            if fell_due_since:
+                return 0.0
             backoff = BLOCKED_POLL * 2.0 ** max(self._empty_claims - 1, 0)
             return min(backoff, BLOCKED_POLL_MAX)
         return delay

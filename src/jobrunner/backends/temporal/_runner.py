@@ -235,14 +235,14 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
             "tenant": args.tenant,
             "job_id": job_id,
             "name": args.name,
-            "metadata": Jsonb(args.metadata),
+            "metadata": args.metadata_param,
             "run_at": args.run_at,
             "user_id": args.user_id,
             "runner_type": self.runner_type,
             "external_id": workflow_id(args.name, job_id),
             "queue": args.queue,
             "priority": args.priority,
-            "data": Jsonb(args.data),
+            "data": args.data_param,
             "max_attempts": args.max_attempts,
             "policy": args.policy_param,
             "singleton_key": args.singleton_key,
@@ -390,25 +390,34 @@ class TemporalJobRunner(DatabaseMonitoring, JobRunner):
     ) -> None:
         run_id = handle.first_execution_run_id or handle.result_run_id
         if run_id:
+            await self._write(
+                self.db.queries.temporal_set_run_id,
+                {"tenant": tenant, "job_id": job_id, "run_id": run_id},
+            )
+
+    async def _write(self, query: str, params: dict[str, Any]) -> None:
+        """One autocommit statement on a job row, run again when it waited for a row that a
+        concurrent cancel or outcome moved to jobs_finished (0009): it then sees the moved
+        row."""
+
+        async def write() -> None:
             async with self.db.connection() as conn:
-                await conn.execute(
-                    self.db.queries.temporal_set_run_id,
-                    {"tenant": tenant, "job_id": job_id, "run_id": run_id},
-                )
+                await conn.execute(query, params)
+
+        await retry_conflicts(write)
 
     async def _mark_start_failed(
         self, tenant: uuid.UUID, job_ids: list[uuid.UUID], exc: BaseException
     ) -> None:
         try:
-            async with self.db.connection() as conn:
-                await conn.execute(
-                    self.db.queries.temporal_start_failed,
-                    {
-                        "tenant": tenant,
-                        "job_ids": job_ids,
-                        "message": f"could not start the Temporal workflow: {exc}"[:2000],
-                    },
-                )
+            await self._write(
+                self.db.queries.temporal_start_failed,
+                {
+                    "tenant": tenant,
+                    "job_ids": job_ids,
+                    "message": f"could not start the Temporal workflow: {exc}"[:2000],
+                },
+            )
         except Exception:
             logger.exception("could not mark %d unstarted jobs failed", len(job_ids))
 

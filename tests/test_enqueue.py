@@ -418,3 +418,41 @@ async def test_enqueue_retry_after_a_lost_reply_finds_a_job_that_already_finishe
         runner, "SELECT job_id, status FROM {schema}.jobs WHERE type = 'generate-invoice'"
     )
     assert [(r["job_id"], r["status"]) for r in rows] == [(handle.job_id, "completed")]
+
+
+async def test_payload_encoded_once_arrives_intact_in_any_client_encoding(
+    runner: PostgresJobRunner, registry: JobHandlerRegistry, jobrunner_dsn: str
+) -> None:
+    """A single enqueue sends the JSON its validation encoded; that JSON is UTF-8, so
+    non-ASCII payloads and metadata still arrive intact on a connection whose client
+    encoding is not (LATIN1 here), with or without dependencies; the stored policy is the
+    handler's."""
+    import psycopg
+
+    from jobrunner._policy import JobPolicy
+
+    registry.add("encoded-once", noop)
+    first = await runner.schedule_job("encoded-once", {"a": 1}, metadata={"m": "ascii"})
+    payloads = [{"s": "café", "n": [1, 2.5, None]}, {"s": "plain"}]
+    async with await psycopg.AsyncConnection.connect(jobrunner_dsn) as conn:
+        await conn.execute("SET client_encoding TO 'LATIN1'")
+        assert conn.info.encoding != "utf-8"
+        handles = [
+            await runner.schedule_job("encoded-once", data, connection=conn, metadata={"m": "é"})
+            for data in payloads
+        ]
+        handles.append(
+            await runner.schedule_job(
+                "encoded-once", payloads[0], connection=conn, depends_on=[first.job_id]
+            )
+        )
+        await conn.commit()
+    for handle, data in zip(handles, [*payloads, payloads[0]], strict=True):
+        row = await job_row(runner, handle.job_id)
+        assert row["data"] == data
+    assert (await job_row(runner, handles[0].job_id))["metadata"] == {"m": "é"}
+    row = await job_row(runner, first.job_id)
+    assert row["metadata"] == {"m": "ascii"}
+    spec = registry.find("encoded-once")
+    assert spec is not None
+    assert JobPolicy.from_json(row["policy"]) == spec.policy

@@ -7,6 +7,7 @@ bad argument raises) the same on all of them, and everything is refused before a
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -40,7 +41,7 @@ from jobrunner._recurrence import (
 from jobrunner._validation import (
     SYSTEM_USER,
     as_aware_datetime,
-    as_data,
+    as_data_json,
     as_job_name,
     as_optional_key,
     as_priority,
@@ -62,6 +63,7 @@ __all__ = [
     "new_job_id",
     "new_job_ids",
     "recurring_args",
+    "with_data",
     "with_parent",
 ]
 
@@ -105,6 +107,37 @@ def new_job_ids(count: int) -> int:
 DEFAULT_MAX_ATTEMPTS = 3
 
 
+def _as_is(encoded: bytes) -> bytes:
+    return encoded
+
+
+def _jsonb_param(value: object, encoded: bytes) -> Jsonb:
+    """A ``jsonb`` parameter of ``value``, whose JSON (UTF-8) is ``encoded``.
+
+    ASCII JSON is sent as it is, without a second encoding: its bytes are the same in every
+    client encoding. Other JSON is left to psycopg, which escapes it to ASCII (the server
+    reads a binary ``jsonb`` in the connection's client encoding, which may not be UTF-8).
+    """
+    return Jsonb(encoded, _as_is) if encoded.isascii() else Jsonb(value)
+
+
+# The stored policy of a handler, encoded once: a spec is frozen, so its policy never changes.
+# Keyed by the spec's id, the spec kept in the value so that the id cannot be reused.
+_POLICY_JSON: dict[int, tuple[HandlerSpec, bytes]] = {}
+_POLICY_JSON_MAX = 1024
+
+
+def _policy_json(spec: HandlerSpec) -> bytes:
+    found = _POLICY_JSON.get(id(spec))
+    if found is not None and found[0] is spec:
+        return found[1]
+    encoded = json.dumps(spec.policy.to_json()).encode("utf-8")
+    if len(_POLICY_JSON) >= _POLICY_JSON_MAX:  # specs replaced over and over: start afresh
+        _POLICY_JSON.clear()
+    _POLICY_JSON[id(spec)] = (spec, encoded)
+    return encoded
+
+
 @dataclass(frozen=True, slots=True)
 class JobArgs:
     """Validated ``schedule_job`` arguments."""
@@ -119,6 +152,10 @@ class JobArgs:
     queue: str
     priority: int
     singleton_key: str | None
+    data_json: bytes
+    """``data`` as the JSON its check encoded (UTF-8), sent as it is by the inserts."""
+    metadata_json: bytes
+    """``metadata`` likewise."""
     depends_on: tuple[uuid.UUID, ...] = ()
     """The jobs it waits for (same tenant, no duplicates, in the order given)."""
     run_on_failure: bool = False
@@ -138,10 +175,25 @@ class JobArgs:
         return self.spec.policy if self.spec else None
 
     @property
+    def policy_json(self) -> bytes | None:
+        """:attr:`policy` as JSON (ASCII), encoded once per handler."""
+        return None if self.spec is None else _policy_json(self.spec)
+
+    @property
     def policy_param(self) -> Jsonb | None:
         """:attr:`policy` as the ``policy`` parameter of the insert statements."""
-        policy = self.policy
-        return None if policy is None else Jsonb(policy.to_json())
+        encoded = self.policy_json
+        return None if encoded is None else Jsonb(encoded, _as_is)  # ASCII (json.dumps)
+
+    @property
+    def data_param(self) -> Jsonb:
+        """:attr:`data` as the ``data`` parameter of the insert statements."""
+        return _jsonb_param(self.data, self.data_json)
+
+    @property
+    def metadata_param(self) -> Jsonb:
+        """:attr:`metadata` as the ``metadata`` parameter of the insert statements."""
+        return _jsonb_param(self.metadata, self.metadata_json)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,14 +235,16 @@ def job_args(
     spec = registry.find(job_name)
     if spec is None and require_registered:
         raise HandlerNotFoundError(job_name)
-    payload = as_data(data)
-    meta = as_data(metadata, "metadata")
+    payload, payload_json = as_data_json(data)
+    meta, meta_json = as_data_json(metadata, "metadata")
     when = None if run_at is None else as_aware_datetime(run_at)
     return JobArgs(
         name=job_name,
         spec=spec,
         data=payload,
         metadata=meta,
+        data_json=payload_json,
+        metadata_json=meta_json,
         run_at=when,
         tenant=as_tenant(tenant),
         user_id=SYSTEM_USER if user_id is None else as_uuid(user_id, "user_id"),
@@ -248,6 +302,16 @@ def with_parent(args: JobArgs, parent_tenant: uuid.UUID, parent_job_id: uuid.UUI
     if args.tenant != parent_tenant:
         raise InvalidArgumentError("ctx.schedule_job enqueues jobs of the handler's own tenant")
     return replace(args, parent_job_id=parent_job_id)
+
+
+def with_data(args: JobArgs, data: Mapping[str, Any] | None) -> JobArgs:
+    """``args`` with another payload (checked), as :func:`job_args` would have built them.
+
+    Raises:
+        InvalidArgumentError: the payload is refused.
+    """
+    payload, payload_json = as_data_json(data)
+    return replace(args, data=payload, data_json=payload_json)
 
 
 def check_dependency_options(args: JobArgs) -> None:

@@ -331,15 +331,47 @@ def _observe_counter(metrics: Any, kind: str, options: Any) -> list[Any]:
 
 # -- enqueue -------------------------------------------------------------------------------------
 class EnqueueSpan:
-    """The span of one enqueue call; :meth:`done` reports what it wrote."""
+    """The span of one enqueue call (:func:`enqueue_span`); :meth:`done` reports what it
+    wrote.
 
-    __slots__ = ("_queue", "_runner_type", "_span", "name")
+    A class rather than a generator context manager: it wraps every enqueue, and without a
+    configured TracerProvider it makes no span and costs next to nothing.
+    """
 
-    def __init__(self, span: Any, name: str, queue: str | None, runner_type: str) -> None:
-        self._span = span
-        self.name = name
-        self._queue = queue
+    __slots__ = ("_queue", "_runner_type", "_scope", "_span", "name")
+
+    def __init__(self, name: object, queue: object, runner_type: str) -> None:
+        self.name = name if isinstance(name, str) else "?"
+        self._queue = queue if isinstance(queue, str) else None
         self._runner_type = runner_type
+        self._span: Any = None
+        self._scope: Any = None
+
+    def __enter__(self) -> EnqueueSpan:
+        otel = _otel()
+        tracer = otel.active_tracer() if otel is not None else None
+        if otel is None or tracer is None:
+            # No span to make: the API's no-op one would carry the current context, which
+            # attach_trace_context stores with the job all the same.
+            return self
+        scope = tracer.start_as_current_span(
+            f"jobrunner.enqueue {self.name}",
+            kind=otel.trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": _MESSAGING_SYSTEM,
+                "messaging.operation.type": "create",
+                "messaging.operation.name": "enqueue",
+                "jobrunner.job.name": self.name,
+                "jobrunner.runner_type": self._runner_type,
+            },
+        )
+        self._span = scope.__enter__()
+        self._scope = scope
+        return self
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        scope, self._scope = self._scope, None
+        return None if scope is None else bool(scope.__exit__(*exc_info))
 
     def done(self, handles: list[Any], queue: str | None = None) -> None:
         """Record the jobs written (``ScheduledJob`` handles) on the span and the counter."""
@@ -366,32 +398,11 @@ class EnqueueSpan:
                 span.set_attribute("jobrunner.tenant", str(handles[0].tenant))
 
 
-@contextlib.contextmanager
-def enqueue_span(name: object, queue: object, runner_type: str) -> Iterator[EnqueueSpan]:
-    """A producer span ``jobrunner.enqueue <name>`` around an enqueue, made current so that
-    :func:`attach_trace_context` stores it with the job; errors are recorded on it."""
-    job_name = name if isinstance(name, str) else "?"
-    queue_name = queue if isinstance(queue, str) else None
-    otel = _otel()
-    tracer = otel.active_tracer() if otel is not None else None
-    if otel is None or tracer is None:
-        # No span to make: the API's no-op one would carry the current context, which
-        # attach_trace_context stores with the job all the same.
-        yield EnqueueSpan(None, job_name, queue_name, runner_type)
-        return
-    attributes = {
-        "messaging.system": _MESSAGING_SYSTEM,
-        "messaging.operation.type": "create",
-        "messaging.operation.name": "enqueue",
-        "jobrunner.job.name": job_name,
-        "jobrunner.runner_type": runner_type,
-    }
-    with tracer.start_as_current_span(
-        f"jobrunner.enqueue {job_name}",
-        kind=otel.trace.SpanKind.PRODUCER,
-        attributes=attributes,
-    ) as span:
-        yield EnqueueSpan(span, job_name, queue_name, runner_type)
+def enqueue_span(name: object, queue: object, runner_type: str) -> EnqueueSpan:
+    """A producer span ``jobrunner.enqueue <name>`` around an enqueue (``with``), made
+    current so that :func:`attach_trace_context` stores it with the job; errors are recorded
+    on it."""
+    return EnqueueSpan(name, queue, runner_type)
 
 
 def attach_trace_context(metadata: dict[str, Any]) -> dict[str, Any]:

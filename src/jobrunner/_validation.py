@@ -149,12 +149,18 @@ def as_json_text(value: object, what: str = "data") -> str:
 
 def as_data(value: object, what: str = "data") -> dict[str, Any]:
     """Validate a job payload: a JSON object (``None`` becomes ``{}``)."""
+    return as_data_json(value, what)[0]
+
+
+def as_data_json(value: object, what: str = "data") -> tuple[dict[str, Any], bytes]:
+    """:func:`as_data`, and the payload's JSON as the UTF-8 bytes the check encoded (what an
+    insert sends, so the payload is encoded once per enqueue)."""
     if value is None:
-        return {}
+        return {}, b"{}"
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(f"{what} must be a mapping (JSON object)")
-    as_json_text(value, what)
-    return dict(value)
+    raw = _encoded(value, what)[1]
+    return dict(value), raw
 
 
 def bulk_items(data: object) -> list[Any]:

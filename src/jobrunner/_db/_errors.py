@@ -47,6 +47,13 @@ def is_transient(exc: psycopg.Error) -> bool:
     return state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_CODES
 
 
+def translated(exc: psycopg.Error) -> JobRunnerError:
+    """The error :func:`translate_errors` raises for ``exc`` (raise it ``from exc``)."""
+    if isinstance(exc, psycopg_pool.PoolTimeout) or is_transient(exc):
+        return UnavailableError(f"database unavailable: {exc}")
+    return DatabaseError(f"database error: {exc}")
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Re-raise driver errors as :class:`UnavailableError` (transient) or
@@ -55,12 +62,8 @@ def translate_errors() -> Iterator[None]:
         yield
     except JobRunnerError:
         raise
-    except psycopg_pool.PoolTimeout as exc:
-        raise UnavailableError(f"database unavailable: {exc}") from exc
     except psycopg.Error as exc:
-        if is_transient(exc):
-            raise UnavailableError(f"database unavailable: {exc}") from exc
-        raise DatabaseError(f"database error: {exc}") from exc
+        raise translated(exc) from exc
 
 
 def is_conflict(exc: BaseException) -> bool:

@@ -19,7 +19,6 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Unpack, cast
 
@@ -32,6 +31,7 @@ from jobrunner._jobargs import (
     check_dependency_options,
     enqueue_args,
     recurring_args,
+    with_data,
     with_parent,
 )
 from jobrunner._limits import MAX_LEASE_SECONDS
@@ -69,7 +69,6 @@ from jobrunner._telemetry import enqueue_boundary
 from jobrunner._validation import (
     as_aware_datetime,
     as_bulk_data,
-    as_data,
     as_history_age,
     as_optional_text,
     as_tenant,
@@ -324,7 +323,7 @@ class InMemoryJobRunner(JobRunner):
             self.store.check_dependencies(shared)
         else:
             check_dependency_options(shared)
-        each = [replace(shared, data=as_data(item)) for item in items]
+        each = [with_data(shared, item) for item in items]
         jobs = [self.store.new_job(args) for args in each]
         if shared.depends_on:
             handles = [

@@ -17,7 +17,6 @@ A bulk enqueue (:class:`BulkJobs`) is two steps whatever its size: ``bulk_enqueu
 
 from __future__ import annotations
 
-import json
 import struct
 import uuid
 from collections.abc import Generator, Iterable, Iterator, Mapping
@@ -28,7 +27,6 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import pq
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
 
 from jobrunner._db._errors import translate_errors
 from jobrunner._db._queries import Queries
@@ -123,10 +121,10 @@ def _text(value: str) -> bytes:
     return struct.pack("!i", len(raw)) + raw
 
 
-def _jsonb(value: Any) -> bytes:
-    if value is None:
+def _jsonb(raw: bytes | None) -> bytes:
+    """A binary ``jsonb`` field of JSON already encoded (UTF-8)."""
+    if raw is None:
         return _NULL
-    raw = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return _JSONB_HEAD.pack(len(raw) + 1, 1) + raw
 
 
@@ -194,13 +192,12 @@ class BulkJobs:
         now_us = _micros(now)
         run_at_us = now_us if args.run_at is None else _micros(args.run_at)
         status = "queued" if run_at_us <= now_us else "pending"
-        policy = args.policy
         shared = b"".join(
             (
                 _FIELDS,
                 _ID_FIELD + args.tenant.bytes,
                 _text(args.name),
-                _jsonb(args.metadata),
+                _jsonb(args.metadata_json),
                 _text(status),
                 _INT8.pack(8, now_us),  # created_at: timezone('utc', now()), same microseconds
                 _INT8.pack(8, now_us),  # updated_at
@@ -210,7 +207,7 @@ class BulkJobs:
                 _INT2.pack(2, args.priority),
                 _INT8.pack(8, run_at_us),
                 _INT4.pack(4, args.max_attempts),
-                _jsonb(None if policy is None else policy.to_json()),
+                _jsonb(args.policy_json),
                 _ID_FIELD,
             )
         )
@@ -242,7 +239,7 @@ class BulkJobs:
         return {
             "tenant": args.tenant,
             "name": args.name,
-            "metadata": Jsonb(args.metadata),
+            "metadata": args.metadata_param,
             "run_at": args.run_at,
             "user_id": args.user_id,
             "runner_type": self.runner_type,
@@ -263,7 +260,7 @@ class BulkJobs:
         return {
             "tenant": args.tenant,
             "name": args.name,
-            "metadata": Jsonb(args.metadata),
+            "metadata": args.metadata_param,
             "run_at": args.run_at,
             "user_id": args.user_id,
             "runner_type": self.runner_type,
@@ -354,10 +351,9 @@ def insert_dependent(
 
 
 def insert_one_dependent(queries: Queries, params: Mapping[str, Any]) -> Steps[ScheduledJob]:
-    """:func:`insert_dependent` for one job (``insert_job`` parameters)."""
-    data = params["data"]
-    payload = json.dumps(data.obj if isinstance(data, Jsonb) else data, ensure_ascii=False)
-    yield from insert_dependent(queries, params, [params["job_id"]], [payload.encode("utf-8")])
+    """:func:`insert_dependent` for one job (``insert_job`` parameters, with ``data_json``:
+    the payload's JSON, UTF-8)."""
+    yield from insert_dependent(queries, params, [params["job_id"]], [params["data_json"]])
     return handle(params["job_id"], params["tenant"], created=True)
 
 

@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any, Unpack, cast
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from jobrunner._db import _monitoring
 from jobrunner._db._database import AutoMigrate, Database, check_auto_migrate
@@ -218,14 +217,15 @@ class PostgresJobRunner(DatabaseMonitoring, JobRunner):
             "tenant": args.tenant,
             "job_id": new_job_id(),
             "name": args.name,
-            "metadata": Jsonb(args.metadata),
+            "metadata": args.metadata_param,
             "run_at": args.run_at,
             "user_id": args.user_id,
             "runner_type": self.runner_type,
             "external_id": None,
             "queue": args.queue,
             "priority": args.priority,
-            "data": Jsonb(args.data),
+            "data": args.data_param,
+            "data_json": args.data_json,  # the dependent path's statements take the text
             "max_attempts": args.max_attempts,
             "policy": args.policy_param,
             "singleton_key": args.singleton_key,

@@ -28,6 +28,7 @@ import psycopg
 from psycopg import pq
 from psycopg.rows import tuple_row
 
+from jobrunner._db._database import PoolConnection
 from jobrunner._db._errors import translate_errors
 from jobrunner._db._queries import Queries
 from jobrunner._db._savepoint import caller_savepoint, caller_savepoint_sync
@@ -392,7 +393,11 @@ def _has_rows(cur: psycopg.AsyncCursor[Any] | psycopg.Cursor[Any]) -> bool:
 async def run_async(conn: psycopg.AsyncConnection[Any], steps: Steps[T]) -> T:
     """Run ``steps`` on an async connection (in its current transaction, if any)."""
     # Tuple rows whatever row factory the connection uses.
-    cur = conn.cursor(row_factory=tuple_row)
+    cur = (
+        conn.steps_cursor()
+        if isinstance(conn, PoolConnection)
+        else conn.cursor(row_factory=tuple_row)
+    )
     try:
         step = next(steps)
         while True:

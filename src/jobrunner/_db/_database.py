@@ -42,8 +42,9 @@ AutoMigrate = bool | Literal["check"]
 _SESSION_SETUP = "SET jit = off"
 
 
-async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
-    await conn.execute(_SESSION_SETUP)
+async def _configure(conn: psycopg.AsyncConnection[Any], *extra: str) -> None:
+    for statement in (_SESSION_SETUP, *extra):
+        await conn.execute(statement)
 
 
 def check_schema(schema: str) -> str:
@@ -275,14 +276,19 @@ class Database:
         elif mode:
             await self.migrate()
 
-    async def dedicated_connection(self) -> AsyncConn:
-        """A new connection outside the pool (LISTEN needs one it keeps)."""
+    async def dedicated_connection(self, *session_setup: str) -> AsyncConn:
+        """A new connection outside the pool (LISTEN needs one it keeps).
+
+        Args:
+            session_setup: ``SET`` statements the connection runs once made, after the ones
+                every jobrunner connection runs (a statement's failure closes it).
+        """
         with translate_errors():
             conn = await psycopg.AsyncConnection.connect(
                 self.conninfo, autocommit=True, row_factory=dict_row, context=tolerant_adapters()
             )
             try:
-                await _configure(conn)
+                await _configure(conn, *session_setup)
             except BaseException:
                 await conn.close()
                 raise

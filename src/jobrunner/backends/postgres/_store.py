@@ -149,14 +149,8 @@ class PostgresStore:
         """
         found = self._hot.get(slot)
         if found is None or found.closed:
-            found = await self.db.dedicated_connection()
-            if slot == "claim":
-                try:
-                    with translate_errors():
-                        await found.execute(_CLAIM_SESSION_SETUP)
-                except BaseException:
-                    await found.close()
-                    raise
+            setup = (_CLAIM_SESSION_SETUP,) if slot == "claim" else ()
+            found = await self.db.dedicated_connection(*setup)
             self._hot[slot] = found
         conn = found
         try:

@@ -93,6 +93,15 @@ class _Otel:
         self._global_unset: bool | None = (
             None if "OTEL_PYTHON_TRACER_PROVIDER" in os.environ else True
         )
+        # The API's own classes for "no MeterProvider configured": the proxy drops measurements.
+        internal = getattr(metrics, "_internal", None)
+        self._metrics_internal = internal
+        self.unmetered = (
+            metrics.NoOpMeterProvider,
+            *((internal._ProxyMeterProvider,) if hasattr(internal, "_ProxyMeterProvider") else ()),
+        )
+        self._meter_env_unset = "OTEL_PYTHON_METER_PROVIDER" not in os.environ
+        self.metrics = metrics
         meter = metrics.get_meter("jobrunner", version)
         # Counters are observable: the SDK reads the process's tallies when it collects, so
         # an attempt costs no metric call of the SDK for them (the hot path of a drain).
@@ -139,6 +148,17 @@ class _Otel:
                 provider.get_tracer("jobrunner", self.version),
             )
         return cached[1]
+
+
+    def metered(self) -> bool:
+        """Whether a MeterProvider is configured (checked on every call, as for tracers).
+
+        The global is read first, as :meth:`active_tracer` does: the public lookup reads the
+        environment on every call while none is set.
+        """
+        if self._meter_env_unset and getattr(self._metrics_internal, "_METER_PROVIDER", 0) is None:
+            return False
+        return not isinstance(self.metrics.get_meter_provider(), self.unmetered)
 
 
 _COUNTERS = {
@@ -632,18 +652,24 @@ def attempt_span(
             tracer = otel.tracer  # the API's no-op: a non-recording span of the stored context
     elif tracer is None:
         return _NO_ATTEMPT_SPAN
-    job = str(job_id)
-    attributes = _run_attributes(name, queue, runner_type).copy()
-    attributes["messaging.message.id"] = job
-    attributes["jobrunner.job_id"] = job
-    attributes["jobrunner.tenant"] = str(tenant)
-    attributes["jobrunner.attempt"] = attempt
+    # The sampler sees the attributes every attempt of this job name shares; the job's own
+    # are added only when the span records (most are not, under a ratio sampler).
     span = tracer.start_span(
         f"jobrunner.run {name}",
         context=parent,
         kind=otel.trace.SpanKind.CONSUMER,
-        attributes=attributes,
+        attributes=_run_attributes(name, queue, runner_type),
     )
+    if span.is_recording():
+        job = str(job_id)
+        span.set_attributes(
+            {
+                "messaging.message.id": job,
+                "jobrunner.job_id": job,
+                "jobrunner.tenant": str(tenant),
+                "jobrunner.attempt": attempt,
+            }
+        )
     return AttemptSpan(otel, span)
 
 
@@ -663,7 +689,8 @@ def record_attempt(
     the timings go to the OpenTelemetry histograms in batches (:func:`_flush_timings`).
     """
     labels = _labels(name, queue, runner_type, tenant)
-    if _tallies.attempt(kind, labels, duration, queue_wait, _otel() is not None):
+    otel = _otel()
+    if _tallies.attempt(kind, labels, duration, queue_wait, otel is not None and otel.metered()):
         _flush_timings()
 
 
@@ -680,8 +707,11 @@ def _flush_timings() -> None:
     if recorded at the attempt's end. The OpenTelemetry metrics API has no batch record and no
     observable histogram; recording the queue in one go keeps the SDK's code and data hot in
     the CPU caches, where one record per attempt between the worker's other work costs about
-    twice as much (docs/performance.md, "Observability overhead"). The measurements are made
-    outside the attempt's context, as they always were: no exemplar links them to its span.
+    twice as much (docs/performance.md, "Observability overhead"). A background thread would
+    take the work off the event loop but not off the GIL: measured, it made the drain slower.
+    The measurements are made outside the attempt's context, as they always were: no exemplar
+    links them to its span. Nothing is queued while no MeterProvider is configured (the API's
+    proxy instruments would drop the measurements).
     """
     otel = _otel()
     pending = _tallies.take_pending()

@@ -94,11 +94,11 @@ class _Otel:
             None if "OTEL_PYTHON_TRACER_PROVIDER" in os.environ else True
         )
         # The API's own classes for "no MeterProvider configured": the proxy drops measurements.
-        internal = getattr(metrics, "_internal", None)
+        internal: Any = getattr(metrics, "_internal", None)
         self._metrics_internal = internal
-        self.unmetered = (
-            metrics.NoOpMeterProvider,
-            *((internal._ProxyMeterProvider,) if hasattr(internal, "_ProxyMeterProvider") else ()),
+        proxy = getattr(internal, "_ProxyMeterProvider", None)
+        self.unmetered: tuple[type, ...] = (
+            (metrics.NoOpMeterProvider, proxy) if proxy else (metrics.NoOpMeterProvider,)
         )
         self._meter_env_unset = "OTEL_PYTHON_METER_PROVIDER" not in os.environ
         self.metrics = metrics
@@ -148,7 +148,6 @@ class _Otel:
                 provider.get_tracer("jobrunner", self.version),
             )
         return cached[1]
-
 
     def metered(self) -> bool:
         """Whether a MeterProvider is configured (checked on every call, as for tracers).

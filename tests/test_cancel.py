@@ -13,7 +13,9 @@ from typing import Any
 
 from apps.helpers import details, eventually, fetch, job_row
 from jobrunner import JobContext, JobHandlerRegistry, JobStatus, RetryPolicy
+from jobrunner._queue._store import AttemptRef, CompletedAttempt, FailedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.postgres._store import completed_batch_json, failed_batch_json
 from jobrunner.testing import running_worker
 
 # A long safety poll: a running handler can only learn of a cancel through NOTIFY.
@@ -207,21 +209,17 @@ async def test_fencing_rejects_outcomes_of_a_cancelled_attempt(
         assert await runner.cancel_job(handle.job_id) is True
     token = row["lease_token"]
     q = runner.db.queries
-    now = datetime.now(UTC)
-    common = {
-        "tenants": [row["tenant"]],
-        "job_ids": [handle.job_id],
-        "tokens": [token],
-        "started": [now],
-        "durations": [1.0],
-        "worker_id": str(uuid.uuid4()),
-    }
+    ref = AttemptRef(row["tenant"], handle.job_id, token)
+    worker = str(uuid.uuid4())
+    late_done = CompletedAttempt(ref, '"late"', time.time(), 1.0)
+    late_fail = FailedAttempt(ref, '{"type": "x", "message": "late"}', 1.0, time.time(), 1.0)
     async with runner.db.connection() as conn:
-        cur = await conn.execute(q.complete_jobs, {**common, "results": ['"late"']})
+        cur = await conn.execute(
+            q.complete_jobs, {"outcomes": completed_batch_json([late_done]), "worker_id": worker}
+        )
         assert await cur.fetchall() == []
         cur = await conn.execute(
-            q.fail_jobs,
-            {**common, "errors": ['{"type": "x", "message": "late"}'], "retry_in": [1.0]},
+            q.fail_jobs, {"outcomes": failed_batch_json([late_fail]), "worker_id": worker}
         )
         assert await cur.fetchall() == []
         cur = await conn.execute(

@@ -13,8 +13,9 @@ from typing import Any
 
 import psycopg
 
-from jobrunner._queue._store import ClaimRequest
+from jobrunner._queue._store import AttemptRef, ClaimRequest, CompletedAttempt, FailedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.postgres._store import completed_batch_json, failed_batch_json
 
 FINISHED = 20_000
 LIVE = 20_000  # a backlog: the claim must walk the index, not sort it
@@ -164,19 +165,18 @@ async def _check_claim(runner: PostgresJobRunner, *, generic: bool) -> None:
 
 
 async def _check_complete(runner: PostgresJobRunner, *, generic: bool) -> None:
-    ids = [uuid.uuid4() for _ in range(1000)]
-    params = {
-        "errors": ['{"type": "x"}'] * len(ids),
-        "retry_in": [None] * len(ids),
-        "tenants": [uuid.uuid4() for _ in ids],
-        "job_ids": ids,
-        "tokens": [1] * len(ids),
-        "results": [None] * len(ids),
-        "started": [None] * len(ids),
-        "durations": [1.0] * len(ids),
-        "worker_id": str(uuid.uuid4()),
+    refs = [AttemptRef(uuid.uuid4(), uuid.uuid4(), 1) for _ in range(1000)]
+    worker = str(uuid.uuid4())
+    batches = {
+        runner.db.queries.complete_jobs: completed_batch_json(
+            [CompletedAttempt(ref, None, 0.0, 1.0) for ref in refs]
+        ),
+        runner.db.queries.fail_jobs: failed_batch_json(
+            [FailedAttempt(ref, '{"type": "x"}', None, 0.0, 1.0) for ref in refs]
+        ),
     }
-    for query in (runner.db.queries.complete_jobs, runner.db.queries.fail_jobs):
+    for query, outcomes in batches.items():
+        params = {"outcomes": outcomes, "worker_id": worker}
         nodes = await _explain(runner, query, params, generic=generic)
         scans = _jobs_scans(nodes)
         # Linear in the batch (and never a walk over the running jobs per outcome): the rows

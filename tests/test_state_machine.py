@@ -46,7 +46,9 @@ from psycopg.rows import dict_row
 
 from jobrunner import JobHandlerRegistry, RetryPolicy
 from jobrunner._db._database import Database
+from jobrunner._queue._store import AttemptRef, CompletedAttempt, FailedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.postgres._store import completed_batch_json, failed_batch_json
 
 LIVE = {"pending", "queued", "processing", "retrying"}
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -126,6 +128,10 @@ class JobStateMachine(RuleBasedStateMachine):
         ).fetchone()
         assert row is not None and details is not None
         return json.dumps(row["r"], sort_keys=True), int(details["n"])
+
+    @staticmethod
+    def ref(attempt: Attempt) -> AttemptRef:
+        return AttemptRef(TENANT, attempt.job_id, attempt.token)
 
     def is_live(self, attempt: Attempt) -> bool:
         job = self.model[attempt.job_id]
@@ -232,12 +238,9 @@ class JobStateMachine(RuleBasedStateMachine):
             attempt,
             self.q.complete_jobs,
             {
-                "tenants": [TENANT],
-                "job_ids": [attempt.job_id],
-                "tokens": [attempt.token],
-                "results": ['{"ok": true}'],
-                "started": [None],
-                "durations": [1.0],
+                "outcomes": completed_batch_json(
+                    [CompletedAttempt(self.ref(attempt), '{"ok": true}', 0.0, 1.0)]
+                ),
                 "worker_id": str(attempt.worker),
             },
         )
@@ -258,13 +261,17 @@ class JobStateMachine(RuleBasedStateMachine):
             attempt,
             self.q.fail_jobs,
             {
-                "tenants": [TENANT],
-                "job_ids": [attempt.job_id],
-                "tokens": [attempt.token],
-                "errors": ['{"type": "E", "message": "boom", "traceback": null}'],
-                "retry_in": [retry_in],
-                "started": [None],
-                "durations": [1.0],
+                "outcomes": failed_batch_json(
+                    [
+                        FailedAttempt(
+                            self.ref(attempt),
+                            '{"type": "E", "message": "boom", "traceback": null}',
+                            retry_in,
+                            0.0,
+                            1.0,
+                        )
+                    ]
+                ),
                 "worker_id": str(attempt.worker),
             },
         )

@@ -19,7 +19,9 @@ import pytest
 
 from apps.helpers import details, eventually, fetch, job_row
 from jobrunner import JobContext, JobHandlerRegistry, JobStatus
+from jobrunner._queue._store import AttemptRef, CompletedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
+from jobrunner.backends.postgres._store import completed_batch_json
 from jobrunner.testing import running_worker
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -156,12 +158,16 @@ async def test_kill_9_mid_job_is_rerun_elsewhere(
         cur = await conn.execute(
             runner.db.queries.complete_jobs,
             {
-                "tenants": [row["tenant"]],
-                "job_ids": [handle.job_id],
-                "tokens": [dead_token],
-                "results": ['{"zombie": true}'],
-                "started": [datetime.now(UTC)],
-                "durations": [1.0],
+                "outcomes": completed_batch_json(
+                    [
+                        CompletedAttempt(
+                            AttemptRef(row["tenant"], handle.job_id, dead_token),
+                            '{"zombie": true}',
+                            datetime.now(UTC).timestamp(),
+                            1.0,
+                        )
+                    ]
+                ),
                 "worker_id": str(row["worker_id"]),
             },
         )

@@ -239,8 +239,11 @@ claimed AS (
         started_at = (SELECT ts FROM clock),
         updated_at = timezone('utc', now())
     WHERE j.ctid = ANY (ARRAY(SELECT row_ctid FROM locked))
-    RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
-              j.queue, j.metadata, j.schedule_id, j.started_at, j.policy, j.run_at
+    -- What the worker reads (_store._claimed). The policy as text: a claim's jobs share a
+    -- few, each parsed once per worker; an empty metadata as NULL: nothing to parse.
+    RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.lease_token, j.queue,
+              nullif(j.metadata, '{{}}'::jsonb) AS metadata, j.schedule_id,
+              j.policy::text AS policy, j.run_at
 ),
 events AS (
     INSERT INTO {schema}.flow_rate_events (rule_id, at)

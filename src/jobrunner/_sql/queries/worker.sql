@@ -162,8 +162,11 @@ claimed AS (
         started_at = now(),
         updated_at = timezone('utc', now())
     WHERE j.ctid = ANY (ARRAY(SELECT row_ctid FROM picked))
-    RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.max_attempts, j.lease_token,
-              j.queue, j.metadata, j.schedule_id, j.started_at, j.policy, j.run_at
+    -- What the worker reads (_store._claimed). The policy as text: a claim's jobs share a
+    -- few, each parsed once per worker; an empty metadata as NULL: nothing to parse.
+    RETURNING j.tenant, j.job_id, j.type, j.data, j.attempts, j.lease_token, j.queue,
+              nullif(j.metadata, '{{}}'::jsonb) AS metadata, j.schedule_id,
+              j.policy::text AS policy, j.run_at
 )
 SELECT c.*, p.vstart AS fair_vstart, p.vstart + 1 / p.weight AS fair_pass
 FROM claimed c JOIN picked p ON p.tenant = c.tenant AND p.job_id = c.job_id
@@ -175,14 +178,17 @@ WHERE status IN ('pending', 'queued', 'retrying') AND runner_type = 'postgres'
   AND queue = ANY(%(queues)s::text[])
 
 -- name: complete_jobs
+-- The batch is one JSON array of [tenant, job_id, token, result, started epoch, duration ms]
+-- rows (result: the handler's JSON, null for none): one parameter the client writes as text,
+-- where six arrays cost the worker a tenth of its CPU in psycopg's per-element dumping.
 WITH done AS (
-    SELECT * FROM unnest(%(tenants)s::uuid[], %(job_ids)s::uuid[], %(tokens)s::bigint[],
-                         %(results)s::text[], %(started)s::timestamptz[],
-                         %(durations)s::float8[])
-        AS d(tenant, job_id, token, result, started_at, duration_ms)
+    SELECT (o->>0)::uuid AS tenant, (o->>1)::uuid AS job_id, (o->>2)::bigint AS token,
+           CASE WHEN json_typeof(o->3) <> 'null' THEN (o->3)::jsonb END AS result,
+           to_timestamp((o->>4)::float8) AS started_at, (o->>5)::float8 AS duration_ms
+    FROM json_array_elements(%(outcomes)s::json) AS o
 ), updated AS (
     UPDATE {schema}.jobs j
-    SET status = 'completed', result = d.result::jsonb, error = NULL, progress = 100,
+    SET status = 'completed', result = d.result, error = NULL, progress = 100,
         completed_at = now(), updated_at = timezone('utc', now()),
         lease_expires_at = NULL, worker_id = NULL
     FROM done d
@@ -210,17 +216,19 @@ RETURNING job_id
 -- name: fail_jobs
 -- The database enforces the retry policy: a retry is honoured only while attempts remain
 -- (attempts < max_attempts); otherwise the job ends `failed`, whatever retry_in the caller sent.
+-- The batch: [tenant, job_id, token, error, retry_in or null, started epoch, duration ms] rows
+-- in one JSON array (see complete_jobs).
 WITH failed AS (
-    SELECT * FROM unnest(%(tenants)s::uuid[], %(job_ids)s::uuid[], %(tokens)s::bigint[],
-                         %(errors)s::text[], %(retry_in)s::float8[],
-                         %(started)s::timestamptz[], %(durations)s::float8[])
-        AS f(tenant, job_id, token, error, retry_in, started_at, duration_ms)
+    SELECT (o->>0)::uuid AS tenant, (o->>1)::uuid AS job_id, (o->>2)::bigint AS token,
+           (o->3)::jsonb AS error, (o->>4)::float8 AS retry_in,
+           to_timestamp((o->>5)::float8) AS started_at, (o->>6)::float8 AS duration_ms
+    FROM json_array_elements(%(outcomes)s::json) AS o
 ), updated AS (
     UPDATE {schema}.jobs j
     SET status = (CASE WHEN f.retry_in IS NULL OR j.attempts >= j.max_attempts THEN 'failed'
                        ELSE 'retrying' END)
                  ::{schema}.job_status,
-        error = f.error::jsonb,
+        error = f.error,
         run_at = CASE WHEN f.retry_in IS NULL OR j.attempts >= j.max_attempts THEN j.run_at
                       ELSE now() + make_interval(secs => f.retry_in) END,
         completed_at = CASE WHEN f.retry_in IS NULL OR j.attempts >= j.max_attempts
@@ -233,7 +241,7 @@ WITH failed AS (
       AND j.status = ANY ((SELECT '{{processing}}'::{schema}.job_status[])::{schema}.job_status[])
     RETURNING j.tenant, j.job_id, j.attempts, j.run_at,
               CASE WHEN j.attempts < j.max_attempts THEN f.retry_in END AS retry_in,
-              f.error::jsonb AS error,
+              f.error AS error,
               f.started_at, f.duration_ms
 ), closed_steps AS (
     -- Steps the failed attempt left open (a timeout or a cancel stops the handler inside

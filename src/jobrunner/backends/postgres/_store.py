@@ -12,10 +12,11 @@ schedule calls.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
@@ -33,6 +34,8 @@ from jobrunner._queue._store import (
     Claim,
     ClaimedJob,
     ClaimRequest,
+    CompletedAttempt,
+    FailedAttempt,
     FiredSchedule,
     Notice,
     OutcomeBatch,
@@ -60,8 +63,51 @@ _HOT_SLOTS = ("claim", "flush")
 _CLAIM_SESSION_SETUP = "SET plan_cache_mode = force_generic_plan"
 
 
-def _ts(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
+def completed_batch_json(done: Sequence[CompletedAttempt]) -> str:
+    """``complete_jobs``'s batch as its JSON array (``result_json`` is JSON text already:
+    jsonb-storable, so it goes in as it is; ids, ints and finite floats format as JSON)."""
+    return (
+        "["
+        + ",".join(
+            f'["{d.ref.tenant}","{d.ref.job_id}",{d.ref.lease_token:d},'
+            f"{'null' if d.result_json is None else d.result_json},"
+            f"{d.started_at!r},{d.duration_ms!r}]"
+            for d in done
+        )
+        + "]"
+    )
+
+
+def failed_batch_json(failed: Sequence[FailedAttempt]) -> str:
+    """``fail_jobs``'s batch as its JSON array (see :func:`completed_batch_json`)."""
+    return (
+        "["
+        + ",".join(
+            f'["{f.ref.tenant}","{f.ref.job_id}",{f.ref.lease_token:d},{f.error_json},'
+            f"{'null' if f.retry_in is None else repr(float(f.retry_in))},"
+            f"{f.started_at!r},{f.duration_ms!r}]"
+            for f in failed
+        )
+        + "]"
+    )
+
+
+_POLICIES: dict[str, dict[str, Any]] = {}
+"""Stored policies (their JSON text) parsed by this worker: jobs share a handful."""
+
+
+def _stored_policy(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    found = _POLICIES.get(text)
+    if found is None:
+        found = json.loads(text)
+        if not isinstance(found, dict):
+            return {}  # written by hand: unreadable, so the handler's policy applies (from_json)
+        if len(_POLICIES) >= 1024:
+            _POLICIES.clear()
+        _POLICIES[text] = found
+    return found
 
 
 def _claimed(row: dict[str, Any]) -> ClaimedJob:
@@ -75,7 +121,7 @@ def _claimed(row: dict[str, Any]) -> ClaimedJob:
         queue=row["queue"],
         metadata=row["metadata"] or {},
         schedule_id=row["schedule_id"],
-        policy=row.get("policy"),
+        policy=_stored_policy(row["policy"]),
         run_at=row.get("run_at"),
     )
 
@@ -231,31 +277,14 @@ class PostgresStore:
                 await _execute_retrying(
                     conn,
                     q.complete_jobs,
-                    {
-                        "tenants": [d.ref.tenant for d in done],
-                        "job_ids": [d.ref.job_id for d in done],
-                        "tokens": [d.ref.lease_token for d in done],
-                        "results": [d.result_json for d in done],
-                        "started": [_ts(d.started_at) for d in done],
-                        "durations": [d.duration_ms for d in done],
-                        "worker_id": worker,
-                    },
+                    {"outcomes": completed_batch_json(done), "worker_id": worker},
                 )
             for start in range(0, len(batch.failed), per_statement):
                 failed = batch.failed[start : start + per_statement]
                 await _execute_retrying(
                     conn,
                     q.fail_jobs,
-                    {
-                        "tenants": [f.ref.tenant for f in failed],
-                        "job_ids": [f.ref.job_id for f in failed],
-                        "tokens": [f.ref.lease_token for f in failed],
-                        "errors": [f.error_json for f in failed],
-                        "retry_in": [f.retry_in for f in failed],
-                        "started": [_ts(f.started_at) for f in failed],
-                        "durations": [f.duration_ms for f in failed],
-                        "worker_id": worker,
-                    },
+                    {"outcomes": failed_batch_json(failed), "worker_id": worker},
                 )
             if any(f.retry_in is not None for f in batch.failed):
                 await conn.execute(

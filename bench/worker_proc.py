@@ -182,4 +182,10 @@ def enable_observability(mode: str) -> None:
 if __name__ == "__main__":
     if os.environ.get("JOBRUNNER_BENCH_OTEL"):
         enable_observability(os.environ["JOBRUNNER_BENCH_OTEL"])
-    asyncio.run(main())
+    # The event loop jobrunner-worker picks (--loop auto: uvloop when installed);
+    # JOBRUNNER_BENCH_LOOP=asyncio measures asyncio's.
+    from jobrunner.cli._worker import loop_factory
+
+    factory = loop_factory(os.environ.get("JOBRUNNER_BENCH_LOOP", "auto"), "postgres")
+    with asyncio.Runner(loop_factory=factory) as bench_loop:
+        bench_loop.run(main())

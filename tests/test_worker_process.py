@@ -22,6 +22,7 @@ from jobrunner import JobContext, JobHandlerRegistry, JobStatus
 from jobrunner._queue._store import AttemptRef, CompletedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
 from jobrunner.backends.postgres._store import completed_batch_json
+from jobrunner.cli._worker import loop_factory
 from jobrunner.testing import running_worker
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -208,6 +209,39 @@ async def test_sigterm_lets_running_job_finish_and_exits_0(
     late_info = await runner.get_job_status(late.job_id)
     assert late_info is not None and late_info.status is JobStatus.QUEUED
     assert late_info.attempts == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [((), "uvloop"), (("--loop", "asyncio"), "asyncio")]
+)
+async def test_the_worker_runs_the_postgres_queue_on_uvloop_unless_told_otherwise(
+    runner: PostgresJobRunner,
+    registry: JobHandlerRegistry,
+    jobrunner_dsn: str,
+    schema: str,
+    flags: tuple[str, ...],
+    expected: str,
+) -> None:
+    async def local_loop(ctx: JobContext, data: dict[str, Any]) -> str:
+        raise AssertionError("runs in the worker process only")
+
+    registry.add("proc-loop", local_loop)
+    handle = await runner.schedule_job("proc-loop", {})
+    async with worker_process(jobrunner_dsn, schema, *flags) as wp:
+        info = await runner.wait_for_job(handle.job_id, timeout=60)
+        wp.proc.send_signal(signal.SIGTERM)
+        assert await wp.wait() == 0, wp.output
+    assert info.status is JobStatus.COMPLETED, info.error
+    assert info.result == expected
+
+
+def test_loop_choice() -> None:
+    import uvloop
+
+    assert loop_factory("auto", "postgres") is uvloop.new_event_loop
+    assert loop_factory("uvloop", "temporal") is uvloop.new_event_loop
+    assert loop_factory("auto", "temporal") is None
+    assert loop_factory("asyncio", "postgres") is None
 
 
 async def test_short_grace_requeues_unfinished_job(

@@ -48,3 +48,9 @@ async def proc_step_block(ctx: JobContext, data: dict[str, Any]) -> dict[str, An
         while release is None or not os.path.exists(release):  # noqa: ASYNC110, ASYNC240
             await asyncio.sleep(0.05)
     return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@job("proc-loop")
+async def proc_loop(ctx: JobContext, data: dict[str, Any]) -> str:
+    """The module of the event loop the worker runs handlers on (``uvloop`` or ``asyncio``)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]

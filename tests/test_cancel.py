@@ -15,7 +15,7 @@ from apps.helpers import details, eventually, fetch, job_row
 from jobrunner import JobContext, JobHandlerRegistry, JobStatus, RetryPolicy
 from jobrunner._queue._store import AttemptRef, CompletedAttempt, FailedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
-from jobrunner.backends.postgres._store import completed_batch_json, failed_batch_json
+from jobrunner.backends.postgres._store import completed_params, failed_params
 from jobrunner.testing import running_worker
 
 # A long safety poll: a running handler can only learn of a cancel through NOTIFY.
@@ -214,13 +214,9 @@ async def test_fencing_rejects_outcomes_of_a_cancelled_attempt(
     late_done = CompletedAttempt(ref, '"late"', time.time(), 1.0)
     late_fail = FailedAttempt(ref, '{"type": "x", "message": "late"}', 1.0, time.time(), 1.0)
     async with runner.db.connection() as conn:
-        cur = await conn.execute(
-            q.complete_jobs, {"outcomes": completed_batch_json([late_done]), "worker_id": worker}
-        )
+        cur = await conn.execute(q.complete_jobs, completed_params([late_done], worker))
         assert await cur.fetchall() == []
-        cur = await conn.execute(
-            q.fail_jobs, {"outcomes": failed_batch_json([late_fail]), "worker_id": worker}
-        )
+        cur = await conn.execute(q.fail_jobs, failed_params([late_fail], worker))
         assert await cur.fetchall() == []
         cur = await conn.execute(
             q.save_progress,

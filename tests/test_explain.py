@@ -15,7 +15,7 @@ import psycopg
 
 from jobrunner._queue._store import AttemptRef, ClaimRequest, CompletedAttempt, FailedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
-from jobrunner.backends.postgres._store import completed_batch_json, failed_batch_json
+from jobrunner.backends.postgres._store import completed_params, failed_params
 
 FINISHED = 20_000
 LIVE = 20_000  # a backlog: the claim must walk the index, not sort it
@@ -168,15 +168,14 @@ async def _check_complete(runner: PostgresJobRunner, *, generic: bool) -> None:
     refs = [AttemptRef(uuid.uuid4(), uuid.uuid4(), 1) for _ in range(1000)]
     worker = str(uuid.uuid4())
     batches = {
-        runner.db.queries.complete_jobs: completed_batch_json(
-            [CompletedAttempt(ref, None, 0.0, 1.0) for ref in refs]
+        runner.db.queries.complete_jobs: completed_params(
+            [CompletedAttempt(ref, None, 0.0, 1.0) for ref in refs], worker
         ),
-        runner.db.queries.fail_jobs: failed_batch_json(
-            [FailedAttempt(ref, '{"type": "x"}', None, 0.0, 1.0) for ref in refs]
+        runner.db.queries.fail_jobs: failed_params(
+            [FailedAttempt(ref, '{"type": "x"}', None, 0.0, 1.0) for ref in refs], worker
         ),
     }
-    for query, outcomes in batches.items():
-        params = {"outcomes": outcomes, "worker_id": worker}
+    for query, params in batches.items():
         nodes = await _explain(runner, query, params, generic=generic)
         scans = _jobs_scans(nodes)
         # Linear in the batch (and never a walk over the running jobs per outcome): the rows

@@ -48,7 +48,7 @@ from jobrunner import JobHandlerRegistry, RetryPolicy
 from jobrunner._db._database import Database
 from jobrunner._queue._store import AttemptRef, CompletedAttempt, FailedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
-from jobrunner.backends.postgres._store import completed_batch_json, failed_batch_json
+from jobrunner.backends.postgres._store import completed_params, failed_params
 
 LIVE = {"pending", "queued", "processing", "retrying"}
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -237,12 +237,10 @@ class JobStateMachine(RuleBasedStateMachine):
         self.fenced(
             attempt,
             self.q.complete_jobs,
-            {
-                "outcomes": completed_batch_json(
-                    [CompletedAttempt(self.ref(attempt), '{"ok": true}', 0.0, 1.0)]
-                ),
-                "worker_id": str(attempt.worker),
-            },
+            completed_params(
+                [CompletedAttempt(self.ref(attempt), '{"ok": true}', 0.0, 1.0)],
+                str(attempt.worker),
+            ),
         )
         if live:
             job = self.model[attempt.job_id]
@@ -260,20 +258,18 @@ class JobStateMachine(RuleBasedStateMachine):
         self.fenced(
             attempt,
             self.q.fail_jobs,
-            {
-                "outcomes": failed_batch_json(
-                    [
-                        FailedAttempt(
-                            self.ref(attempt),
-                            '{"type": "E", "message": "boom", "traceback": null}',
-                            retry_in,
-                            0.0,
-                            1.0,
-                        )
-                    ]
-                ),
-                "worker_id": str(attempt.worker),
-            },
+            failed_params(
+                [
+                    FailedAttempt(
+                        self.ref(attempt),
+                        '{"type": "E", "message": "boom", "traceback": null}',
+                        retry_in,
+                        0.0,
+                        1.0,
+                    )
+                ],
+                str(attempt.worker),
+            ),
         )
         if live:
             job.holder = None

@@ -21,7 +21,7 @@ from apps.helpers import details, eventually, fetch, job_row
 from jobrunner import JobContext, JobHandlerRegistry, JobStatus
 from jobrunner._queue._store import AttemptRef, CompletedAttempt
 from jobrunner.backends.postgres import PostgresJobRunner
-from jobrunner.backends.postgres._store import completed_batch_json
+from jobrunner.backends.postgres._store import completed_params
 from jobrunner.cli._worker import loop_factory
 from jobrunner.testing import running_worker
 
@@ -158,19 +158,17 @@ async def test_kill_9_mid_job_is_rerun_elsewhere(
     async with runner.db.connection() as conn:
         cur = await conn.execute(
             runner.db.queries.complete_jobs,
-            {
-                "outcomes": completed_batch_json(
-                    [
-                        CompletedAttempt(
-                            AttemptRef(row["tenant"], handle.job_id, dead_token),
-                            '{"zombie": true}',
-                            datetime.now(UTC).timestamp(),
-                            1.0,
-                        )
-                    ]
-                ),
-                "worker_id": str(row["worker_id"]),
-            },
+            completed_params(
+                [
+                    CompletedAttempt(
+                        AttemptRef(row["tenant"], handle.job_id, dead_token),
+                        '{"zombie": true}',
+                        datetime.now(UTC).timestamp(),
+                        1.0,
+                    )
+                ],
+                str(row["worker_id"]),
+            ),
         )
         assert await cur.fetchall() == []
     final = await runner.get_job_status(handle.job_id)

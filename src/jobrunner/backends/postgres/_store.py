@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -63,33 +63,57 @@ _HOT_SLOTS = ("claim", "flush")
 _CLAIM_SESSION_SETUP = "SET plan_cache_mode = force_generic_plan"
 
 
-def completed_batch_json(done: Sequence[CompletedAttempt]) -> str:
-    """``complete_jobs``'s batch as its JSON array (``result_json`` is JSON text already:
-    jsonb-storable, so it goes in as it is; ids, ints and finite floats format as JSON)."""
+# Outcome batches travel as array literals written here and typed by the statement's casts
+# (psycopg sends a str as "unknown"): the same arrays psycopg would send for lists, without its
+# per-element dumping, which took a tenth of the worker's CPU in a drain.
+def _uuid_array(values: Iterable[uuid.UUID]) -> str:
+    return "{" + ",".join([str(v) for v in values]) + "}"
+
+
+def _number_array(values: Iterable[float | int | None]) -> str:
+    return "{" + ",".join(["NULL" if v is None else repr(v) for v in values]) + "}"
+
+
+def _text_array(values: Iterable[str | None]) -> str:
     return (
-        "["
+        "{"
         + ",".join(
-            f'["{d.ref.tenant}","{d.ref.job_id}",{d.ref.lease_token:d},'
-            f"{'null' if d.result_json is None else d.result_json},"
-            f"{d.started_at!r},{d.duration_ms!r}]"
-            for d in done
+            [
+                "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                for v in values
+            ]
         )
-        + "]"
+        + "}"
     )
 
 
-def failed_batch_json(failed: Sequence[FailedAttempt]) -> str:
-    """``fail_jobs``'s batch as its JSON array (see :func:`completed_batch_json`)."""
-    return (
-        "["
-        + ",".join(
-            f'["{f.ref.tenant}","{f.ref.job_id}",{f.ref.lease_token:d},{f.error_json},'
-            f"{'null' if f.retry_in is None else repr(float(f.retry_in))},"
-            f"{f.started_at!r},{f.duration_ms!r}]"
-            for f in failed
-        )
-        + "]"
-    )
+def completed_params(done: Sequence[CompletedAttempt], worker_id: str) -> dict[str, Any]:
+    """``complete_jobs``'s parameters for ``done``."""
+    return {
+        "tenants": _uuid_array([d.ref.tenant for d in done]),
+        "job_ids": _uuid_array([d.ref.job_id for d in done]),
+        "tokens": _number_array([d.ref.lease_token for d in done]),
+        "results": _text_array([d.result_json for d in done]),
+        "started": _number_array([d.started_at for d in done]),
+        "durations": _number_array([d.duration_ms for d in done]),
+        "worker_id": worker_id,
+    }
+
+
+def failed_params(failed: Sequence[FailedAttempt], worker_id: str) -> dict[str, Any]:
+    """``fail_jobs``'s parameters for ``failed``."""
+    return {
+        "tenants": _uuid_array([f.ref.tenant for f in failed]),
+        "job_ids": _uuid_array([f.ref.job_id for f in failed]),
+        "tokens": _number_array([f.ref.lease_token for f in failed]),
+        "errors": _text_array([f.error_json for f in failed]),
+        "retry_in": _number_array(
+            [None if f.retry_in is None else float(f.retry_in) for f in failed]
+        ),
+        "started": _number_array([f.started_at for f in failed]),
+        "durations": _number_array([f.duration_ms for f in failed]),
+        "worker_id": worker_id,
+    }
 
 
 _POLICIES: dict[str, dict[str, Any]] = {}
@@ -277,14 +301,14 @@ class PostgresStore:
                 await _execute_retrying(
                     conn,
                     q.complete_jobs,
-                    {"outcomes": completed_batch_json(done), "worker_id": worker},
+                    completed_params(done, worker),
                 )
             for start in range(0, len(batch.failed), per_statement):
                 failed = batch.failed[start : start + per_statement]
                 await _execute_retrying(
                     conn,
                     q.fail_jobs,
-                    {"outcomes": failed_batch_json(failed), "worker_id": worker},
+                    failed_params(failed, worker),
                 )
             if any(f.retry_in is not None for f in batch.failed):
                 await conn.execute(

@@ -209,6 +209,7 @@ OPTIONAL_EXTRAS = (
     "importlib",  # _telemetry loads OpenTelemetry's optional parts by name
     "prometheus_client",
     "jobrunner.prometheus",
+    "uvloop",  # a dependency only on CPython outside Windows
     "pgserver",
     "docker",
     "testcontainers",

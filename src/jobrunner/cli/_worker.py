@@ -222,13 +222,14 @@ def worker_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Build the runner from the environment and run its worker."""
-    if settings_from(args).runner_type == "postgres":
+    runner_type = settings_from(args).runner_type
+    if runner_type == "postgres":
         # Settings that contradict each other (--heartbeat-interval not below --lease) are
         # refused before anything connects (exit code 2, the message on stderr).
         WorkerSettings.build(concurrency=args.concurrency, **worker_options(args))
     import_apps(args.app)
     workers: list[object] = []
-    with asyncio.Runner(loop_factory=loop_factory(args.loop, settings_from(args).runner_type)) as r:
+    with asyncio.Runner(loop_factory=loop_factory(args.loop, runner_type)) as r:
         code = r.run(_serve(args, workers))
     for worker in workers:
         # A worker may have to end the process itself after a clean shutdown: Temporal's SDK

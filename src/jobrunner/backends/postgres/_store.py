@@ -75,45 +75,45 @@ def _number_array(values: Iterable[float | int | None]) -> str:
 
 
 def _text_array(values: Iterable[str | None]) -> str:
-    return (
-        "{"
-        + ",".join(
-            [
-                "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-                for v in values
-            ]
-        )
-        + "}"
-    )
+    return "{" + ",".join([_quoted(v) for v in values]) + "}"
+
+
+def _quoted(value: str | None) -> str:
+    """An array element: NULL, or the text in double quotes with ``\\`` and ``"`` escaped."""
+    if value is None:
+        return "NULL"
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _attempt_params(
+    attempts: Sequence[CompletedAttempt] | Sequence[FailedAttempt], worker_id: str
+) -> dict[str, Any]:
+    """The parameters ``complete_jobs`` and ``fail_jobs`` share: which attempts, and when."""
+    return {
+        "tenants": _uuid_array([a.ref.tenant for a in attempts]),
+        "job_ids": _uuid_array([a.ref.job_id for a in attempts]),
+        "tokens": _number_array([a.ref.lease_token for a in attempts]),
+        "started": _number_array([a.started_at for a in attempts]),
+        "durations": _number_array([a.duration_ms for a in attempts]),
+        "worker_id": worker_id,
+    }
 
 
 def completed_params(done: Sequence[CompletedAttempt], worker_id: str) -> dict[str, Any]:
     """``complete_jobs``'s parameters for ``done``."""
-    return {
-        "tenants": _uuid_array([d.ref.tenant for d in done]),
-        "job_ids": _uuid_array([d.ref.job_id for d in done]),
-        "tokens": _number_array([d.ref.lease_token for d in done]),
-        "results": _text_array([d.result_json for d in done]),
-        "started": _number_array([d.started_at for d in done]),
-        "durations": _number_array([d.duration_ms for d in done]),
-        "worker_id": worker_id,
-    }
+    params = _attempt_params(done, worker_id)
+    params["results"] = _text_array([d.result_json for d in done])
+    return params
 
 
 def failed_params(failed: Sequence[FailedAttempt], worker_id: str) -> dict[str, Any]:
     """``fail_jobs``'s parameters for ``failed``."""
-    return {
-        "tenants": _uuid_array([f.ref.tenant for f in failed]),
-        "job_ids": _uuid_array([f.ref.job_id for f in failed]),
-        "tokens": _number_array([f.ref.lease_token for f in failed]),
-        "errors": _text_array([f.error_json for f in failed]),
-        "retry_in": _number_array(
-            [None if f.retry_in is None else float(f.retry_in) for f in failed]
-        ),
-        "started": _number_array([f.started_at for f in failed]),
-        "durations": _number_array([f.duration_ms for f in failed]),
-        "worker_id": worker_id,
-    }
+    params = _attempt_params(failed, worker_id)
+    params["errors"] = _text_array([f.error_json for f in failed])
+    params["retry_in"] = _number_array(
+        [None if f.retry_in is None else float(f.retry_in) for f in failed]
+    )
+    return params
 
 
 _POLICIES: dict[str, dict[str, Any]] = {}

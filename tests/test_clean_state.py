@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from apps.helpers import details, fetch, job_row
@@ -171,7 +172,9 @@ async def test_release_statement_itself_closes_open_steps(
     async with running_worker(runner, lease_seconds=60):
         await asyncio.wait_for(started.wait(), 30)
         row = await job_row(runner, handle.job_id)
-        async with runner.db.connection() as conn:
+        # Release and park in one transaction: a worker that polls in between would otherwise
+        # claim the released job again and its handler would write progress once more.
+        async with runner.db.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 runner.db.queries.release_jobs,
                 {
@@ -182,17 +185,18 @@ async def test_release_statement_itself_closes_open_steps(
                 },
             )
             assert [r["job_id"] for r in await cur.fetchall()] == [handle.job_id]
-            [step] = await details(runner, handle.job_id, "upload")
-            assert step["status"] == "cancelled"
-            assert step["result"]["type"] == "jobrunner.Released"
-            released = await job_row(runner, handle.job_id)
-            assert (released["progress"], released["progress_message"]) == (0, None)
-            # park it so the worker does not claim it again before it stops
-            await fetch(
-                runner,
-                "UPDATE {schema}.jobs SET queue = 'parked' WHERE job_id = %s",
-                handle.job_id,
+            await conn.execute(
+                sql.SQL("UPDATE {schema}.jobs SET queue = 'parked' WHERE job_id = %s").format(
+                    schema=sql.Identifier(runner.schema)
+                ),
+                (handle.job_id,),
             )
+        [step] = await details(runner, handle.job_id, "upload")
+        assert step["status"] == "cancelled"
+        assert step["result"]["type"] == "jobrunner.Released"
+        released = await job_row(runner, handle.job_id)
+        assert (released["progress"], released["progress_message"]) == (0, None)
+        assert released["status"] == "queued"
 
 
 # -- retry clears cancel metadata --------------------------------------------------------------

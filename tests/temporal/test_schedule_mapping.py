@@ -137,6 +137,11 @@ async def test_duplicate_firing_of_a_tick_runs_once_and_metadata_follows(
     ]
     assert runs[0]["metadata"]["schedule_id"] == str(made.job_id)
     assert runs[0]["metadata"]["scheduled_for"] == "2020-01-01T00:00:00+00:00"
+    # A run's row is completed before its workflow closes, and Temporal does not start a
+    # schedule's workflow again while one with the same id still runs: wait for both to close,
+    # so the second firing reaches register_run instead of being dropped by Temporal.
+    for run in runs:
+        await trunner.client.get_workflow_handle(run["external_id"]).result()
     # The same ticks fired again: the unique tick key makes them no-ops.
     await handle.backfill(backfill)
     tracker = await eventually(

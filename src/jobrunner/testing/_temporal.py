@@ -143,6 +143,12 @@ def temporal_dev_server(
                     )
                 time.sleep(0.1)
             yield server
+            if proc.poll() is not None:
+                # Tests that failed meanwhile only saw "tcp connect error": say why.
+                raise UnavailableError(
+                    f"temporal dev server exited with {proc.returncode} while in use: "
+                    f"{log.read_text(errors='replace')[-4000:]}"
+                )
         finally:
             proc.terminate()
             try:

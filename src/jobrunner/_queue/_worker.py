@@ -235,6 +235,8 @@ class QueueWorker(JobWorker):
                 continue  # a fair claim may stop short of what is claimable
             # Fewer than asked: nothing else was due. No second claim to make sure; a job
             # enqueued since the claim began has set _wake (cleared before the claim).
+            # The attempts just started run first: the next-due query can wait for them.
+            await asyncio.sleep(0)
             await self._sleep_or_wake(await self._idle_delay())
 
     def _claim_size(self) -> int:

@@ -221,6 +221,9 @@ class PostgresStore:
         if found is None or found.closed:
             setup = (_CLAIM_SESSION_SETUP,) if slot == "claim" else ()
             found = await self.db.dedicated_connection(*setup)
+            # A hot loop runs the same few statements all its life: prepared at their first
+            # run, not psycopg's fifth, so a new worker's first claims skip planning too.
+            found.prepare_threshold = 0
             self._hot[slot] = found
         conn = found
         try:

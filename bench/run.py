@@ -40,6 +40,9 @@ from psycopg import sql
 from jobrunner import JobHandlerRegistry
 from jobrunner.backends.postgres import PostgresJobRunner
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency_floor import produce as latency_floor
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "worker_proc.py"
 JOB_NAME = "bench.noop"
@@ -781,9 +784,14 @@ async def w_latency(bench: Bench) -> None:
         await runner.schedule_job(JOB_NAME, {"i": i, "t": time.monotonic()})
 
     with fresh_database(bench, "latency") as dsn:
+        # This machine's floor, same database and pacing: the smallest durable
+        # LISTEN/NOTIFY queue (bench/latency_floor.py), right before the worker's run.
+        floor = await latency_floor(dsn, n)
         samples = await _paced_worker_run(bench, dsn, "latency", n, enqueue)
     for q in (50, 95, 99):
         bench.record("latency", f"p{q}", _pct(samples, q) * 1000, "ms", jobs=n)
+        bench.record("latency", f"floor_p{q}", _pct(floor, q) * 1000, "ms", jobs=n)
+    bench.record("latency", "p99_vs_floor", _pct(samples, 99) / _pct(floor, 99), "x")
 
 
 async def w_scheduled(bench: Bench) -> None:
@@ -919,7 +927,15 @@ def targets(bench: Bench) -> list[tuple[str, str, str, bool | None]]:
             f" ({single:,.0f} jobs/s vs {ins:,.0f} tps)",
         )
     add("enqueue-batch >= 150k jobs/s", v("enqueue_batch", "jobs_per_s"), 150_000, "jobs/s", True)
-    add("latency p99 <= 4 ms", v("latency", "p99"), 4.001, "ms", False)
+    floor = v("latency", "floor_p99")
+    add(
+        "latency p99 <= 4 ms",
+        v("latency", "p99"),
+        4.001,
+        "ms",
+        False,
+        f" (the machine's floor, a bare LISTEN/NOTIFY queue: {floor:.2f} ms)" if floor else "",
+    )
     add("scheduled lag p99 <= 5 ms", v("scheduled", "lag_p99"), 5.001, "ms", False)
     defaults = v("drain_defaults", "ratio_vs_tuned")
     if defaults is not None:

@@ -34,6 +34,8 @@ EXPECTED = {
     ("latency", "p50"),
     ("latency", "p95"),
     ("latency", "p99"),
+    ("latency", "floor_p99"),
+    ("latency", "p99_vs_floor"),
     ("scheduled", "lag_p50"),
     ("scheduled", "lag_p99"),
     ("history", "load_seconds"),

@@ -204,6 +204,11 @@ WITH done AS (
       -- through each partition's primary key (one probe of jobs_finished's per outcome,
       -- instead of scanning the history as a `::text` filter on the parent made it do).
       AND j.status = ANY ((SELECT '{{processing}}'::{schema}.job_status[])::{schema}.job_status[])
+      -- Known when planning, and no partial index's predicate: prunes jobs_finished from the
+      -- plan. Probing it per outcome was the plan's weak spot: planned while jobs_finished
+      -- looked empty (a new database, a generic plan made at a worker's first flush), the
+      -- probe took the tenant's status index and read every finished job of the tenant.
+      AND j.status NOT IN ('completed', 'failed', 'cancelled')
     RETURNING j.tenant, j.job_id, j.attempts, d.started_at, d.duration_ms
 )
 INSERT INTO {schema}.job_details (tenant, job_id, step_name, status, processed_at, retry_count,
@@ -239,8 +244,9 @@ WITH failed AS (
         lease_expires_at = NULL, worker_id = NULL
     FROM failed f
     WHERE j.tenant = f.tenant AND j.job_id = f.job_id AND j.lease_token = f.token
-      -- the status test: see complete_jobs
+      -- the status tests: see complete_jobs
       AND j.status = ANY ((SELECT '{{processing}}'::{schema}.job_status[])::{schema}.job_status[])
+      AND j.status NOT IN ('completed', 'failed', 'cancelled')
     RETURNING j.tenant, j.job_id, j.attempts, j.run_at,
               CASE WHEN j.attempts < j.max_attempts THEN f.retry_in END AS retry_in,
               f.error::jsonb AS error,

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg
 import pytest
 
 from jobrunner import ALL_TENANTS, InvalidArgumentError, SyncJobRunner
@@ -349,4 +350,63 @@ async def test_a_job_due_after_an_empty_claim_is_claimed_again_at_once(
         assert (await store.claim(request)).jobs == []
         assert await store.idle_delay(("default",), longest=5.0) == pytest.approx(BLOCKED_POLL)
     finally:
+        await store.close()
+
+
+async def _wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def test_stale_statistics_are_refreshed_beside_the_claims(prunner: PostgresJobRunner) -> None:
+    """A claim never waits for the ANALYZE that stale statistics call for (0.1 s on a
+    100k-job backlog, added to every job that claim took): the refresh runs on a pooled
+    connection beside the claims. Here the ANALYZE cannot finish (another session holds the
+    lock it needs) while the claim must."""
+    live = psycopg.sql.SQL("{}.jobs_live").format(psycopg.sql.Identifier(prunner.schema))
+    blocker = await psycopg.AsyncConnection.connect(prunner.db.conninfo)
+    store = prunner.queue_store()
+    try:
+        await blocker.execute(
+            psycopg.sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(live)
+        )
+        await prunner.schedule_jobs("work", [{}] * 2000, tenant=A)
+
+        async def stale() -> bool:
+            async with prunner.db.connection() as conn:
+                cur = await conn.execute(
+                    prunner.db.queries.fair_stats_stale, {"table": live.as_string(None)}
+                )
+                row = await cur.fetchone()
+            return bool(row and row["stale"])
+
+        await _wait_until(stale, "the statistics counters never showed 2,000 new rows")
+        request = ClaimRequest(
+            worker_id=uuid.uuid4(), queues=("default",), limit=10, lease_seconds=30.0
+        )
+        jobs = (await asyncio.wait_for(store.claim(request), 20)).jobs
+        assert len(jobs) == 10
+
+        async def analyze_waits() -> bool:
+            async with prunner.db.connection() as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) AS n FROM pg_stat_activity "
+                    "WHERE query LIKE '%%ANALYZE%%' AND wait_event_type = 'Lock' "
+                    "AND pid <> pg_backend_pid()"
+                )
+                row = await cur.fetchone()
+            return bool(row and row["n"])
+
+        # The refresh did start, and waits for the lock beside the claim.
+        await _wait_until(analyze_waits, "no ANALYZE was started")
+        await blocker.rollback()
+
+        async def analyzed() -> bool:
+            return not await stale()
+
+        await _wait_until(analyzed, "the ANALYZE never finished once the lock was released")
+    finally:
+        await blocker.close()
         await store.close()

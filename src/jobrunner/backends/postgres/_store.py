@@ -206,6 +206,7 @@ class PostgresStore:
 
     async def close(self) -> None:
         """Close the hot loops' connections (the pool is the runner's)."""
+        await self._gate.close()
         conns, self._hot = list(self._hot.values()), {}
         for conn in conns:
             with contextlib.suppress(Exception):

@@ -223,7 +223,7 @@ async def _wait_idle(
                     runner.db.queries.notify_jobs,
                     {"channel": runner.db.channel_jobs, "payload": "drain"},
                 )
-            cur = await conn.execute(q.testing_live_counts)
+            cur = await conn.execute(q.testing_live_counts, {"horizon": horizon})
             live = {row["queue"]: row["n"] for row in await cur.fetchall()}
         if not live:
             return True

@@ -12,9 +12,12 @@ WHERE runner_type = 'postgres' AND run_at > now()
   AND (status = 'retrying' OR (status = 'pending' AND run_at <= %(horizon)s::timestamptz))
 
 -- name: testing_live_counts
+-- Pending jobs due by the horizon count too: a dependent released (as pending, its run_at
+-- still ahead) after this pass's testing_make_due is made due by the next pass.
 SELECT queue, count(*) AS n FROM {schema}.jobs
 WHERE runner_type = 'postgres'
-  AND (status IN ('queued', 'processing', 'retrying') OR (status = 'pending' AND run_at <= now()))
+  AND (status IN ('queued', 'processing', 'retrying')
+       OR (status = 'pending' AND run_at <= greatest(now(), %(horizon)s::timestamptz)))
 GROUP BY queue
 
 -- name: testing_next_tick

@@ -68,18 +68,42 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+async def _plan(conn: Any, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of ``query``'s plan on ``conn``."""
+    cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {query}", params)
+    row = await cur.fetchone()
+    assert row is not None
+    doc = row["QUERY PLAN"]
+    doc = json.loads(doc) if isinstance(doc, str) else doc
+    return _nodes(doc[0]["Plan"])
+
+
 async def _explain(
     runner: PostgresJobRunner, query: str, params: dict[str, Any], *, generic: bool
 ) -> list[dict[str, Any]]:
     async with runner.db.connection() as conn, conn.transaction():
         if generic:
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        cur = await conn.execute(f"EXPLAIN (FORMAT JSON) {query}", params)  # type: ignore[arg-type]
-        row = await cur.fetchone()
-    assert row is not None
-    doc = row["QUERY PLAN"]
-    doc = json.loads(doc) if isinstance(doc, str) else doc
-    return _nodes(doc[0]["Plan"])
+        return await _plan(conn, query, params)
+
+
+async def _claim_params(runner: PostgresJobRunner, *, fair: bool) -> dict[str, Any]:
+    """``claim_jobs``'s parameters as a new worker sends them (nothing served yet)."""
+    async with runner.db.connection() as conn:
+        cur = await conn.execute(runner.db.queries.flow_state)
+        state = await cur.fetchone()
+    assert state is not None
+    return {
+        "queues": ["default"],
+        "limit": 100,
+        "worker_id": uuid.uuid4(),
+        "lease_seconds": 30.0,
+        "fair": fair,
+        "version": state["version"],
+        "vclock": 0.0,
+        "pass_tenants": [],
+        "pass_values": [],
+    }
 
 
 def _paths(plan: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -117,22 +141,8 @@ async def test_hot_queries_use_indexes_with_many_finished_jobs(runner: PostgresJ
 
 async def _check_claim(runner: PostgresJobRunner, *, generic: bool) -> None:
     """The lock-free claim, fair (the default) and not, on a queue of eight tenants."""
-    async with runner.db.connection() as conn:
-        cur = await conn.execute(runner.db.queries.flow_state)
-        state = await cur.fetchone()
-    assert state is not None
     for fair in (True, False):
-        params = {
-            "queues": ["default"],
-            "limit": 100,
-            "worker_id": uuid.uuid4(),
-            "lease_seconds": 30.0,
-            "fair": fair,
-            "version": state["version"],
-            "vclock": 0.0,
-            "pass_tenants": [],
-            "pass_values": [],
-        }
+        params = await _claim_params(runner, fair=fair)
         nodes = await _explain(runner, runner.db.queries.claim_jobs, params, generic=generic)
         where = (generic, fair)
         scans = _jobs_scans(nodes)
@@ -245,34 +255,13 @@ async def test_a_claim_planned_on_an_empty_queue_reads_no_whole_table(
     plan made on a new, empty queue serves the backlog that arrives later: it must find the
     claimed rows by ctid and the candidates through the claim index, never by a sequential
     scan (with one, claims took 90-150 ms each once 100,000 jobs had arrived)."""
+    params = await _claim_params(runner, fair=True)
     store = runner.queue_store()
     try:
-        async with runner.db.connection() as conn:
-            cur = await conn.execute(runner.db.queries.flow_state)
-            state = await cur.fetchone()
-        assert state is not None
-        params = {
-            "queues": ["default"],
-            "limit": 100,
-            "worker_id": uuid.uuid4(),
-            "lease_seconds": 30.0,
-            "fair": True,
-            "version": state["version"],
-            "vclock": 0.0,
-            "pass_tenants": [],
-            "pass_values": [],
-        }
         async with store._hot_connection("claim") as conn:
-            cur = await conn.execute(
-                f"EXPLAIN (FORMAT JSON) {runner.db.queries.claim_jobs}",  # type: ignore[arg-type]
-                params,
-            )
-            row = await cur.fetchone()
+            nodes = await _plan(conn, runner.db.queries.claim_jobs, params)
     finally:
         await store.close()
-    assert row is not None
-    doc = row["QUERY PLAN"]
-    doc = json.loads(doc) if isinstance(doc, str) else doc
-    scans = _jobs_scans(_nodes(doc[0]["Plan"]))
+    scans = _jobs_scans(nodes)
     assert all(kind != "Seq Scan" for kind, _ in scans), scans
     assert any(kind == "Tid Scan" for kind, _ in scans), scans

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from apps.helpers import eventually
 from jobrunner import ALL_TENANTS, InvalidArgumentError, SyncJobRunner
 from jobrunner._queue._store import ClaimedJob, ClaimRequest, CompletedAttempt, OutcomeBatch
 from jobrunner.backends.postgres import PostgresJobRunner
@@ -353,13 +354,6 @@ async def test_a_job_due_after_an_empty_claim_is_claimed_again_at_once(
         await store.close()
 
 
-async def _wait_until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not await check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.05)
-
-
 async def test_stale_statistics_are_refreshed_beside_the_claims(prunner: PostgresJobRunner) -> None:
     """A claim never waits for the ANALYZE that stale statistics call for (0.1 s on a
     100k-job backlog, added to every job that claim took): the refresh runs on a pooled
@@ -382,7 +376,7 @@ async def test_stale_statistics_are_refreshed_beside_the_claims(prunner: Postgre
                 row = await cur.fetchone()
             return bool(row and row["stale"])
 
-        await _wait_until(stale, "the statistics counters never showed 2,000 new rows")
+        await eventually(stale, what="the statistics counters showing 2,000 new rows")
         request = ClaimRequest(
             worker_id=uuid.uuid4(), queues=("default",), limit=10, lease_seconds=30.0
         )
@@ -400,13 +394,10 @@ async def test_stale_statistics_are_refreshed_beside_the_claims(prunner: Postgre
             return bool(row and row["n"])
 
         # The refresh did start, and waits for the lock beside the claim.
-        await _wait_until(analyze_waits, "no ANALYZE was started")
+        await eventually(analyze_waits, what="an ANALYZE waiting for the lock")
         await blocker.rollback()
 
-        async def analyzed() -> bool:
-            return not await stale()
-
-        await _wait_until(analyzed, "the ANALYZE never finished once the lock was released")
+        await eventually(stale, lambda is_stale: not is_stale, what="the ANALYZE to finish")
     finally:
         await blocker.close()
         await store.close()

@@ -122,8 +122,9 @@ class FlowGate:
                 tenants, ``None`` the database's switch (``set_fair_claiming``, on by default).
                 Limits are honoured either way.
         """
-        if time.monotonic() - self._stats_checked_at >= STATS_CHECK:
-            self._stats_checked_at = time.monotonic()
+        now = time.monotonic()
+        if now - self._stats_checked_at >= STATS_CHECK:
+            self._stats_checked_at = now
             # Beside the claims, never before one: ANALYZE of a 100k-job jobs_live takes
             # ~0.1 s, which a claim waiting for it added to the start of every job it took
             # (a small tenant's burst arriving right after another tenant's backlog).
